@@ -1,0 +1,130 @@
+"""Segmentation metrics per image: mIoU (Hungarian and MulMON's greedy variant), ARI, FG-ARI.
+
+Conventions. Ground truth is a visible label map (B, H, W) int, 0 = background, i = object i.
+Predictions are per-slot mixing masks (B, K, 1, H, W) or (B, K, H, W), turned into one label per
+pixel by argmax over slots. "GT components present in the image" are the labels that own at
+least one pixel; the background is one of them. IoU uses the true union |A| + |B| - |A & B|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+
+def flatten_slot_masks(masks: torch.Tensor) -> torch.Tensor:
+    """(B, K, 1, H, W) or (B, K, H, W) -> (B, K, H*W)."""
+    if masks.dim() == 5:
+        if masks.shape[2] != 1:
+            raise ValueError(f"slot masks must have one channel, got shape {tuple(masks.shape)}")
+        masks = masks[:, :, 0]
+    if masks.dim() != 4:
+        raise ValueError(f"slot masks must be (B, K, [1,] H, W), got shape {tuple(masks.shape)}")
+    return masks.flatten(2)
+
+
+def argmax_labels(masks: torch.Tensor) -> torch.Tensor:
+    """Per-pixel winning slot: (B, K, [1,] H, W) -> (B, H, W) int64."""
+    flat = flatten_slot_masks(masks)
+    labels = flat.argmax(dim=1)
+    height, width = masks.shape[-2:]
+    return labels.view(masks.shape[0], height, width)
+
+
+def one_hot_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) int labels -> (B, C, H*W) bool indicator masks."""
+    flat = labels.flatten(1).long()
+    return F.one_hot(flat, num_classes).transpose(1, 2).bool()
+
+
+def binary_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every mask in ``a`` (B, G, N) with every mask in ``b`` (B, K, N) -> (B, G, K).
+
+    Masks are bool (or 0/1). Two empty masks have IoU 0 (there is nothing to match).
+    """
+    a = a.to(torch.float32)
+    b = b.to(torch.float32)
+    intersection = a @ b.transpose(1, 2)
+    union = a.sum(-1, keepdim=True) + b.sum(-1).unsqueeze(1) - intersection
+    return torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
+
+
+def gt_component_masks(gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GT indicator masks (B, G, N) for labels 0..G-1 and which are present, (B, G) bool."""
+    num_gt = int(gt_labels.max().item()) + 1
+    gt_masks = one_hot_labels(gt_labels, num_gt)
+    return gt_masks, gt_masks.any(dim=-1)
+
+
+def miou_hungarian(gt_labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean IoU over present GT components after a one-to-one Hungarian matching -> (B,).
+
+    Predicted masks are argmaxed per pixel; every present GT component (background included) is
+    matched to a distinct slot so that the summed IoU is maximal (scipy linear_sum_assignment);
+    a GT component left without a slot (more components than slots) scores 0.
+    """
+    num_slots = flatten_slot_masks(masks).shape[1]
+    pred = one_hot_labels(argmax_labels(masks), num_slots)
+    gt_masks, present = gt_component_masks(gt_labels)
+    iou = binary_iou(gt_masks, pred).cpu().numpy()
+    present_np = present.cpu().numpy()
+    out = np.zeros(len(iou))
+    for i, (image_iou, image_present) in enumerate(zip(iou, present_np)):
+        rows = image_iou[image_present]
+        gt_index, slot_index = linear_sum_assignment(rows, maximize=True)
+        out[i] = rows[gt_index, slot_index].sum() / len(rows)
+    return torch.from_numpy(out)
+
+
+def miou_greedy(gt_labels: torch.Tensor, masks: torch.Tensor, mask_threshold: float = 0.9,
+                min_iou: float = 0.05) -> torch.Tensor:
+    """MulMON's mIoU: each GT component takes its best slot, duplicates allowed -> (B,).
+
+    As in MulMON's evaluation: predicted masks are argmaxed to one-hot, binarised at
+    ``> mask_threshold`` (a no-op on one-hot masks), IoUs below ``min_iou`` are set to 0, and
+    every present GT component (background included) takes the maximum IoU over slots, so two GT
+    components may share one slot. Kept beside :func:`miou_hungarian` only to compare with
+    published MulMON numbers; it is never lower than the Hungarian score.
+    """
+    num_slots = flatten_slot_masks(masks).shape[1]
+    pred = one_hot_labels(argmax_labels(masks), num_slots).to(torch.float32) > mask_threshold
+    gt_masks, present = gt_component_masks(gt_labels)
+    iou = binary_iou(gt_masks, pred)
+    iou = torch.where(iou < min_iou, torch.zeros_like(iou), iou)
+    best = iou.max(dim=-1).values * present
+    return (best.sum(-1) / present.sum(-1)).to(torch.float64)
+
+
+def adjusted_rand_index(gt_labels: torch.Tensor, masks: torch.Tensor,
+                        ignore_background: bool = False) -> torch.Tensor:
+    """Adjusted Rand index between GT labels and argmaxed slot masks, per image -> (B,).
+
+    The standard ARI (Hubert & Arabie) from the contingency table of pixel assignments. With
+    ``ignore_background`` (FG-ARI) the GT background pixels (label 0) are left out. Conventions:
+    when both partitions put every pixel in one cluster the ARI is 1; with fewer than two pixels
+    to compare (e.g. no foreground) it is NaN and left out of the aggregates.
+    """
+    num_slots = flatten_slot_masks(masks).shape[1]
+    pred = one_hot_labels(argmax_labels(masks), num_slots).to(torch.float64)
+    gt_masks, _ = gt_component_masks(gt_labels)
+    gt = gt_masks.to(torch.float64)
+    if ignore_background:
+        keep = ~gt_masks[:, 0]            # (B, N) pixels that are not GT background
+        gt = gt[:, 1:] * keep.unsqueeze(1)
+        pred = pred * keep.unsqueeze(1)
+    contingency = gt @ pred.transpose(1, 2)        # (B, G, K) pixel counts
+    n = contingency.sum(dim=(1, 2))
+    pairs = lambda x: x * (x - 1) / 2.0            # noqa: E731  (number of unordered pairs)
+    index = pairs(contingency).sum(dim=(1, 2))
+    sum_gt = pairs(contingency.sum(dim=2)).sum(dim=1)
+    sum_pred = pairs(contingency.sum(dim=1)).sum(dim=1)
+    total_pairs = pairs(n)
+    expected = sum_gt * sum_pred / total_pairs.clamp_min(1.0)
+    max_index = 0.5 * (sum_gt + sum_pred)
+    denominator = max_index - expected
+    ari = (index - expected) / torch.where(denominator == 0, torch.ones_like(denominator),
+                                           denominator)
+    ari = torch.where(denominator == 0, torch.ones_like(ari), ari)
+    return torch.where(n < 2, torch.full_like(ari, float("nan")), ari)

@@ -1,0 +1,78 @@
+"""Slot-level metrics: average pairwise latent similarity and automatic duplicate counts.
+
+The paper counted duplicates by eye on 100 images; these two definitions count them
+automatically (thresholds in :class:`lds.metrics.config.MetricsConfig`, documented in
+docs/evaluation.md):
+
+* with ground truth: slot k *claims* visible GT component g (background included) when
+  IoU(slot mask k, GT mask g) >= ``claim_iou``; g is *duplicated* when two or more slots claim it.
+  An image "has a duplicate" when at least one of its GT components is duplicated.
+* without ground truth: slot k is *active* when its mask covers at least ``active_area`` of the
+  image; two active slots h != j are a *duplicate pair* when IoU(mask h, mask j) >=
+  ``duplicate_mask_iou`` or cos(mu_h, mu_j) >= ``duplicate_latent_cos`` (posterior means).
+  An image "has a duplicate" when it has at least one duplicate pair.
+
+"Slot mask" is, by default, the component rendered alone, sigmoid(mask_logit_k) > 0.5 (supplement
+section B): in the argmax segmentation two slots can never share a pixel, so a slot that draws an
+object already drawn by another slot is only visible in the components rendered alone (as in the
+paper's Figure 2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lds.metrics.segmentation import (argmax_labels, binary_iou, flatten_slot_masks,
+                                      gt_component_masks, one_hot_labels)
+from lds.prior import cosine_similarity_matrix, off_diagonal_mean
+
+
+def slot_similarity(posterior_mean: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Average pairwise similarity: off-diagonal mean of the cosine-similarity matrix -> (B,).
+
+    Signed cosine (as in Sigma of Eq. 3), over the posterior means mu_k of q(z_k | x).
+    """
+    return off_diagonal_mean(cosine_similarity_matrix(posterior_mean.to(torch.float64), eps))
+
+
+def slot_binary_masks(mask_logits: torch.Tensor, masks: torch.Tensor, source: str = "alone",
+                      alone_threshold: float = 0.5) -> torch.Tensor:
+    """The per-slot binary masks the duplicate counts use: (B, K, H*W) bool.
+
+    ``source="alone"``: sigmoid(mask_logit_k) > alone_threshold (each component rendered alone);
+    ``source="argmax"``: the slot's pixels in the argmax segmentation of the mixing masks.
+    """
+    if source == "alone":
+        return torch.sigmoid(flatten_slot_masks(mask_logits).float()) > alone_threshold
+    if source == "argmax":
+        return one_hot_labels(argmax_labels(masks), flatten_slot_masks(masks).shape[1])
+    raise ValueError(f"unknown duplicate mask source {source!r} (use 'alone' or 'argmax')")
+
+
+def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
+                             claim_iou: float = 0.5) -> torch.Tensor:
+    """Number of present GT components (background included) claimed by >= 2 slots -> (B,).
+
+    ``slot_masks`` (B, K, N) bool; a slot claims a component when their IoU >= ``claim_iou``.
+    """
+    gt_masks, present = gt_component_masks(gt_labels)
+    claims = (binary_iou(gt_masks, slot_masks) >= claim_iou).sum(dim=-1)   # (B, G)
+    return ((claims >= 2) & present).sum(dim=-1)
+
+
+def duplicate_pairs_without_gt(slot_masks: torch.Tensor, posterior_mean: torch.Tensor,
+                               active_area: float = 0.01, mask_iou: float = 0.5,
+                               latent_cos: float = 0.9, eps: float = 1e-8) -> torch.Tensor:
+    """Number of unordered pairs of active slots that nearly coincide -> (B,).
+
+    A slot is active when its mask covers >= ``active_area`` of the pixels; a pair of active
+    slots coincides when its mask IoU >= ``mask_iou`` or its posterior-mean cosine >= ``latent_cos``.
+    """
+    num_pixels = slot_masks.shape[-1]
+    active = slot_masks.sum(dim=-1) >= active_area * num_pixels            # (B, K)
+    mask_overlap = binary_iou(slot_masks, slot_masks) >= mask_iou           # (B, K, K)
+    latent_close = cosine_similarity_matrix(posterior_mean.to(torch.float64), eps) >= latent_cos
+    both_active = active.unsqueeze(2) & active.unsqueeze(1)
+    duplicate = (mask_overlap | latent_close) & both_active
+    upper = torch.ones_like(duplicate[0]).triu(diagonal=1)                 # each pair once
+    return (duplicate & upper).sum(dim=(1, 2))

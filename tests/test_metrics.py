@@ -1,0 +1,219 @@
+"""Every metric on hand-made cases with known answers."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lds.contract import ModelOutput
+from lds.metrics import (MetricsConfig, adjusted_rand_index, batch_metrics, binary_iou,
+                         duplicate_pairs_without_gt, duplicated_gt_components, miou_greedy,
+                         miou_hungarian, mse, rmse_mulmon, slot_binary_masks, slot_similarity)
+
+
+def masks_from_labels(labels: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """One-hot slot masks (B, K, 1, H, W) in which slot k owns the pixels labelled k."""
+    return torch.nn.functional.one_hot(labels, num_slots).permute(0, 3, 1, 2).unsqueeze(2).float()
+
+
+def output_from_logits(mask_logits: torch.Tensor, latents: torch.Tensor,
+                       image: torch.Tensor) -> ModelOutput:
+    masks = mask_logits.softmax(dim=1)
+    appearance = image.unsqueeze(1).expand(-1, mask_logits.shape[1], -1, -1, -1)
+    zero = torch.zeros(())
+    return ModelOutput(loss=zero, loss_terms={"nll": zero}, slot_latents=latents,
+                       posterior_mean=latents, posterior_logvar=torch.zeros_like(latents),
+                       mask_logits=mask_logits, masks=masks, appearance=appearance,
+                       reconstruction=(masks * appearance).sum(1))
+
+
+# Ground truth used by several tests (4x4): background in columns 0-1, object 1 in column 2,
+# object 2 in column 3.
+GT = torch.tensor([[0, 0, 1, 2]] * 4).unsqueeze(0)
+
+
+def test_mse_and_mulmon_rmse_known_values():
+    image = torch.zeros(1, 3, 2, 2)
+    rec = torch.zeros(1, 3, 2, 2)
+    rec[0, 0, 0, 0], rec[0, 1, 0, 0] = 0.3, 0.4   # one pixel off by the RGB vector (0.3, 0.4, 0)
+    assert math.isclose(mse(image, rec).item(), (0.09 + 0.16) / 12, rel_tol=1e-6)
+    assert math.isclose(rmse_mulmon(image, rec).item(), 0.5 / 4, rel_tol=1e-6)
+    assert mse(image, image).item() == 0.0
+
+
+def test_binary_iou_identity_and_true_union():
+    a = torch.tensor([[[1, 1, 1, 1, 0, 0, 0, 0]]], dtype=torch.bool)
+    b = torch.tensor([[[0, 0, 1, 1, 1, 1, 0, 0]]], dtype=torch.bool)
+    assert binary_iou(a, a).item() == 1.0
+    assert binary_iou(a, b).item() == pytest.approx(2 / 6)      # not 2/8 (the |A|+|B| bug)
+    empty = torch.zeros_like(a)
+    assert binary_iou(empty, empty).item() == 0.0
+
+
+def test_perfect_permuted_segmentation_scores_one_everywhere():
+    permuted = torch.tensor([5, 2, 0, 1, 3, 4, 6])[GT]           # slots renamed
+    masks = masks_from_labels(permuted, 7)
+    assert miou_hungarian(GT, masks).item() == 1.0
+    assert miou_greedy(GT, masks).item() == 1.0
+    assert adjusted_rand_index(GT, masks).item() == pytest.approx(1.0)
+    assert adjusted_rand_index(GT, masks, ignore_background=True).item() == pytest.approx(1.0)
+
+
+def test_greedy_and_hungarian_differ_when_two_objects_share_a_slot():
+    merged = torch.tensor([[0, 0, 1, 1]] * 4).unsqueeze(0)      # both objects in slot 1
+    masks = masks_from_labels(merged, 3)
+    # greedy: bg -> slot 0 (IoU 1), obj1 -> slot 1 (4/8), obj2 -> slot 1 again (4/8)
+    assert miou_greedy(GT, masks).item() == pytest.approx((1 + 0.5 + 0.5) / 3)
+    # Hungarian: one-to-one, so one object is left with the empty slot 2 (IoU 0)
+    assert miou_hungarian(GT, masks).item() == pytest.approx((1 + 0.5 + 0.0) / 3)
+
+
+def test_hungarian_finds_the_best_one_to_one_matching():
+    # 1x6 image. GT: a = px 0-2, b = px 3-5. Slot 0 = px 0-3, slot 1 = px 4-5.
+    # Matching a->0 (3/4) and b->1 (2/3) beats b->0 (1/6) and a->1 (0).
+    gt = torch.tensor([[[0, 0, 0, 1, 1, 1]]])
+    pred = torch.tensor([[[0, 0, 0, 0, 1, 1]]])
+    assert miou_hungarian(gt, masks_from_labels(pred, 2)).item() == pytest.approx((3 / 4 + 2 / 3) / 2)
+
+
+def test_miou_counts_only_present_components_and_scores_unmatched_as_zero():
+    gt = torch.tensor([[[0, 0, 3, 3]]])                          # labels 1 and 2 absent
+    assert miou_hungarian(gt, masks_from_labels(torch.tensor([[[1, 1, 0, 0]]]), 2)).item() == 1.0
+    # three GT components, one slot: only one can be matched
+    gt3 = torch.tensor([[[0, 1, 2, 2]]])
+    one_slot = torch.ones(1, 1, 1, 1, 4)
+    assert miou_hungarian(gt3, one_slot).item() == pytest.approx((2 / 4) / 3)
+
+
+def test_mulmon_greedy_zeroes_small_ious():
+    gt = torch.zeros(1, 1, 40, dtype=torch.long)
+    gt[0, 0, 0] = 1                                              # object of one pixel
+    pred = torch.zeros(1, 1, 40, dtype=torch.long)
+    pred[0, 0, :21] = 1                                          # slot 1 covers it and 20 more
+    masks = masks_from_labels(pred, 2)
+    # object IoU with slot 1 is 1/21 < 0.05 -> 0; background (39 px) takes its best slot,
+    # slot 1: 20 / (39 + 21 - 20) = 0.5 (slot 0 would give 19/39)
+    assert miou_greedy(gt, masks).item() == pytest.approx((0.5 + 0) / 2)
+    assert miou_greedy(gt, masks, min_iou=0.0).item() == pytest.approx((0.5 + 1 / 21) / 2)
+
+
+def _ari_by_pair_counting(a: np.ndarray, b: np.ndarray) -> float:
+    """ARI from the four pair counts (an independent formula), O(N^2)."""
+    same_same = same_diff = diff_same = diff_diff = 0
+    for i, j in itertools.combinations(range(len(a)), 2):
+        sa, sb = a[i] == a[j], b[i] == b[j]
+        same_same += sa and sb
+        same_diff += sa and not sb
+        diff_same += (not sa) and sb
+        diff_diff += (not sa) and (not sb)
+    num = 2.0 * (same_same * diff_diff - same_diff * diff_same)
+    den = ((same_same + same_diff) * (same_diff + diff_diff)
+           + (same_same + diff_same) * (diff_same + diff_diff))
+    return num / den
+
+
+def test_ari_matches_pair_counting_on_random_labelings():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gt = rng.integers(0, 4, size=(1, 5, 6))
+        pred = rng.integers(0, 5, size=(1, 5, 6))
+        expected = _ari_by_pair_counting(gt.ravel(), pred.ravel())
+        got = adjusted_rand_index(torch.from_numpy(gt), masks_from_labels(torch.from_numpy(pred), 5))
+        assert got.item() == pytest.approx(expected, abs=1e-12)
+        fg = gt.ravel() > 0
+        expected_fg = _ari_by_pair_counting(gt.ravel()[fg], pred.ravel()[fg])
+        got_fg = adjusted_rand_index(torch.from_numpy(gt), masks_from_labels(torch.from_numpy(pred), 5),
+                                     ignore_background=True)
+        assert got_fg.item() == pytest.approx(expected_fg, abs=1e-12)
+
+
+def test_fg_ari_ignores_background_errors_and_is_nan_without_foreground():
+    pred = torch.tensor([[[3, 4, 1, 2]] * 4])                    # background split in two slots
+    masks = masks_from_labels(pred, 5)
+    assert adjusted_rand_index(GT, masks, ignore_background=True).item() == pytest.approx(1.0)
+    assert adjusted_rand_index(GT, masks).item() < 0.9
+    background_only = torch.zeros(1, 4, 4, dtype=torch.long)
+    assert math.isnan(adjusted_rand_index(background_only, masks, ignore_background=True).item())
+    # everything one cluster in both -> 1 by convention
+    assert adjusted_rand_index(background_only, torch.ones(1, 1, 1, 4, 4)).item() == 1.0
+
+
+def test_slot_similarity_orthogonal_and_duplicate_latents():
+    orthogonal = torch.eye(3).unsqueeze(0)
+    assert slot_similarity(orthogonal).item() == pytest.approx(0.0)
+    same = torch.ones(1, 3, 4)
+    assert slot_similarity(same).item() == pytest.approx(1.0)
+    half = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # one identical pair of 3
+    assert slot_similarity(half).item() == pytest.approx(2 / 6)
+
+
+def _logits(owner_sets: list[list[tuple[int, int]]], shape=(4, 4)) -> torch.Tensor:
+    """Mask logits (1, K, 1, H, W): +6 on the pixels listed for slot k, -6 elsewhere."""
+    logits = torch.full((1, len(owner_sets), 1, *shape), -6.0)
+    for k, pixels in enumerate(owner_sets):
+        for r, c in pixels:
+            logits[0, k, 0, r, c] = 6.0
+    return logits
+
+
+BG = [(r, c) for r in range(4) for c in (0, 1)]
+OBJ1 = [(r, 2) for r in range(4)]
+OBJ2 = [(r, 3) for r in range(4)]
+
+
+def test_duplicate_with_gt_known_duplicate():
+    clean = slot_binary_masks(_logits([BG, OBJ1, OBJ2, []]), None, "alone")
+    assert duplicated_gt_components(GT, clean).item() == 0
+    # slot 3 draws object 1 again (rendered alone it overlaps slot 1 entirely)
+    dup = slot_binary_masks(_logits([BG, OBJ1, OBJ2, OBJ1]), None, "alone")
+    assert duplicated_gt_components(GT, dup).item() == 1
+    # two background slots (the "redundant table" of the supplement) plus a duplicate object
+    dup2 = slot_binary_masks(_logits([BG, OBJ1, OBJ2, OBJ1, BG + OBJ1[:1]]), None, "alone")
+    assert duplicated_gt_components(GT, dup2).item() == 2
+    # a slot covering only half of an object does not claim it at claim_iou=0.75
+    half = slot_binary_masks(_logits([BG, OBJ1, OBJ2, OBJ1[:2]]), None, "alone")
+    assert duplicated_gt_components(GT, half, claim_iou=0.75).item() == 0
+    assert duplicated_gt_components(GT, half, claim_iou=0.5).item() == 1
+
+
+def test_duplicate_without_gt_masks_latents_and_activity():
+    latents = torch.eye(4).unsqueeze(0)
+    masks = slot_binary_masks(_logits([BG, OBJ1, OBJ2, OBJ1]), None, "alone")
+    assert duplicate_pairs_without_gt(masks, latents).item() == 1
+    distinct = slot_binary_masks(_logits([BG, OBJ1, OBJ2, []]), None, "alone")
+    assert duplicate_pairs_without_gt(distinct, latents).item() == 0
+    # same latent direction for slots 1 and 2 -> a duplicate even though their masks differ
+    close = latents.clone()
+    close[0, 2] = close[0, 1] * 2.0
+    assert duplicate_pairs_without_gt(distinct, close).item() == 1
+    # ... but not when one of them is inactive (mask below 1/16 of the image here)
+    tiny = slot_binary_masks(_logits([BG, OBJ1, OBJ2[:1], []]), None, "alone")
+    assert duplicate_pairs_without_gt(tiny, close, active_area=0.1).item() == 0
+    assert duplicate_pairs_without_gt(tiny, close, active_area=0.05).item() == 1
+
+
+def test_batch_metrics_perfect_model_and_duplicate_model():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 4, 4)
+    good = output_from_logits(_logits([BG, OBJ1, OBJ2, []]) * 3, torch.eye(4).unsqueeze(0), image)
+    values = batch_metrics(good, image, GT)
+    assert values["mse"].item() < 1e-6
+    assert values["miou"].item() == 1.0 and values["miou_greedy"].item() == 1.0
+    assert values["ari"].item() == pytest.approx(1.0)
+    assert values["fg_ari"].item() == pytest.approx(1.0)
+    assert values["dup_gt"].item() == 0 and values["dup_nogt"].item() == 0
+    assert values["active_slots"].item() == 3
+    assert values["sim"].item() == pytest.approx(0.0)
+    assert all(v.dtype == torch.float64 and v.shape == (1,) for v in values.values())
+
+    bad = output_from_logits(_logits([BG, OBJ1, OBJ2, OBJ1]), torch.eye(4).unsqueeze(0), image)
+    values = batch_metrics(bad, image, GT)
+    assert values["dup_gt"].item() == 1 and values["dup_components"].item() == 1
+    assert values["dup_nogt"].item() == 1 and values["dup_pairs"].item() == 1
+    no_gt = batch_metrics(bad, image, None)
+    assert "miou" not in no_gt and no_gt["dup_nogt"].item() == 1
+    argmax_cfg = MetricsConfig(duplicate_masks="argmax")
+    # in the argmax segmentation slot 1 and slot 3 split object 1 (ties go to the first slot)
+    assert batch_metrics(bad, image, GT, argmax_cfg)["dup_gt"].item() == 0
