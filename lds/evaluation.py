@@ -1,0 +1,263 @@
+"""Evaluate a trained model on a dataset: per-image metrics, aggregates, JSON and a rich table.
+
+    result = evaluate(model, ImageDataset(store), batch_size=32, device="cpu")
+    result.save(run_dir / "eval" / "eval.json")
+    print_result(result)
+
+Aggregates are the mean over images with its standard error (std / sqrt(n), ddof=1); an
+undefined per-image value (FG-ARI of an image without foreground) is left out of its metric's n.
+``dup_gt`` and ``dup_nogt`` are 0/1 per image, so their mean is the fraction of images with at
+least one duplicate (the paper's "percentage of images with duplicates").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from common.config import to_dict
+from common.errors import UserError
+from lds.contract import ModelOutput
+from lds.metrics import HIGHER_IS_BETTER, MetricsConfig, batch_metrics
+
+EVAL_FILE_VERSION = 1
+
+# How each metric is shown in tables: (label, format, scale); rates are shown as percentages.
+DISPLAY = {
+    "mse": ("MSE", "{:.5f}", 1.0),
+    "rmse": ("RMSE (MulMON)", "{:.4f}", 1.0),
+    "miou": ("mIoU (Hungarian)", "{:.4f}", 1.0),
+    "miou_greedy": ("mIoU (MulMON greedy)", "{:.4f}", 1.0),
+    "ari": ("ARI", "{:.4f}", 1.0),
+    "fg_ari": ("FG-ARI", "{:.4f}", 1.0),
+    "sim": ("Sim (mean pairwise cos)", "{:.4f}", 1.0),
+    "active_slots": ("active slots", "{:.2f}", 1.0),
+    "dup_pairs": ("duplicate pairs / image (no GT)", "{:.3f}", 1.0),
+    "dup_nogt": ("images with duplicates, no GT (%)", "{:.1f}", 100.0),
+    "dup_components": ("duplicated GT components / image", "{:.3f}", 1.0),
+    "dup_gt": ("images with duplicates, GT (%)", "{:.1f}", 100.0),
+}
+
+
+class EvalFileError(UserError):
+    """An eval.json that is missing or cannot be read."""
+
+
+@dataclass
+class EvalResult:
+    """Per-image records (one dict per image) and per-metric aggregates (mean, stderr, n)."""
+
+    records: list[dict[str, Any]]
+    aggregates: dict[str, dict[str, float | int | None]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.aggregates)
+
+    def mean(self, name: str) -> float:
+        value = self.aggregates[name]["mean"]
+        return float("nan") if value is None else float(value)
+
+    def per_image(self, name: str) -> np.ndarray:
+        return np.array([_nan_if_none(r.get(name)) for r in self.records], dtype=np.float64)
+
+    def to_json(self) -> dict:
+        return {"version": EVAL_FILE_VERSION, "meta": self.meta, "aggregates": self.aggregates,
+                "records": self.records}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON (strict: NaN is written as null) atomically; return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalResult":
+        path = Path(path)
+        if not path.is_file():
+            raise EvalFileError(f"no evaluation file at {path}")
+        try:
+            data = json.loads(path.read_text())
+            return cls(records=data["records"], aggregates=data["aggregates"],
+                       meta=data.get("meta", {}))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EvalFileError(f"{path} is not a readable eval.json ({exc})") from exc
+
+
+def _nan_if_none(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _json_number(value: float) -> float | int | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def aggregate(values: Iterable[float]) -> dict[str, float | int | None]:
+    """Mean, standard error of the mean (ddof=1) and count over the finite values."""
+    array = np.asarray([_nan_if_none(v) for v in values], dtype=np.float64)
+    array = array[np.isfinite(array)]
+    n = int(array.size)
+    mean = float(array.mean()) if n else None
+    stderr = float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    return {"mean": mean, "stderr": stderr, "n": n}
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
+             device: str | torch.device = "cpu", max_images: int | None = None,
+             progress: bool = True, config: MetricsConfig | None = None,
+             meta: dict | None = None) -> EvalResult:
+    """Run ``model`` over ``dataset`` (first ``max_images`` images) and compute every metric.
+
+    ``dataset`` yields dicts with "image" (3, H, W) in [0, 1] and, when the data has ground
+    truth, "label_map" (H, W); "image_index"/"scene_index" are copied into the records.
+    The model is put in eval mode; inference is exactly as in training minus the LDS term
+    (the prior is a training-only term and does not change q).
+    """
+    config = config or MetricsConfig()
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    num_images = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if num_images == 0:
+        raise UserError("nothing to evaluate: the dataset has no images")
+    subset = dataset if num_images == len(dataset) else Subset(dataset, range(num_images))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    device = torch.device(device)
+    model = model.to(device).eval()
+
+    records: list[dict[str, Any]] = []
+    has_gt: bool | None = None
+    started = time.perf_counter()
+    bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("images"), TimeRemainingColumn(), disable=not progress,
+                   transient=True)
+    with bar:
+        task = bar.add_task("eval", total=num_images)
+        for batch in loader:
+            batch = _to_device(batch, device)
+            output: ModelOutput = model(batch)
+            labels = batch.get("label_map")
+            has_gt = labels is not None if has_gt is None else has_gt
+            values = batch_metrics(output, batch["image"], labels, config)
+            size = batch["image"].shape[0]
+            for i in range(size):
+                index = len(records)
+                record: dict[str, Any] = {
+                    "image_index": int(batch["image_index"][i]) if "image_index" in batch else index,
+                }
+                if "scene_index" in batch:
+                    record["scene_index"] = int(batch["scene_index"][i])
+                for name, value in values.items():
+                    record[name] = _json_number(float(value[i]))
+                records.append(record)
+            bar.advance(task, size)
+    seconds = time.perf_counter() - started
+
+    names = [n for n in DISPLAY if n in records[0]]
+    aggregates = {name: aggregate(r[name] for r in records) for name in names}
+    info = {"num_images": len(records), "ground_truth": bool(has_gt), "seconds": seconds,
+            "metrics_config": to_dict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info.update(meta or {})
+    return EvalResult(records=records, aggregates=aggregates, meta=info)
+
+
+def _format(name: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    _, fmt, scale = DISPLAY.get(name, (name, "{:.4f}", 1.0))
+    return fmt.format(value * scale)
+
+
+def result_table(result: EvalResult, title: str | None = None) -> Table:
+    """A readable table: metric, mean +- standard error, number of images."""
+    table = Table(title=title or f"evaluation ({result.meta.get('num_images', '?')} images)")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("± s.e.", justify="right")
+    table.add_column("n", justify="right")
+    for name, agg in result.aggregates.items():
+        table.add_row(DISPLAY.get(name, (name,))[0], _format(name, agg["mean"]),
+                      _format(name, agg["stderr"]), str(agg["n"]))
+    return table
+
+
+def print_result(result: EvalResult, console: Console | None = None, title: str | None = None):
+    (console or Console()).print(result_table(result, title))
+
+
+# ---- comparing a control run with an LDS run (the paper's view) -------------------------------
+
+def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float | None]]:
+    """Per metric: control mean, LDS mean, delta = LDS - control, and whether LDS is better.
+
+    The paper's headline is dSim = Sim(control) - Sim(LDS) (positive: LDS made slot latents less
+    similar); it is reported under the key "dSim". Metrics only one side has are skipped.
+    """
+    rows: dict[str, dict[str, float | None]] = {}
+    for name in DISPLAY:
+        if name not in control.aggregates or name not in lds.aggregates:
+            continue
+        a, b = control.aggregates[name]["mean"], lds.aggregates[name]["mean"]
+        delta = None if a is None or b is None else b - a
+        better = None
+        if delta is not None and name in HIGHER_IS_BETTER and delta != 0:
+            better = (delta > 0) == HIGHER_IS_BETTER[name]
+        rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better}
+    if "sim" in rows and rows["sim"]["delta"] is not None:
+        rows["dSim"] = {"control": None, "lds": None, "delta": -rows["sim"]["delta"],
+                        "lds_better": rows["sim"]["lds_better"]}
+    return rows
+
+
+def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "control",
+                     lds_name: str = "LDS") -> Table:
+    rows = compare(control, lds)
+    table = Table(title=f"{control_name} vs {lds_name}")
+    table.add_column("metric")
+    table.add_column(control_name, justify="right")
+    table.add_column(lds_name, justify="right")
+    table.add_column("Δ (LDS − control)", justify="right")
+    table.add_column("LDS better?", justify="center")
+    order = ["sim", "dSim", "dup_gt", "dup_nogt", "dup_components", "dup_pairs", "mse", "rmse",
+             "miou", "miou_greedy", "ari", "fg_ari", "active_slots"]
+    for name in order:
+        if name not in rows:
+            continue
+        row = rows[name]
+        better = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[row["lds_better"]]
+        if name == "dSim":
+            table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", _format("sim", row["delta"]),
+                          better)
+            continue
+        table.add_row(DISPLAY[name][0], _format(name, row["control"]), _format(name, row["lds"]),
+                      _signed(name, row["delta"]), better)
+    return table
+
+
+def _signed(name: str, value: float | None) -> str:
+    text = _format(name, None if value is None else abs(value))
+    if value is None or text == "-":
+        return text
+    return ("+" if value >= 0 else "−") + text
