@@ -1,0 +1,1 @@
+"""Small pieces every part of ldsrig shares: user-facing errors and dataclass configs."""

@@ -1,0 +1,1 @@
+"""The scene store (zarr), synthetic scenes, importers and torch datasets over stores."""

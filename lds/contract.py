@@ -1,0 +1,80 @@
+"""The one output contract every model (MONet, IODINE, MulMON, GENESIS) returns.
+
+LDS, the metrics, the figures and the training loop are written once against this contract.
+It is checked on every training step (cheap: shapes and dtypes only), so a model that drifts
+from it fails at once with a message naming the field, not later inside a metric.
+
+Shapes (B images, K slots, D latent size, H x W pixels):
+
+    loss             ()            the scalar that is minimised: -ELBO - lambda * L_LDS (Eq. 4)
+    loss_terms       dict[str, ()] every named term that makes up ``loss`` (detached copies for
+                                   logging are taken by the trainer), e.g. ``nll``, ``kl_z``,
+                                   ``kl_mask``, ``lds``; ``lds`` is the *prior* value (Eq. 3,
+                                   higher is better) before weighting, 0 when LDS is off
+    slot_latents     (B, K, D)     the latents LDS sees (samples z_k ~ q during training)
+    posterior_mean   (B, K, D)     mean of q(z_k | x) (after the last refinement step for
+                                   iterative models)
+    posterior_logvar (B, K, D)     log-variance of q(z_k | x)
+    mask_logits      (B, K, 1, H, W)  unnormalised mask logits m_k^lg (supplement, section B)
+    masks            (B, K, 1, H, W)  mixing probabilities, softmax over K (sum to 1 per pixel)
+    appearance       (B, K, 3, H, W)  per-slot RGB means x_k in [0, 1] (or unbounded for MulMON)
+    reconstruction   (B, 3, H, W)  sum_k masks * appearance
+
+Multi-view models flatten views into the batch axis for every image-shaped field
+(B = scenes * views) and keep their latents per scene-view pair the same way, so metrics and
+figures need no special case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+CONTRACT_FIELDS = (
+    "loss", "loss_terms", "slot_latents", "posterior_mean", "posterior_logvar",
+    "mask_logits", "masks", "appearance", "reconstruction",
+)
+
+
+class ContractError(AssertionError):
+    """A model returned something that breaks the output contract (a bug, not a user error)."""
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor
+    loss_terms: dict[str, torch.Tensor]
+    slot_latents: torch.Tensor
+    posterior_mean: torch.Tensor
+    posterior_logvar: torch.Tensor
+    mask_logits: torch.Tensor
+    masks: torch.Tensor
+    appearance: torch.Tensor
+    reconstruction: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # model-specific, optional
+
+    def check(self, batch_size: int, num_slots: int, height: int, width: int) -> "ModelOutput":
+        """Raise ContractError unless every field has the documented shape."""
+        B, K, H, W = batch_size, num_slots, height, width
+
+        def expect(name: str, tensor: torch.Tensor, shape: tuple) -> None:
+            if not isinstance(tensor, torch.Tensor):
+                raise ContractError(f"{name} must be a tensor, got {type(tensor).__name__}")
+            if tuple(tensor.shape) != shape:
+                raise ContractError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+
+        expect("loss", self.loss, ())
+        if not self.loss_terms:
+            raise ContractError("loss_terms is empty")
+        for key, value in self.loss_terms.items():
+            expect(f"loss_terms[{key!r}]", value, ())
+        D = self.slot_latents.shape[-1] if self.slot_latents.dim() == 3 else -1
+        expect("slot_latents", self.slot_latents, (B, K, D))
+        expect("posterior_mean", self.posterior_mean, (B, K, D))
+        expect("posterior_logvar", self.posterior_logvar, (B, K, D))
+        expect("mask_logits", self.mask_logits, (B, K, 1, H, W))
+        expect("masks", self.masks, (B, K, 1, H, W))
+        expect("appearance", self.appearance, (B, K, 3, H, W))
+        expect("reconstruction", self.reconstruction, (B, 3, H, W))
+        return self

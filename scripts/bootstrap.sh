@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sets up ldsrig on a fresh machine: system libraries Python wheels need, a virtual environment
+# .venv at the repository root, the right torch build, and the project itself (editable, with the
+# test tools).  Safe to run again: it skips what is already done.
+#
+#   TORCH_VERSION   torch release to install (default 2.13.0)
+#   TORCH_INDEX_URL wheel index to take torch from (default: CPU wheels on a machine without an
+#                   NVIDIA GPU when no local CPU build is found; PyPI's default CUDA build with one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. System libraries.  pyrealsense2's wheel links against libusb-1.0 and does not import without it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+        say "installing libusb-1.0-0 (needed by pyrealsense2)"
+        $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libusb-1.0-0 >/dev/null \
+            || say "could not install libusb-1.0-0; RealSense cameras will be unavailable"
+    else
+        say "libusb-1.0 not found and no apt-get; install it for RealSense support"
+    fi
+fi
+
+# 2. The virtual environment.
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv with $($PYTHON --version)"
+    $PYTHON -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+
+# 3. torch: CPU build without a GPU (a CUDA build is several GB), PyPI's CUDA build with one.
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        say "NVIDIA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+        $PIP install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
+    elif [ -z "${TORCH_INDEX_URL:-}" ] && $PIP install -q --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+        say "no GPU: installed torch==$TORCH_VERSION from a local CPU build"
+    else
+        say "no GPU: installing torch==$TORCH_VERSION (CPU build)"
+        $PIP install -q --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" "torch==$TORCH_VERSION"
+    fi
+fi
+
+# 4. The project and its test tools; re-run only when pyproject.toml changed.
+stamp=".venv/.ldsrig-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing ldsrig and its dependencies into .venv"
+    $PIP install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,255 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.store import SCHEMA_VERSION, SceneStore, StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def image_rows(start: int, n: int, h: int = 16, w: int = 20):
+    """Deterministic content for global image indices start..start+n (checked bit for bit)."""
+    rgb = np.stack([np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+                    for i in range(start, start + n)])
+    pose = np.tile(np.eye(4), (n, 1, 1))
+    pose[:, :3, 3] = np.arange(start, start + n)[:, None] * 0.01
+    K = np.tile(np.array([[20.0, 0, w / 2], [0, 20.0, h / 2], [0, 0, 1]]), (n, 1, 1))
+    return rgb, pose, K
+
+
+def make_gt_store(path, n_scenes=2, views=3, h=16, w=20):
+    with SceneStore.create(path, h, w, ground_truth=True, max_objects=4, attrs={"source": "test"}) as store:
+        count = 0
+        for s in range(n_scenes):
+            sid = f"scene_{s:03d}"
+            store.add_scene(sid, {"objects": [{"shape": "cube"}, {"shape": "sphere"}], "source": "test"})
+            rgb, pose, K = image_rows(count, views, h, w)
+            labels = np.zeros((views, h, w), np.uint8)
+            labels[:, 2:6, 2:6] = 1
+            labels[:, 8:12, 10:14] = 2
+            amodal = np.zeros((views, 2, h, w), bool)
+            amodal[:, 0, 2:7, 2:7] = True
+            amodal[:, 1, 8:12, 9:14] = True
+            store.append_images(sid, rgb, pose, K, label_map=labels, amodal_masks=amodal,
+                                joint_positions=np.zeros((views, 7)))
+            store.set_scene_state(sid, "complete")
+            count += views
+    return path
+
+
+def test_round_trip_and_conventions(tmp_path):
+    path = make_gt_store(tmp_path / "s.zarr")
+    store = SceneStore.open(path)
+    assert store.num_images == 6 and store.scene_ids == ["scene_000", "scene_001"]
+    assert store.attrs["schema"] == {"name": "ldsrig-scene-store", "version": SCHEMA_VERSION}
+    assert "OpenCV" in store.attrs["conventions"]["camera_pose_world"]
+    rows = store.images(store.scene_image_indices("scene_001"))
+    rgb, pose, K = image_rows(3, 3)
+    assert np.array_equal(rows["rgb"], rgb) and np.array_equal(rows["camera_pose_world"], pose)
+    assert rows["view_index"].tolist() == [0, 1, 2]
+    assert rows["joint_positions"].shape == (3, 8) and np.isnan(rows["joint_positions"][:, 7]).all()
+    assert rows["amodal_masks"].shape == (3, 4, 16, 20) and not rows["amodal_masks"][:, 2:].any()
+    assert store.scene_state("scene_000") == "complete"
+    assert store.scene_metadata("scene_000")["objects"][1]["shape"] == "sphere"
+
+
+def test_views_of_a_scene_may_be_interleaved_and_resumed(tmp_path):
+    with SceneStore.create(tmp_path / "s", 16, 20) as store:
+        store.add_scene("a")
+        store.add_scene("b")
+        store.append_images("a", *image_rows(0, 2))
+        store.append_images("b", *image_rows(2, 1))
+    with SceneStore.open(tmp_path / "s", mode="a") as store:
+        store.append_images("a", *image_rows(3, 1))
+    store = SceneStore.open(tmp_path / "s")
+    assert store.scene_image_indices("a").tolist() == [0, 1, 3]
+    assert store.images([3])["view_index"].tolist() == [2]
+
+
+def test_discarded_scene_can_be_redone_under_same_id(tmp_path):
+    with SceneStore.create(tmp_path / "s", 16, 20) as store:
+        store.add_scene("a", {"take": 1})
+        store.append_images("a", *image_rows(0, 2))
+        store.set_scene_state("a", "discarded")
+        assert store.scene_ids == []
+        store.add_scene("a", {"take": 2})
+        store.append_images("a", *image_rows(2, 1))
+    store = SceneStore.open(tmp_path / "s")
+    assert store.scene_ids == ["a"] and store.scene_metadata("a") == {"take": 2}
+    assert store.scene_image_indices("a").tolist() == [2]
+
+
+def test_second_writer_refused_and_reader_allowed(tmp_path):
+    path = tmp_path / "s"
+    with SceneStore.create(path, 16, 20) as writer:
+        with pytest.raises(StoreError, match="being written by another process"):
+            SceneStore.open(path, mode="a")
+        assert SceneStore.open(path).num_images == 0  # readers never block
+        child = subprocess.run(
+            [sys.executable, "-c", f"from datasets.store import SceneStore; SceneStore.open({str(path)!r}, 'a')"],
+            cwd=ROOT, capture_output=True, text=True)
+        assert child.returncode != 0 and "being written by another process" in child.stderr
+    SceneStore.open(path, mode="a").close()  # released on close
+
+
+def test_stale_lock_from_dead_process_is_detected(tmp_path):
+    from datasets.inspect import check_store
+    from datasets.store import stale_lock_owner
+
+    path = tmp_path / "s"
+    SceneStore.create(path, 16, 20).close()
+    code = f"import os; from datasets.store import SceneStore; s = SceneStore.open({str(path)!r}, 'a'); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)  # dies holding the lock
+    assert "pid" in (stale_lock_owner(path) or "")
+    assert any("stale writer lock" in p.message for p in check_store(path, progress=False))
+    SceneStore.open(path, mode="a").close()  # a new writer takes over
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from datasets.store import SceneStore
+    from test_store import image_rows
+    store = SceneStore.open({path!r}, "a") if {resume} else SceneStore.create({path!r}, 480, 640)
+    if not {resume}:
+        store.add_scene("scene")
+    i = store.num_images
+    while True:
+        store.append_images("scene", *image_rows(i, 2, 480, 640))
+        i += 2
+        print(i, flush=True)
+""")
+
+
+def _expect_committed(path):
+    store = SceneStore.open(path)
+    n = store.num_images
+    rows = store.images(slice(0, n))
+    rgb, pose, _ = image_rows(0, n, 480, 640)
+    assert np.array_equal(rows["rgb"], rgb), "a committed image changed"
+    assert np.array_equal(rows["camera_pose_world"], pose)
+    return n, store
+
+
+def test_sigkill_mid_append_keeps_every_committed_image(tmp_path):
+    """Kill a writer at random moments inside append loops; committed data survives bit for bit."""
+    path = tmp_path / "kill.zarr"
+    script = tmp_path / "writer.py"
+    committed_before = 0
+    for attempt, delay in enumerate([0.6, 0.37, 0.53]):
+        script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), path=str(path),
+                                        resume=attempt > 0))
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one batch committed in this round
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n, store = _expect_committed(path)
+        assert n >= committed_before + 2 and n % 2 == 0
+        committed_before = n
+    # and writing resumes cleanly after the last kill
+    with SceneStore.open(path, mode="a") as store:
+        assert store.uncommitted_rows() == 0
+        store.append_images("scene", *image_rows(committed_before, 2, 480, 640))
+    n, _ = _expect_committed(path)
+    assert n == committed_before + 2
+
+
+def test_kill_between_rows_and_commit_marker(tmp_path):
+    """The exact worst case: rows resized and written, commit marker not yet written."""
+    path = tmp_path / "s.zarr"
+    with SceneStore.create(path, 16, 20) as store:
+        store.add_scene("a")
+        store.append_images("a", *image_rows(0, 3))
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from datasets.store import SceneStore
+        from test_store import image_rows
+        store = SceneStore.open({str(path)!r}, "a")
+        store._commit = lambda n: os.kill(os.getpid(), signal.SIGKILL)
+        store.append_images("a", *image_rows(3, 5))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL
+    store = SceneStore.open(path)
+    assert store.num_images == 3 and store.uncommitted_rows() == 5
+    rgb, _, _ = image_rows(0, 3)
+    assert np.array_equal(store.images(slice(0, 3))["rgb"], rgb)
+    from datasets.inspect import check_store
+
+    assert any("uncommitted" in p.message for p in check_store(path, progress=False))
+    with SceneStore.open(path, mode="a") as store:
+        assert store.uncommitted_rows() == 0
+        store.append_images("a", *image_rows(3, 2))
+    assert SceneStore.open(path).images([4])["view_index"].tolist() == [4]
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        SceneStore.open(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a zarr store"):
+        SceneStore.open(tmp_path / "plain")
+    import zarr
+
+    zarr.open_group(str(tmp_path / "foreign"), mode="w")
+    with pytest.raises(StoreError, match="not an ldsrig scene store"):
+        SceneStore.open(tmp_path / "foreign")
+    path = make_gt_store(tmp_path / "s")
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["schema"]["version"] = SCHEMA_VERSION + 1
+    newer = tmp_path / "newer"
+    import shutil
+
+    shutil.copytree(path, newer)
+    (newer / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="newer than this ldsrig"):
+        SceneStore.open(newer)
+    with SceneStore.open(path, mode="a") as store:
+        with pytest.raises(StoreError, match="rgb must be uint8"):
+            store.append_images("scene_000", np.zeros((1, 8, 8, 3), np.uint8), np.eye(4), np.eye(3),
+                                label_map=np.zeros((8, 8), np.uint8), amodal_masks=np.zeros((1, 8, 8), bool))
+        rgb, pose, K = image_rows(0, 1)
+        with pytest.raises(StoreError, match="label_map and amodal_masks are required"):
+            store.append_images("scene_000", rgb, pose, K)
+        with pytest.raises(StoreError, match="not in"):
+            store.append_images("nope", rgb, pose, K)
+        with pytest.raises(StoreError, match="already exists"):
+            store.add_scene("scene_000")
+    assert SceneStore.open(path).num_images == 6  # nothing committed by the failures
+
+
+def test_check_finds_bad_pose_and_masks(tmp_path):
+    from datasets.inspect import check_store
+
+    path = make_gt_store(tmp_path / "s")
+    assert [p for p in check_store(path, progress=False) if p.severity == "error"] == []
+    with SceneStore.open(path, mode="a") as store:
+        rgb, pose, K = image_rows(6, 1)
+        pose[0, :3, :3] *= 2.0  # a scaled "rotation"
+        labels = np.zeros((1, 16, 20), np.uint8)
+        labels[0, 0:4, 0:4] = 1  # outside object 1's amodal mask
+        amodal = np.zeros((1, 2, 16, 20), bool)
+        amodal[0, 0, 10:, 10:] = True
+        store.append_images("scene_000", rgb, pose, K, label_map=labels, amodal_masks=amodal)
+    messages = " ".join(p.message for p in check_store(path, progress=False))
+    assert "not rigid transforms" in messages and "masks that disagree" in messages
+
+
+def test_corrupt_chunk_reported_not_crashing(tmp_path):
+    from datasets.inspect import check_store
+
+    path = make_gt_store(tmp_path / "s")
+    chunk = next(p for p in (path / "images" / "rgb").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"garbage")
+    problems = check_store(path, progress=False)
+    assert any(p.severity == "error" and "cannot read" in p.message for p in problems)
