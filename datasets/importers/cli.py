@@ -1,0 +1,42 @@
+"""``ldsrig data import FORMAT SRC DST``: the typer command (mounted by datasets/cli.py)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class ImportFormat(str, Enum):
+    clevr_mv = "clevr-mv"
+    clevr_mv_raw = "clevr-mv-raw"
+    gqn_jaco = "gqn-jaco"
+    multi_object = "multi-object"
+
+
+def import_command(
+    format: Annotated[ImportFormat, typer.Argument(help="Source format.", case_sensitive=False)],
+    src: Annotated[Path, typer.Argument(help=(
+        "clevr-mv: the JSON index (clevr_mv_train.json); clevr-mv-raw: the generator's output "
+        "folder; gqn-jaco: the .h5 file; multi-object: the .tfrecords file."))],
+    dst: Annotated[Path, typer.Argument(help="Scene store to create, or to resume an interrupted import into.")],
+    data_root: Annotated[Optional[Path], typer.Option(
+        "--data-root", help="clevr-mv: folder that the index's data_path entries are relative to "
+        "(default: found next to the index or above it).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="multi-object: multi_dsprites_{binarized,colored_on_grayscale,"
+        "colored_on_colored}, objects_room[_six_objects|_empty_room|_identical_color], "
+        "clevr_with_masks or tetrominoes.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=0, help="Import at most this many scenes (counting ones already imported).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Import a public dataset into a scene store (resumable: re-run to continue)."""
+    from datasets.importers import import_dataset
+
+    report = import_dataset(
+        format.value, src, dst, data_root=data_root, dataset=dataset, limit=limit, progress=progress
+    )
+    typer.echo(report.summary())
