@@ -1,0 +1,177 @@
+"""`ldsrig eval` and `ldsrig compare` (mounted by root cli.py through lds/cli.py).
+
+    ldsrig eval RUN --data STORE [--out FILE] [--batch-size 32] [--max-images N] [--figure N]
+                [--metric claim_iou=0.6 ...]
+    ldsrig compare RUN_CONTROL RUN_LDS [--data STORE] [--figure N]
+
+`eval` writes RUN/eval/eval.json (per-image records + aggregates) and prints a table; with
+--figure N it also writes RUN/eval/figure2.png with N images. `compare` reads both runs'
+eval.json (evaluating first when one is missing and --data is given) and prints the paper's
+view: Sim for each run and dSim = Sim(control) - Sim(LDS), duplicate rates side by side, MSE
+and mIoU with deltas.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+
+from common.config import load_config
+from common.errors import UserError
+from lds.evaluation import EvalResult, comparison_table, compare, evaluate, print_result
+from lds.metrics import MetricsConfig
+
+EVAL_DIR = "eval"
+EVAL_FILE = "eval.json"
+FIGURE_FILE = "figure2.png"
+
+
+def _check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA GPU is available")
+    return device
+
+
+def _load_run(run: Path, device: str):
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist")
+    from lds.training.runs import load_run  # the training package is only needed here
+
+    return load_run(run, map_location=device)
+
+
+def _open_dataset(data: Path):
+    if not Path(data).exists():
+        raise UserError(f"data store {data} does not exist")
+    from datasets.torch_data import ImageDataset
+
+    return ImageDataset(data)
+
+
+def _run_meta(run: Path, train_cfg, data: Path) -> dict:
+    meta = {"run": str(run), "data": str(Path(data).resolve())}
+    model_cfg = getattr(train_cfg, "model", None)
+    meta["model"] = getattr(model_cfg, "name", None)
+    lds = getattr(train_cfg, "lds", None)
+    if lds is not None:
+        meta["lds"] = {k: getattr(lds, k) for k in ("enabled", "weight", "sigma") if hasattr(lds, k)}
+    return meta
+
+
+def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int = 32,
+                 max_images: int | None = None, device: str = "cpu", figure: int = 0,
+                 metric_overrides: list[str] | None = None, progress: bool = True,
+                 console: Console | None = None) -> EvalResult:
+    """Evaluate the run's latest checkpoint on ``data``; write eval.json (and figure2.png)."""
+    console = console or Console()
+    run = Path(run)
+    config = load_config(MetricsConfig, None, metric_overrides or [])
+    model, train_cfg = _load_run(run, _check_device(device))
+    dataset = _open_dataset(data)
+    if len(dataset) == 0:
+        raise UserError(f"data store {data} has no images to evaluate")
+    result = evaluate(model, dataset, batch_size=batch_size, device=device, max_images=max_images,
+                      progress=progress, config=config, meta=_run_meta(run, train_cfg, data))
+    out = Path(out) if out is not None else run / EVAL_DIR / EVAL_FILE
+    result.save(out)
+    print_result(result, console, title=f"{run.name}: {result.meta['num_images']} images")
+    console.print(f"wrote {out}")
+    if figure > 0:
+        path = write_figure([model], dataset, figure, out.parent / FIGURE_FILE,
+                            limit=result.meta["num_images"], labels=[run.name])
+        console.print(f"wrote {path}")
+    return result
+
+
+def write_figure(models: list, dataset, num_examples: int, path: Path, limit: int | None = None,
+                 labels: list[str] | None = None) -> Path:
+    """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images."""
+    from lds.figures import figure2
+
+    available = len(dataset) if limit is None else min(limit, len(dataset))
+    chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
+    images = torch.stack([dataset[int(i)]["image"] for i in chosen])
+    sources = dict(zip(labels, models)) if labels and len(models) > 1 else models[0]
+    return figure2(sources, images, path)
+
+
+def eval_command(
+    run: Path = typer.Argument(..., help="Run directory (written by `ldsrig train`)."),
+    data: Path = typer.Option(..., "--data", help="Scene store to evaluate on."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSON [default: RUN/eval/eval.json]."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Evaluate only the first N images."),
+    figure: int = typer.Option(0, "--figure", min=0, help="Also write Figure 2 with N example images."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    metric: list[str] = typer.Option([], "--metric", help="Metric threshold override key=value (repeatable), e.g. claim_iou=0.6."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Evaluate a trained run: MSE, RMSE, mIoU (Hungarian and greedy), ARI, FG-ARI, Sim, duplicates."""
+    evaluate_run(run, data, out, batch_size, max_images, device, figure, list(metric),
+                 progress=not no_progress)
+
+
+def _eval_for(run: Path, data: Path | None, **kwargs) -> EvalResult:
+    """The run's eval.json; evaluated first if it is missing (or made on other data) and data given."""
+    path = Path(run) / EVAL_DIR / EVAL_FILE
+    if path.is_file():
+        result = EvalResult.load(path)
+        if data is None or result.meta.get("data") == str(Path(data).resolve()):
+            return result
+    if data is None:
+        raise UserError(f"{path} does not exist: run `ldsrig eval {run} --data STORE` first, "
+                        "or pass --data to compare")
+    return evaluate_run(Path(run), data, **kwargs)
+
+
+def compare_command(
+    run_control: Path = typer.Argument(..., help="Control run (trained without LDS)."),
+    run_lds: Path = typer.Argument(..., help="Run trained with the LDS prior."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Store to evaluate on when an eval.json is missing."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1),
+    figure: int = typer.Option(0, "--figure", min=0, help="With --data: Figure 2 of both runs stacked (control above LDS), N images."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison as JSON."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Compare a control run with an LDS run: dSim, duplicate rates, MSE and mIoU with deltas."""
+    console = Console()
+    kwargs = dict(batch_size=batch_size, max_images=max_images, device=device, console=console)
+    control = _eval_for(run_control, data, **kwargs)
+    lds = _eval_for(run_lds, data, **kwargs)
+    for name, result in (("control", control), ("LDS", lds)):
+        if result.meta.get("lds", {}).get("enabled") is True and name == "control":
+            console.print(f"[yellow]note: the control run {run_control} was trained with LDS[/]")
+        if result.meta.get("lds", {}).get("enabled") is False and name == "LDS":
+            console.print(f"[yellow]note: the LDS run {run_lds} was trained without LDS[/]")
+    if control.meta.get("data") != lds.meta.get("data") or \
+            control.meta.get("num_images") != lds.meta.get("num_images"):
+        console.print("[yellow]note: the two runs were evaluated on different data "
+                      f"({control.meta.get('data')}, {control.meta.get('num_images')} images vs "
+                      f"{lds.meta.get('data')}, {lds.meta.get('num_images')} images)[/]")
+    console.print(comparison_table(control, lds, Path(run_control).name, Path(run_lds).name))
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"control": str(run_control), "lds": str(run_lds),
+                                         "rows": compare(control, lds)}, indent=1))
+        console.print(f"wrote {out}")
+    if figure > 0:
+        if data is None:
+            raise UserError("--figure needs --data (the images to draw)")
+        control_model, _ = _load_run(Path(run_control), _check_device(device))
+        lds_model, _ = _load_run(Path(run_lds), _check_device(device))
+        path = write_figure([control_model, lds_model], _open_dataset(data), figure,
+                            Path(run_lds) / EVAL_DIR / "figure2_vs_control.png", limit=max_images,
+                            labels=[f"{Path(run_control).name} (control)",
+                                    f"{Path(run_lds).name} (LDS)"])
+        console.print(f"wrote {path}")
