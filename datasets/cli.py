@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
-console = Console()
+console = Console(soft_wrap=True)  # one problem per line, greppable
 
 
 @app.command("info")
