@@ -7,7 +7,9 @@ import torch
 from lds.contract import ModelOutput
 from lds.metrics.config import MetricsConfig
 from lds.metrics.reconstruction import mse, rmse_mulmon
-from lds.metrics.segmentation import adjusted_rand_index, miou_greedy, miou_hungarian
+from lds.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
+                                      miou_greedy_from_contingency,
+                                      miou_hungarian_from_contingency)
 from lds.metrics.slots import (duplicate_pairs_without_gt, duplicated_gt_components,
                                slot_binary_masks, slot_similarity)
 
@@ -52,12 +54,15 @@ def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Ten
     if label_map is not None:
         gt = label_map.detach().cpu().long()
         dup_components = duplicated_gt_components(gt, slot_masks, config.claim_iou)
+        # one contingency table (GT label x argmax slot pixel counts) serves every segmentation
+        # metric; FG-ARI is the same table without the GT background row
+        table = contingency_table(gt, argmax_labels(masks), masks.shape[1])
         values.update({
-            "miou": miou_hungarian(gt, masks),
-            "miou_greedy": miou_greedy(gt, masks, config.greedy_mask_threshold,
-                                       config.greedy_min_iou),
-            "ari": adjusted_rand_index(gt, masks),
-            "fg_ari": adjusted_rand_index(gt, masks, ignore_background=True),
+            "miou": miou_hungarian_from_contingency(table),
+            "miou_greedy": miou_greedy_from_contingency(table, config.greedy_mask_threshold,
+                                                        config.greedy_min_iou),
+            "ari": ari_from_contingency(table),
+            "fg_ari": ari_from_contingency(table[:, 1:]),
             "dup_components": dup_components,
             "dup_gt": dup_components > 0,
         })

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from lds.metrics.segmentation import (argmax_labels, binary_iou, flatten_slot_masks,
-                                      gt_component_masks, one_hot_labels)
+                                      one_hot_labels)
 from lds.prior import cosine_similarity_matrix, off_diagonal_mean
 
 
@@ -55,9 +55,19 @@ def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
 
     ``slot_masks`` (B, K, N) bool; a slot claims a component when their IoU >= ``claim_iou``.
     """
-    gt_masks, present = gt_component_masks(gt_labels)
-    claims = (binary_iou(gt_masks, slot_masks) >= claim_iou).sum(dim=-1)   # (B, G)
-    return ((claims >= 2) & present).sum(dim=-1)
+    batch, num_slots, _ = slot_masks.shape
+    num_gt = int(gt_labels.max().item()) + 1
+    gt_flat = gt_labels.flatten(1).long()
+    gt_area = torch.zeros(batch, num_gt, dtype=torch.float32).scatter_add_(
+        1, gt_flat, torch.ones_like(gt_flat, dtype=torch.float32))
+    # intersection[b, k, g] = pixels of slot k's mask with GT label g (a scatter, not a matmul)
+    intersection = torch.zeros(batch, num_slots, num_gt, dtype=torch.float32).scatter_add_(
+        2, gt_flat.unsqueeze(1).expand(-1, num_slots, -1), slot_masks.to(torch.float32))
+    slot_area = slot_masks.sum(-1, dtype=torch.float32).unsqueeze(-1)
+    union = slot_area + gt_area.unsqueeze(1) - intersection
+    iou = torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
+    claims = (iou >= claim_iou).sum(dim=1)                                  # (B, G)
+    return ((claims >= 2) & (gt_area > 0)).sum(dim=-1)
 
 
 def duplicate_pairs_without_gt(slot_masks: torch.Tensor, posterior_mean: torch.Tensor,
