@@ -219,6 +219,10 @@ def plan_viewpoints(rig: RigConfig, n_views: int | None = None, seed: int = 0,
     home = np.asarray(rig.home, dtype=float) if rig.home else model.ready.copy()
     if home.shape != (model.n,):
         raise PlanningError(f"home has {home.size} values but {rig.model} has {model.n} joints")
+    home_violation = checker.check(home)
+    if home_violation is not None:
+        raise PlanningError(f"the home configuration {np.round(home, 3).tolist()} is unsafe on this rig "
+                            f"({home_violation}); set home to a safe pose above the table")
     T_base_world = invert(rig.T_world_base)
     T_camera_flange = invert(rig.T_flange_camera)
 

@@ -31,6 +31,10 @@ class Violation:
         return f"{self.reason}: {self.detail}"
 
 
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
+
+
 class SafetyChecker:
     def __init__(self, rig: RigConfig, model: ArmModel | None = None):
         self.rig = rig
@@ -69,7 +73,7 @@ class SafetyChecker:
         for label, p in (("camera", cam), ("flange", T_world_flange[:3, 3])):
             if np.any(p < self.box_lo) or np.any(p > self.box_hi):
                 return Violation("outside_workspace", f"{label} at ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m is "
-                                                      f"outside the workspace box {list(self.box_lo)}..{list(self.box_hi)}")
+                                                      f"outside the workspace box {_fmt(self.box_lo)}..{_fmt(self.box_hi)}")
         if m.capsules:
             a, b, r = m.capsule_segments(frames)
             R, t = self.T_world_base[:3, :3], self.T_world_base[:3, 3]
