@@ -228,10 +228,11 @@ class HandEyeResult:
     board_spread_deg: dict[str, float]
     board_spread_mm: dict[str, float]
     n_views: int
+    failed: list[str] = field(default_factory=list)  # methods OpenCV could not solve with these views
 
     def to_dict(self) -> dict:
         return {"flange_to_camera": np.round(self.T_flange_cam, 9).tolist(), "method": self.method,
-                "n_views": self.n_views,
+                "n_views": self.n_views, "failed_methods": list(self.failed),
                 "methods": {m: {"flange_to_camera": np.round(T, 9).tolist(),
                                 "disagreement_deg": self.disagreement_deg[m],
                                 "disagreement_mm": self.disagreement_mm[m],
@@ -255,11 +256,17 @@ def solve_hand_eye(T_base_flange: list[np.ndarray], T_cam_board: list[np.ndarray
     t_t2c = [T[:3, 3].reshape(3, 1) for T in T_cam_board]
     answers: dict[str, np.ndarray] = {}
     spread_deg, spread_mm = {}, {}
+    failed = []
     for name in methods or list(HAND_EYE_METHODS):
-        R, t = cv2.calibrateHandEye(R_g2b, t_g2b, R_t2c, t_t2c, method=HAND_EYE_METHODS[name])
+        try:
+            R, t = cv2.calibrateHandEye(R_g2b, t_g2b, R_t2c, t_t2c, method=HAND_EYE_METHODS[name])
+        except cv2.error:  # e.g. a degenerate rotation normalisation in one method: use the others
+            failed.append(name)
+            continue
         X = np.eye(4)
         X[:3, :3], X[:3, 3] = R, np.ravel(t)
         if not np.all(np.isfinite(X)):
+            failed.append(name)
             continue
         answers[name] = X
         boards = [A @ X @ B for A, B in zip(T_base_flange, T_cam_board)]
@@ -275,7 +282,7 @@ def solve_hand_eye(T_base_flange: list[np.ndarray], T_cam_board: list[np.ndarray
     dis_mm = {m: float(np.linalg.norm(T[:3, 3] - X[:3, 3]) * 1000) for m, T in answers.items()}
     return HandEyeResult(T_flange_cam=X, method=best, methods=answers, disagreement_deg=dis_deg,
                          disagreement_mm=dis_mm, board_spread_deg=spread_deg, board_spread_mm=spread_mm,
-                         n_views=len(T_base_flange))
+                         n_views=len(T_base_flange), failed=failed)
 
 
 # -- the rig calibration file --------------------------------------------------------------------
@@ -323,4 +330,55 @@ def calibrated_hand_eye(data: dict) -> np.ndarray | None:
     T = np.asarray(he["flange_to_camera"], float)
     if T.shape != (4, 4):
         raise CalibrationError("calibration hand_eye.flange_to_camera must be a 4x4 matrix")
+    return T
+
+
+# -- hand-eye at the rig ---------------------------------------------------------------------------
+
+def collect_hand_eye(arm, grab_image, joint_positions, board_cfg: BoardConfig, K: np.ndarray, distortion,
+                     progress=None) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Move the arm through ``joint_positions``; at each, once settled, grab an image and measure the
+    board.  Returns (T_base_flange, T_cam_board, indices of the poses where the board was seen).
+    ``grab_image(settled_at)`` returns an RGB or grey image captured after ``settled_at``."""
+    import time
+
+    flanges, boards, used = [], [], []
+    for i, q in enumerate(joint_positions):
+        arm.move_to(q, wait=True)
+        settled_at = time.time()
+        q_now = arm.joint_positions()
+        image = grab_image(settled_at)
+        T_cam_board = board_pose(image, board_cfg, K, distortion)
+        if T_cam_board is not None:
+            flanges.append(arm.model.fkine_flange(q_now))
+            boards.append(T_cam_board)
+            used.append(i)
+        if progress is not None:
+            progress(i + 1, len(joint_positions))
+    return flanges, boards, used
+
+
+def simulated_board_grabber(arm, board_cfg: BoardConfig, T_world_board: np.ndarray, K: np.ndarray,
+                            width: int, height: int, T_flange_cam_true: np.ndarray | None = None):
+    """For the simulated rig: a camera that sees the board lying at ``T_world_board``, mounted with
+    the true hand-eye ``T_flange_cam_true`` (default: the rig config's), rendered by warping."""
+    def grab(_settled_at: float) -> np.ndarray:
+        q = arm.joint_positions()
+        T_flange = T_flange_cam_true if T_flange_cam_true is not None else arm.rig.T_flange_camera
+        T_world_cam = arm.rig.T_world_base @ arm.model.fkine_flange(q) @ T_flange
+        return render_board_view(board_cfg, K, np.linalg.inv(T_world_cam) @ T_world_board, width, height)
+    return grab
+
+
+def board_on_table_pose(board_cfg: BoardConfig, centre_xy=(0.0, 0.0), yaw_rad: float = 0.0,
+                        table_z: float = 0.0) -> np.ndarray:
+    """T_world_board for a board lying face up on the table, centred at ``centre_xy``.  The board's
+    +z points into the board, so face up means board z = world -z."""
+    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
+    R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, -1.0, -1.0])  # flip: z down
+    half = np.array([board_cfg.squares_x * board_cfg.square_length / 2,
+                     board_cfg.squares_y * board_cfg.square_length / 2, 0.0])
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.array([centre_xy[0], centre_xy[1], table_z]) - R @ half
     return T

@@ -33,6 +33,7 @@ class Frame:
     timestamp: float  # host unix seconds at which the exposure is known to have begun (or later)
     index: int  # frame counter of this camera since it was opened
     device_timestamp: float | None = None  # the device's own clock, seconds, where it has one
+    ground_truth: dict | None = None  # simulated camera only: label_map, amodal_masks
 
 
 @dataclass
@@ -57,6 +58,8 @@ class CameraConfig:
     cx: float = 0.0
     cy: float = 0.0
     distortion: list[float] = field(default_factory=lambda: [0.0] * 5)
+    sim_spp: int = 16  # simulated camera: Mitsuba samples per pixel
+    sim_noise: bool = True  # simulated camera: webcam-like sensor noise
 
     def intrinsics_matrix(self) -> np.ndarray | None:
         if self.fx <= 0 or self.fy <= 0:
