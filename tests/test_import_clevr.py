@@ -293,3 +293,13 @@ def test_cli_bad_input_is_one_line_and_nonzero(raw_sample, tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "corrupt mask file" in lines[0] and f"{NAME}_05.npy" in lines[0]
+
+
+def test_cli_unknown_format_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "data", "import", "clevr", str(tmp_path), str(tmp_path / "s")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: unknown import format 'clevr'; choose one of clevr-mv, clevr-mv-raw, gqn-jaco, multi-object")

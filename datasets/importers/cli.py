@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 
-class ImportFormat(str, Enum):
-    clevr_mv = "clevr-mv"
-    clevr_mv_raw = "clevr-mv-raw"
-    gqn_jaco = "gqn-jaco"
-    multi_object = "multi-object"
-
-
 def import_command(
-    format: Annotated[ImportFormat, typer.Argument(help="Source format.", case_sensitive=False)],
+    # A plain string checked by import_dataset, so a wrong name is one clear line (UserError).
+    format: Annotated[str, typer.Argument(
+        metavar="FORMAT", help="Source format: clevr-mv, clevr-mv-raw, gqn-jaco or multi-object.")],
     src: Annotated[Path, typer.Argument(help=(
         "clevr-mv: the JSON index (clevr_mv_train.json); clevr-mv-raw: the generator's output "
         "folder; gqn-jaco: the .h5 file; multi-object: the .tfrecords file."))],
@@ -30,13 +24,13 @@ def import_command(
         "colored_on_colored}, objects_room[_six_objects|_empty_room|_identical_color], "
         "clevr_with_masks or tetrominoes.")] = None,
     limit: Annotated[Optional[int], typer.Option(
-        "--limit", min=0, help="Import at most this many scenes (counting ones already imported).")] = None,
+        "--limit", help="Import at most this many scenes (counting ones already imported).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Import a public dataset into a scene store (resumable: re-run to continue)."""
     from datasets.importers import import_dataset
 
     report = import_dataset(
-        format.value, src, dst, data_root=data_root, dataset=dataset, limit=limit, progress=progress
+        format.lower(), src, dst, data_root=data_root, dataset=dataset, limit=limit, progress=progress
     )
     typer.echo(report.summary())
