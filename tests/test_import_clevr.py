@@ -303,3 +303,18 @@ def test_cli_unknown_format_is_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         "error: unknown import format 'clevr'; choose one of clevr-mv, clevr-mv-raw, gqn-jaco, multi-object")
+
+
+def test_imported_scene_gives_mulmon_viewpoints(raw_sample, tmp_path):
+    """Through the torch dataset, the imported cameras give MulMON's own CLE-MV viewpoint vector
+    (camera location, z := 0, unit length, minus [1,0,0])."""
+    from datasets.torch_data import SceneViewsDataset
+
+    dst = tmp_path / "store"
+    import_dataset("clevr-mv-raw", raw_sample, dst, progress=False)
+    item = SceneViewsDataset(dst, num_views=VIEWS, shuffle_views=False)[0]
+    locations = np.asarray(json.loads((raw_sample / "scenes" / f"{NAME}.json").read_text())["camera"]["location"])
+    locations[:, 2] = 0.0
+    expected = locations / (np.linalg.norm(locations, axis=1, keepdims=True) + 1e-5) - [1.0, 0.0, 0.0]
+    np.testing.assert_allclose(item["viewpoint"].numpy(), expected, atol=1e-5)
+    assert item["amodal_masks"].shape == (VIEWS, 4, 64, 64)
