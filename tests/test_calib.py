@@ -121,3 +121,39 @@ def test_board_files_and_calibration_file_round_trip(tmp_path):
     np.testing.assert_array_equal(calibrated_hand_eye(data), np.eye(4))
     with pytest.raises(CalibrationError, match="recalibrate"):
         calibrated_intrinsics(data, 320, 240)
+
+
+def test_calib_cli_board_intrinsics_and_simulated_hand_eye(tmp_path):
+    import cv2
+    import yaml
+    from typer.testing import CliRunner
+
+    from capture.cli import calib_app
+
+    runner = CliRunner()
+    res = runner.invoke(calib_app, ["board", "--out", str(tmp_path / "b.png"), "--dpi", "100"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b.pdf").is_file() and "300 x 220 mm" in res.output
+
+    rng = np.random.default_rng(3)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i, T in enumerate(_random_views(rng, 8)):
+        cv2.imwrite(str(shots / f"v{i}.png"), render_board_view(BOARD, K_TRUE, T, W, H))
+    cal = tmp_path / "calibration.yaml"
+    res = runner.invoke(calib_app, ["intrinsics", "--images", str(shots), "--save", str(cal)])
+    assert res.exit_code == 0, res.output
+    assert "v7.png:" in res.output and "0 rejected" in res.output
+    camera = yaml.safe_load(cal.read_text())["camera"]
+    assert camera["fx"] == pytest.approx(610, rel=0.01) and camera["images_used"] == 8
+
+    # The simulated rig's true hand-eye is the configured one moved by a known offset; the solved
+    # one must land on the truth, not on the configured value.
+    res = runner.invoke(calib_app, ["hand-eye", "--sim", "--views", "8", "--save", str(cal),
+                                    "--set", "camera.width=640", "--set", "camera.height=480"])
+    assert res.exit_code == 0, res.output
+    data = yaml.safe_load(cal.read_text())
+    hand_eye = data["hand_eye"]
+    assert hand_eye["simulated_truth"]["error_mm"] < 2.0 and hand_eye["simulated_truth"]["error_deg"] < 0.3
+    assert "camera" in data  # the intrinsics section was kept
+    assert len(hand_eye["methods"]) >= 3
