@@ -14,6 +14,11 @@ import typer
 
 from common.errors import UserError
 
+try:  # typer >= 0.29 vendors click; older releases use the click package
+    from typer._click import ClickException as _ClickException
+except ImportError:
+    from click import ClickException as _ClickException
+
 app = typer.Typer(
     name="ldsrig",
     help=__doc__.split("\n\n")[0],
@@ -79,13 +84,9 @@ def main() -> None:
     except typer.Abort:
         typer.secho("aborted", fg=typer.colors.YELLOW, err=True)
         sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _ClickException as exc:  # usage errors: a bad option, a missing argument
+        exc.show()
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

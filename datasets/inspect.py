@@ -33,7 +33,7 @@ def _directory_bytes(path: Path) -> int:
 def store_summary(path: str | Path) -> dict:
     """Scenes, images, sizes, sources and ground truth of a store, as a JSON-able dict."""
     store = SceneStore.open(path)
-    states = collections.Counter(state for _, state in store._scenes)
+    states = collections.Counter(state for _, state in store.all_scenes())
     sources = collections.Counter()
     objects_per_scene = []
     for scene_id in store.scene_ids:
@@ -95,11 +95,12 @@ def check_store(path: str | Path, progress: bool = True, batch: int = 256) -> li
     n = store.num_images
     H, W = store.height, store.width
     scene_objects = {}
-    for index, (scene_id, state) in enumerate(store._scenes):
-        meta = store._scenes_group[str(index)].attrs.get("metadata", None) if str(index) in store._scenes_group else None
-        if meta is None:
-            error(f"scene {scene_id!r} (#{index}) has no metadata group")
-            continue
+    for index, (scene_id, state) in enumerate(store.all_scenes()):
+        try:
+            meta = store.scene_metadata_at(index)
+        except StoreError as exc:
+            error(str(exc))
+            break
         scene_objects[index] = len(meta["objects"]) if isinstance(meta.get("objects"), list) else None
 
     seen_views: dict[int, set] = collections.defaultdict(set)
@@ -144,7 +145,7 @@ def check_store(path: str | Path, progress: bool = True, batch: int = 256) -> li
                     note("timestamp", i)
                 s = int(rows["scene_index"][j])
                 v = int(rows["view_index"][j])
-                if not 0 <= s < len(store._scenes) or v in seen_views[s]:
+                if not 0 <= s < len(scene_objects) or v in seen_views[s]:
                     bad_scene += 1
                     note("scene/view index", i)
                 seen_views[s].add(v)
@@ -178,7 +179,7 @@ def check_store(path: str | Path, progress: bool = True, batch: int = 256) -> li
         if count:
             example = first_examples.get(kind, first_examples.get("mask labels"))
             error(f"{count} image(s) with {what} (first: image {example})")
-    for index, (scene_id, state) in enumerate(store._scenes):
+    for index, (scene_id, state) in enumerate(store.all_scenes()):
         if state == "complete" and not seen_views.get(index):
             problems.append(Problem("warning", f"scene {scene_id!r} is marked complete but has no images"))
     return problems

@@ -17,19 +17,24 @@ is documented in docs/store.md; the short version:
         view_index         (N,) int32          position of the view within its scene
         label_map          (N, H, W) uint8     ground truth only: 0 background, i = objects[i-1]
         amodal_masks       (N, O, H, W) bool   ground truth only: per-object silhouettes
-      scenes/<index>       attrs: scene id and JSON metadata (objects, notes, plan, settings)
-      commit               attrs: {num_images, scenes: [[scene_id, state], ...]}  <- written last
+      scenes/<array>       the scene registry, one row per scene entry:
+        scene_id           (S,) str
+        state              (S,) uint8              index into SCENE_STATES
+        metadata           (S,) str                JSON: objects, notes, plan, settings...
+      commit               attrs: {num_images, num_scenes}               <- written last
 
 Crash safety.  zarr's resize-then-write leaves fill-value rows if a process dies mid-write, so
 the ``commit`` record (rewritten atomically by zarr's LocalStore, >= 3.1.3) is the only truth:
-readers see exactly ``num_images`` rows and the listed scenes; rows past it are an uncommitted
-tail that the next writer truncates.  One writer at a time holds an flock on ``.writer.lock``;
+readers see exactly ``num_images`` image rows and ``num_scenes`` scene rows; rows past them are
+an uncommitted tail that the next writer truncates.  Scene states and metadata of committed
+scenes are rewritten in place (one chunk, atomically).  One writer at a time holds an flock on ``.writer.lock``;
 the kernel releases it when the writer dies, so a lock left by a dead process is detected as
 stale instead of blocking forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -91,6 +96,9 @@ def _array_specs(height: int, width: int, ground_truth: bool, max_objects: int) 
 # Image-sized arrays get one image per chunk (so a capture writes one chunk per array and a
 # reader decodes only what it asks for); small per-image values are chunked in blocks.
 _IMAGE_ARRAYS = ("rgb", "label_map", "amodal_masks")
+# The scene registry: one row per scene entry.  Small chunks for metadata keep the rewrite of
+# one scene's metadata (or state) cheap; ids and states are read whole on open.
+_SCENE_ARRAYS = {"scene_id": (str, 1024), "state": ("uint8", 4096), "metadata": (str, 64)}
 _SMALL_CHUNK = 4096
 
 
@@ -112,20 +120,30 @@ class SceneStore:
         try:
             images = group["images"]
             self._arrays = {name: images[name] for name in self._specs}
-            self._scenes_group = group["scenes"]
+            scenes = group["scenes"]
+            self._scene_arrays = {name: scenes[name] for name in _SCENE_ARRAYS}
             commit = dict(group["commit"].attrs)
             self.num_images: int = int(commit["num_images"])
-            self._scenes: list[list[str]] = [list(s) for s in commit["scenes"]]
+            num_scenes = int(commit["num_scenes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{path} is a damaged ldsrig store (missing or invalid {exc}); "
                              "run `ldsrig data check` on it") from None
-        for name, arr in self._arrays.items():
-            if arr.shape[0] < self.num_images:
+        for name, arr in [*self._arrays.items(), *self._scene_arrays.items()]:
+            committed = self.num_images if name in self._arrays else num_scenes
+            if arr.shape[0] < committed:
                 raise StoreError(
-                    f"{path}: array images/{name} has {arr.shape[0]} rows but {self.num_images} "
-                    "images are committed; the store is damaged (committed data is missing)")
+                    f"{path}: array {arr.path} has {arr.shape[0]} rows but {committed} are "
+                    "committed; the store is damaged (committed data is missing)")
+        # The scene registry is small (ids and one state byte per scene): keep it in memory.
+        self._scene_ids: list[str] = [str(x) for x in np.asarray(self._scene_arrays["scene_id"][:num_scenes])]
+        self._scene_states: list[str] = [SCENE_STATES[int(c)] for c in
+                                         np.asarray(self._scene_arrays["state"][:num_scenes])]
+        self._metadata_cache: list[str] | None = None
         self._scene_index_cache: np.ndarray | None = None
         self._view_counts: dict[int, int] | None = None
+        self._batch_depth = 0
+        self._pending_scenes: list[tuple[str, str, str]] = []  # (id, state, metadata JSON)
+        self._pending_rows: list[dict[str, np.ndarray]] = []
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -164,8 +182,11 @@ class SceneStore:
                     dtype=spec.dtype, fill_value=spec.fill,
                     compressors=zarr.codecs.ZstdCodec(level=3),
                 )
-            root.create_group("scenes")
-            root.create_group("commit").attrs.update({"num_images": 0, "scenes": []})
+            scenes = root.create_group("scenes")
+            for name, (dtype, chunk) in _SCENE_ARRAYS.items():
+                scenes.create_array(name, shape=(0,), chunks=(chunk,), dtype=dtype,
+                                    compressors=zarr.codecs.ZstdCodec(level=3))
+            root.create_group("commit").attrs.update({"num_images": 0, "num_scenes": 0})
             root.attrs.update({
                 "schema": {"name": SCHEMA_NAME, "version": SCHEMA_VERSION},
                 "conventions": CONVENTIONS,
@@ -233,20 +254,27 @@ class SceneStore:
     @property
     def scene_ids(self) -> list[str]:
         """Committed scene ids in store order, discarded scenes excluded."""
-        return [sid for sid, state in self._scenes if state != "discarded"]
+        return [sid for sid, state in zip(self._scene_ids, self._scene_states) if state != "discarded"]
 
     @property
     def num_scenes(self) -> int:
         return len(self.scene_ids)
 
+    def all_scenes(self) -> list[tuple[str, str]]:
+        """(scene_id, state) of every committed scene entry, discarded ones included."""
+        return list(zip(self._scene_ids, self._scene_states))
+
     def has_scene(self, scene_id: str) -> bool:
         return self._find_scene(scene_id) is not None
 
     def _find_scene(self, scene_id: str) -> int | None:
-        """Index of the live (not discarded) scene with this id; the latest wins."""
-        for index in range(len(self._scenes) - 1, -1, -1):
-            sid, state = self._scenes[index]
+        """Index of the live (not discarded) scene with this id, pending ones included."""
+        for k in range(len(self._pending_scenes) - 1, -1, -1):
+            sid, state, _ = self._pending_scenes[k]
             if sid == scene_id and state != "discarded":
+                return len(self._scene_ids) + k
+        for index in range(len(self._scene_ids) - 1, -1, -1):
+            if self._scene_ids[index] == scene_id and self._scene_states[index] != "discarded":
                 return index
         return None
 
@@ -257,11 +285,28 @@ class SceneStore:
         return index
 
     def scene_state(self, scene_id: str) -> str:
-        return self._scenes[self._scene_index(scene_id)][1]
+        index = self._scene_index(scene_id)
+        if index >= len(self._scene_ids):
+            return self._pending_scenes[index - len(self._scene_ids)][1]
+        return self._scene_states[index]
 
     def scene_metadata(self, scene_id: str) -> dict:
-        index = self._scene_index(scene_id)
-        return dict(self._scenes_group[str(index)].attrs.get("metadata", {}))
+        return self.scene_metadata_at(self._scene_index(scene_id))
+
+    def scene_metadata_at(self, scene_index: int) -> dict:
+        """Metadata of the scene entry at ``scene_index`` (the value in images/scene_index)."""
+        if scene_index >= len(self._scene_ids):
+            return json.loads(self._pending_scenes[scene_index - len(self._scene_ids)][2])
+        if self._metadata_cache is None:
+            try:
+                self._metadata_cache = [str(x) for x in np.asarray(
+                    self._scene_arrays["metadata"][: len(self._scene_ids)])]
+            except Exception as exc:
+                raise StoreError(f"{self.path}: cannot read scene metadata: {exc}") from None
+        try:
+            return json.loads(self._metadata_cache[scene_index])
+        except ValueError:
+            raise StoreError(f"{self.path}: metadata of scene #{scene_index} is not valid JSON") from None
 
     def scene_image_indices(self, scene_id: str) -> np.ndarray:
         """Global indices of the scene's committed images, in view order."""
@@ -270,15 +315,15 @@ class SceneStore:
         found = np.flatnonzero(scene_index == index)
         if len(found) == 0:
             return found
-        views = self._arrays["view_index"][int(found[0]): int(found[-1]) + 1][found - found[0]]
+        views = self._read_rows("view_index", found)
         return found[np.argsort(views, kind="stable")]
 
     def scene_index_of(self, scene_id: str) -> int:
-        """The scene's position in the committed scene list (the value in images/scene_index)."""
+        """The scene's position in the scene registry (the value in images/scene_index)."""
         return self._scene_index(scene_id)
 
     def scene_id_at(self, scene_index: int) -> str:
-        return self._scenes[scene_index][0]
+        return self._scene_ids[scene_index]
 
     def _scene_index_array(self) -> np.ndarray:
         if self._scene_index_cache is None or len(self._scene_index_cache) != self.num_images:
@@ -329,32 +374,57 @@ class SceneStore:
         if self.mode != "a" or self._lock_fd is None:
             raise StoreError(f"{self.path} is open read-only; open it with mode='a' to write")
 
+    @contextlib.contextmanager
+    def batch(self):
+        """Group many scenes and images into one commit: all of them land, or none.
+
+        Each call of add_scene / append_images outside a batch is its own commit (what the rig
+        wants: nothing lost).  Writers of many small scenes (importers, renderers) batch them:
+        one resize and one write per array instead of one per scene.
+        """
+        self._require_writer()
+        self._batch_depth += 1
+        try:
+            yield self
+        except BaseException:
+            if self._batch_depth == 1:
+                self._pending_scenes.clear()
+                self._pending_rows.clear()
+                self._view_counts = None
+            raise
+        finally:
+            self._batch_depth -= 1
+        if self._batch_depth == 0:
+            self._flush()
+
     def add_scene(self, scene_id: str, metadata: dict | None = None, state: str = "open") -> None:
-        """Register a new scene (its metadata first, then the commit record naming it)."""
+        """Register a new scene with its JSON-able metadata."""
         self._require_writer()
         _check_scene_id(scene_id)
         if self._find_scene(scene_id) is not None:
             raise StoreError(f"scene {scene_id!r} already exists in {self.path}")
         if state not in SCENE_STATES:
             raise StoreError(f"unknown scene state {state!r}; one of {SCENE_STATES}")
-        metadata = dict(metadata or {})
         try:
-            json.dumps(metadata)
+            text = json.dumps(dict(metadata or {}))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"scene {scene_id!r} metadata is not JSON-serialisable: {exc}") from None
-        index = len(self._scenes)
-        group = self._scenes_group.require_group(str(index))
-        group.attrs.update({"scene_id": scene_id, "metadata": metadata})
-        self._scenes.append([scene_id, state])
-        self._commit(self.num_images)
+        self._pending_scenes.append((scene_id, state, text))
+        if self._batch_depth == 0:
+            self._flush()
 
     def update_scene_metadata(self, scene_id: str, updates: dict) -> None:
         self._require_writer()
         index = self._scene_index(scene_id)
-        meta = dict(self._scenes_group[str(index)].attrs.get("metadata", {}))
-        meta.update(updates)
-        json.dumps(meta)
-        self._scenes_group[str(index)].attrs.update({"metadata": meta})
+        meta = self.scene_metadata_at(index) | dict(updates)
+        text = json.dumps(meta)
+        if index >= len(self._scene_ids):
+            sid, state, _ = self._pending_scenes[index - len(self._scene_ids)]
+            self._pending_scenes[index - len(self._scene_ids)] = (sid, state, text)
+            return
+        self._scene_arrays["metadata"][index] = text  # one chunk, replaced atomically
+        if self._metadata_cache is not None:
+            self._metadata_cache[index] = text
 
     def set_scene_state(self, scene_id: str, state: str) -> None:
         """Mark a scene open, complete, aborted, or discarded (discarded scenes vanish from
@@ -363,17 +433,22 @@ class SceneStore:
         if state not in SCENE_STATES:
             raise StoreError(f"unknown scene state {state!r}; one of {SCENE_STATES}")
         index = self._scene_index(scene_id)
-        self._scenes[index][1] = state
-        self._commit(self.num_images)
+        if index >= len(self._scene_ids):
+            sid, _, text = self._pending_scenes[index - len(self._scene_ids)]
+            self._pending_scenes[index - len(self._scene_ids)] = (sid, state, text)
+            return
+        self._scene_arrays["state"][index] = SCENE_STATES.index(state)  # one chunk, atomic
+        self._scene_states[index] = state
 
     def append_images(self, scene_id: str, rgb: np.ndarray, camera_pose_world: np.ndarray,
                       intrinsics: np.ndarray, distortion: np.ndarray | None = None,
                       timestamp: np.ndarray | None = None, joint_positions: np.ndarray | None = None,
                       label_map: np.ndarray | None = None, amodal_masks: np.ndarray | None = None) -> np.ndarray:
-        """Append n views of ``scene_id`` and commit them; returns their global indices.
+        """Append n views of ``scene_id``; returns their global indices.
 
-        Returns only after the commit record naming the new rows has been written, so on return
-        the images survive any later crash; before it, a crash leaves them invisible.
+        Outside a :meth:`batch` this returns only after the commit record naming the new rows
+        has been written, so on return the images survive any later crash; before it, a crash
+        leaves them invisible.
         """
         self._require_writer()
         scene_index = self._scene_index(scene_id)
@@ -384,15 +459,44 @@ class SceneStore:
         start_view = counts.get(scene_index, 0)
         rows["scene_index"] = np.full(n, scene_index, np.int32)
         rows["view_index"] = np.arange(start_view, start_view + n, dtype=np.int32)
-        n0 = self.num_images
-        for name, arr in self._arrays.items():
-            arr.resize((n0 + n, *arr.shape[1:]))
-            arr[n0: n0 + n] = rows[name]
-        self._commit(n0 + n)
         counts[scene_index] = start_view + n
-        if self._scene_index_cache is not None:
-            self._scene_index_cache = np.concatenate([self._scene_index_cache, rows["scene_index"]])
-        return np.arange(n0, n0 + n)
+        first = self.num_images + sum(len(r["rgb"]) for r in self._pending_rows)
+        self._pending_rows.append(rows)
+        if self._batch_depth == 0:
+            self._flush()
+        return np.arange(first, first + n)
+
+    def _flush(self) -> None:
+        """Write pending scenes and rows, then the commit record (last)."""
+        scenes, rows = self._pending_scenes, self._pending_rows
+        if not scenes and not rows:
+            return
+        s0, n0 = len(self._scene_ids), self.num_images
+        if scenes:
+            values = {
+                "scene_id": np.array([s[0] for s in scenes], dtype=object),
+                "state": np.array([SCENE_STATES.index(s[1]) for s in scenes], dtype=np.uint8),
+                "metadata": np.array([s[2] for s in scenes], dtype=object),
+            }
+            for name, arr in self._scene_arrays.items():
+                arr.resize((s0 + len(scenes),))
+                arr[s0:] = values[name]
+        n = 0
+        if rows:
+            merged = {name: np.concatenate([r[name] for r in rows]) if len(rows) > 1 else rows[0][name]
+                      for name in self._arrays}
+            n = len(merged["rgb"])
+            for name, arr in self._arrays.items():
+                arr.resize((n0 + n, *arr.shape[1:]))
+                arr[n0:] = merged[name]
+        self._commit(n0 + n, s0 + len(scenes))
+        self._scene_ids.extend(s[0] for s in scenes)
+        self._scene_states.extend(s[1] for s in scenes)
+        if self._metadata_cache is not None:
+            self._metadata_cache.extend(s[2] for s in scenes)
+        if self._scene_index_cache is not None and rows:
+            self._scene_index_cache = np.concatenate([self._scene_index_cache, merged["scene_index"]])
+        self._pending_scenes, self._pending_rows = [], []
 
     def _validate_rows(self, rgb, pose, K, dist, ts, joints, labels, amodal) -> dict[str, np.ndarray]:
         H, W = self.height, self.width
@@ -458,18 +562,21 @@ class SceneStore:
             self._view_counts = {int(v): int(c) for v, c in zip(values, counts)}
         return self._view_counts
 
-    def _commit(self, num_images: int) -> None:
-        self._group["commit"].attrs.update({"num_images": int(num_images), "scenes": self._scenes})
+    def _commit(self, num_images: int, num_scenes: int) -> None:
+        self._group["commit"].attrs.update({"num_images": int(num_images), "num_scenes": int(num_scenes)})
         self.num_images = int(num_images)
 
     def uncommitted_rows(self) -> int:
-        """Rows past the commit marker (left by a writer that died mid-append)."""
+        """Image rows past the commit marker (left by a writer that died mid-append)."""
         return max(arr.shape[0] for arr in self._arrays.values()) - self.num_images
 
     def _truncate_uncommitted_tail(self) -> None:
         for arr in self._arrays.values():
             if arr.shape[0] != self.num_images:
                 arr.resize((self.num_images, *arr.shape[1:]))
+        for arr in self._scene_arrays.values():
+            if arr.shape[0] != len(self._scene_ids):
+                arr.resize((len(self._scene_ids),))
 
     def set_attrs(self, **attrs) -> None:
         self._require_writer()

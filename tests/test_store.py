@@ -175,7 +175,7 @@ def test_kill_between_rows_and_commit_marker(tmp_path):
         from datasets.store import SceneStore
         from test_store import image_rows
         store = SceneStore.open({str(path)!r}, "a")
-        store._commit = lambda n: os.kill(os.getpid(), signal.SIGKILL)
+        store._commit = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
         store.append_images("a", *image_rows(3, 5))
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
@@ -253,3 +253,25 @@ def test_corrupt_chunk_reported_not_crashing(tmp_path):
     chunk.write_bytes(b"garbage")
     problems = check_store(path, progress=False)
     assert any(p.severity == "error" and "cannot read" in p.message for p in problems)
+
+
+def test_batch_commits_all_or_nothing(tmp_path):
+    path = tmp_path / "s"
+    with SceneStore.create(path, 16, 20) as store:
+        with store.batch():
+            for k in range(5):
+                store.add_scene(f"single_{k}", {"k": k})
+                store.append_images(f"single_{k}", *image_rows(k, 1))
+                store.set_scene_state(f"single_{k}", "complete")
+            assert SceneStore.open(path).num_images == 0  # nothing visible before the batch ends
+        with pytest.raises(RuntimeError):
+            with store.batch():
+                store.add_scene("doomed")
+                store.append_images("doomed", *image_rows(5, 2))
+                raise RuntimeError("renderer crashed")
+        assert store.num_images == 5 and not store.has_scene("doomed")
+        store.add_scene("doomed")  # the id is free again
+    reader = SceneStore.open(path)
+    assert reader.num_images == 5 and reader.scene_ids[:5] == [f"single_{k}" for k in range(5)]
+    assert reader.scene_metadata("single_3") == {"k": 3} and reader.scene_state("single_3") == "complete"
+    assert np.array_equal(reader.images([4])["rgb"], image_rows(4, 1)[0])
