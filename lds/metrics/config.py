@@ -1,6 +1,6 @@
 """Thresholds of the evaluation metrics: one dataclass, one source of defaults.
 
-Every value is overridable (``ldsrig eval ... metrics.claim_iou=0.6``) and saved in ``eval.json``
+Every value is overridable (``ldsrig eval ... --metric claim_iou=0.6``) and saved in ``eval.json``
 so a number can always be traced back to the definition that produced it.
 """
 
