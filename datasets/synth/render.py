@@ -108,12 +108,22 @@ def object_shape(shape: str, half_extent: float, position_world, rotation_deg: f
 
 @dataclass
 class LoadedScene:
-    """A scene loaded into Mitsuba: the full scene plus one single-object scene per object."""
+    """A scene loaded into Mitsuba: the full scene plus one single-object scene per object
+    (those are loaded on first use: visibility checks of rejected arrangements never need them)."""
 
     full: object
-    alone: list
+    object_shapes: list
     shape_labels: np.ndarray  # shape_index AOV value -> object label (0 = background / miss)
     num_objects: int
+    _alone: list | None = None
+
+    @property
+    def alone(self) -> list:
+        if self._alone is None:
+            mi = mitsuba()
+            self._alone = [mi.load_dict({"type": "scene", shape_name(i + 1): shape}, parallel=False,
+                                        optimize=False) for i, shape in enumerate(self.object_shapes)]
+        return self._alone
 
 
 def load_scene(background: dict, object_shapes: list) -> LoadedScene:
@@ -124,8 +134,6 @@ def load_scene(background: dict, object_shapes: list) -> LoadedScene:
     for i, shape in enumerate(object_shapes):
         scene_dict[shape_name(i + 1)] = shape
     full = mi.load_dict(scene_dict, parallel=False, optimize=False)
-    alone = [mi.load_dict({"type": "scene", shape_name(i + 1): shape}, parallel=False, optimize=False)
-             for i, shape in enumerate(object_shapes)]
     # The shape_index AOV is 1 + the shape's position in scene.shapes(), 0 where nothing is hit.
     ids = [s.id() for s in full.shapes()]
     lut = np.zeros(len(ids) + 1, dtype=np.uint8)
@@ -134,7 +142,7 @@ def load_scene(background: dict, object_shapes: list) -> LoadedScene:
     found = sorted(int(v) for v in lut if v)
     if found != list(range(1, len(object_shapes) + 1)):
         raise RuntimeError(f"Mitsuba kept shapes {ids}; expected one per object")
-    return LoadedScene(full, alone, lut, len(object_shapes))
+    return LoadedScene(full, list(object_shapes), lut, len(object_shapes))
 
 
 def _aov_integrator():
