@@ -1,0 +1,89 @@
+"""The evaluation path on a real scene store, and the `compare` / `eval` commands."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from common.errors import UserError
+from datasets.store import SceneStore
+from datasets.torch_data import ImageDataset
+from lds.eval_cli import compare_command, eval_command
+from lds.evaluation import EvalResult, evaluate
+from tests.test_eval import LabelOracle
+
+H = W = 16
+
+
+def make_store(path, scenes: int = 2, views: int = 2) -> None:
+    """A tiny ground-truth store: two cubes drawn as squares, background elsewhere."""
+    rng = np.random.default_rng(0)
+    with SceneStore.create(path, height=H, width=W, ground_truth=True, max_objects=3,
+                           attrs={"source": "test"}) as store:
+        for s in range(scenes):
+            scene_id = f"scene_{s}"
+            store.add_scene(scene_id, {"source": "test", "objects": [{"shape": "cube"}] * 2})
+            label_map = np.zeros((views, H, W), np.uint8)
+            label_map[:, 2:7, 2 + s:7 + s] = 1
+            label_map[:, 9:14, 8:13] = 2
+            amodal = np.stack([label_map == 1, label_map == 2], axis=1)
+            rgb = rng.integers(0, 255, size=(views, H, W, 3), dtype=np.uint8)
+            pose = np.repeat(np.eye(4)[None], views, axis=0)
+            pose[:, 2, 3] = -1.0
+            intrinsics = np.repeat(np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])[None], views, 0)
+            store.append_images(scene_id, rgb, pose, intrinsics, label_map=label_map,
+                                amodal_masks=amodal)
+            store.set_scene_state(scene_id, "complete")
+
+
+def cli_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
+    return app
+
+
+def test_evaluate_on_a_real_store(tmp_path):
+    make_store(tmp_path / "store")
+    dataset = ImageDataset(tmp_path / "store")
+    result = evaluate(LabelOracle(), dataset, batch_size=3, progress=False)
+    assert len(result.records) == 4
+    assert [r["scene_index"] for r in result.records] == [0, 0, 1, 1]
+    assert result.mean("miou") == 1.0 and result.mean("fg_ari") == pytest.approx(1.0)
+    assert result.meta["ground_truth"] is True
+
+
+def test_compare_command_prints_the_papers_view(tmp_path):
+    make_store(tmp_path / "store")
+    dataset = ImageDataset(tmp_path / "store")
+    data = str((tmp_path / "store").resolve())
+    for name, duplicate in (("control", True), ("lds", False)):
+        result = evaluate(LabelOracle(duplicate=duplicate), dataset, progress=False,
+                          meta={"data": data, "lds": {"enabled": not duplicate}})
+        result.save(tmp_path / name / "eval" / "eval.json")
+    out = tmp_path / "cmp.json"
+    run = CliRunner().invoke(cli_app(), ["compare", str(tmp_path / "control"),
+                                         str(tmp_path / "lds"), "--out", str(out)],
+                             env={"COLUMNS": "160"})
+    assert run.exit_code == 0, run.output
+    assert "ΔSim" in run.output and "images with duplicates, GT (%)" in run.output
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["dup_gt"]["control"] == 1.0 and rows["dup_gt"]["lds"] == 0.0
+    assert rows["miou"]["delta"] == 0.0
+
+
+def test_compare_without_eval_and_without_data_is_a_user_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run = CliRunner().invoke(cli_app(), ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert isinstance(run.exception, UserError)
+    assert "ldsrig eval" in str(run.exception)
+
+
+def test_eval_missing_run_is_a_user_error(tmp_path):
+    run = CliRunner().invoke(cli_app(), ["eval", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    assert isinstance(run.exception, UserError)
+    assert "does not exist" in str(run.exception)
