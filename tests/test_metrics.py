@@ -217,3 +217,17 @@ def test_batch_metrics_perfect_model_and_duplicate_model():
     argmax_cfg = MetricsConfig(duplicate_masks="argmax")
     # in the argmax segmentation slot 1 and slot 3 split object 1 (ties go to the first slot)
     assert batch_metrics(bad, image, GT, argmax_cfg)["dup_gt"].item() == 0
+
+
+def test_greedy_never_below_hungarian_without_the_iou_floor():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        gt = torch.from_numpy(rng.integers(0, 5, size=(2, 6, 6)))
+        masks = torch.from_numpy(rng.random((2, 4, 1, 6, 6)))
+        assert torch.all(miou_greedy(gt, masks, min_iou=0.0) >= miou_hungarian(gt, masks) - 1e-12)
+
+
+def test_greedy_threshold_at_one_empties_the_one_hot_masks():
+    masks = masks_from_labels(GT, 3)
+    assert miou_greedy(GT, masks, mask_threshold=0.5).item() == 1.0
+    assert miou_greedy(GT, masks, mask_threshold=1.0).item() == 0.0
