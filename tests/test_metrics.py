@@ -231,3 +231,17 @@ def test_greedy_threshold_at_one_empties_the_one_hot_masks():
     masks = masks_from_labels(GT, 3)
     assert miou_greedy(GT, masks, mask_threshold=0.5).item() == 1.0
     assert miou_greedy(GT, masks, mask_threshold=1.0).item() == 0.0
+
+
+def test_segmentation_can_come_from_model_extras():
+    from common.errors import ConfigError
+
+    image = torch.rand(1, 3, 4, 4)
+    out = output_from_logits(_logits([BG, OBJ1, OBJ2, []]), torch.eye(4).unsqueeze(0), image)
+    wrong = torch.tensor([[[0, 0, 0, 0]] * 4])                 # everything in slot 0
+    out.extras["attention_masks"] = masks_from_labels(wrong, 4)
+    assert batch_metrics(out, image, GT)["miou"].item() == 1.0
+    cfg = MetricsConfig(segmentation_masks="extras.attention_masks")
+    assert batch_metrics(out, image, GT, cfg)["miou"].item() == pytest.approx(0.5 / 3)
+    with pytest.raises(ConfigError):
+        batch_metrics(out, image, GT, MetricsConfig(segmentation_masks="extras.nope"))

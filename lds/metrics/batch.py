@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.metrics.config import MetricsConfig
 from lds.metrics.reconstruction import mse, rmse_mulmon
@@ -21,6 +22,19 @@ HIGHER_IS_BETTER = {"mse": False, "rmse": False, "sim": False, "dup_pairs": Fals
                     "fg_ari": True, "dup_components": False, "dup_gt": False}
 
 
+def segmentation_masks(output: ModelOutput, source: str = "masks") -> torch.Tensor:
+    """The (B, K, 1, H, W) masks whose per-pixel argmax is the predicted segmentation."""
+    if source == "masks":
+        return output.masks
+    if source.startswith("extras."):
+        key = source.removeprefix("extras.")
+        if key in output.extras and output.extras[key].shape == output.masks.shape:
+            return output.extras[key]
+        raise ConfigError(f"segmentation_masks={source!r}: this model has no extras[{key!r}] "
+                          f"of shape {tuple(output.masks.shape)} (extras: {sorted(output.extras)})")
+    raise ConfigError(f"segmentation_masks must be 'masks' or 'extras.KEY', got {source!r}")
+
+
 @torch.no_grad()
 def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Tensor | None = None,
                   config: MetricsConfig | None = None) -> dict[str, torch.Tensor]:
@@ -33,7 +47,7 @@ def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Ten
     config = config or MetricsConfig()
     image = image.detach().float().cpu()
     reconstruction = output.reconstruction.detach().float().cpu()
-    masks = output.masks.detach().float().cpu()
+    masks = segmentation_masks(output, config.segmentation_masks).detach().float().cpu()
     mask_logits = output.mask_logits.detach().float().cpu()
     posterior_mean = output.posterior_mean.detach().cpu()
 

@@ -12,6 +12,12 @@ from typing import Literal
 
 @dataclass
 class MetricsConfig:
+    # --- Which masks give the predicted segmentation (mIoU, ARI) ------------------------------
+    # "masks": the contract's mixing masks (softmax of the decoded mask logits); "extras.KEY":
+    # a model-specific (B, K, 1, H, W) tensor, e.g. "extras.attention_masks" for MONet's
+    # attention-network masks (what MONet's own likelihood mixes with).
+    segmentation_masks: str = "masks"
+
     # --- MulMON's greedy mIoU (kept only to compare with published MulMON numbers) ---------------
     # MulMON binarises the (argmaxed, one-hot) predicted masks at > 0.9 (a no-op on one-hot masks,
     # kept for fidelity) and sets every IoU below 0.05 to zero before the greedy per-GT maximum.
