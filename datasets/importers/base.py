@@ -177,6 +177,9 @@ class ImportReport:
 # --- the write loop --------------------------------------------------------------------------
 
 
+BATCH_IMAGES = 256
+
+
 def _open_target(dst: Path, plan: ImportPlan, attrs: dict):
     """Create DST, or reopen it for a resumed import after checking it holds the same kind of
     data (never write one source's scenes into another's store)."""
@@ -252,51 +255,78 @@ def write_import(
     with _open_target(dst, plan, attrs) as store, Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(description, total=total)
         existing = set(store.scene_ids)
-        for count, pending in enumerate(plan.scenes):
-            if limit is not None and count >= limit:
-                break
-            redo = False
-            if pending.scene_id in existing:
-                state = store.scene_state(pending.scene_id)
-                committed = len(store.scene_image_indices(pending.scene_id))
-                if state == "complete":
-                    report.scenes_skipped += 1
-                    bar.advance(task)
-                    continue
-                if state == "open" and committed and committed == pending.num_views:
-                    # The batch is atomic: all views were committed, only the mark is missing.
+        scenes = iter(enumerate(plan.scenes))
+        finished = False
+        bad_scene: ImportSourceError | None = None
+        while not finished:
+            # Scenes land in batches of about BATCH_IMAGES images: one commit per batch keeps
+            # single-view data sets fast, and a crash loses at most the batch in flight.
+            with store.batch():
+                images_in_batch = 0
+                while True:
+                    try:
+                        count, pending = next(scenes)
+                    except StopIteration:
+                        finished = True
+                        break
+                    except ImportSourceError as exc:  # a record that cannot be read
+                        bad_scene, finished = exc, True
+                        break
+                    if limit is not None and count >= limit:
+                        finished = True
+                        break
+                    redo = False
+                    if pending.scene_id in existing:
+                        state = store.scene_state(pending.scene_id)
+                        committed = len(store.scene_image_indices(pending.scene_id))
+                        if state == "complete":
+                            report.scenes_skipped += 1
+                            bar.advance(task)
+                            continue
+                        if state == "open" and committed and committed == pending.num_views:
+                            # The batch is atomic: all views were committed, only the mark is missing.
+                            store.set_scene_state(pending.scene_id, "complete")
+                            report.scenes_finished += 1
+                            bar.advance(task)
+                            continue
+                        # Interrupted (no images committed) or partial/aborted: redo it.  A scene with
+                        # rows is discarded (its rows stay on disk, invisible) and written afresh.
+                        redo = committed != 0 or state != "open"
+                    try:
+                        scene = pending.load()
+                        scene.validate(pending.scene_id, plan.height, plan.width, plan.ground_truth)
+                    except ImportSourceError as exc:
+                        # Commit the good scenes of this batch first, then stop on the bad one.
+                        bad_scene, finished = exc, True
+                        break
+                    views = scene.rgb.shape[0]
+                    if redo:
+                        store.set_scene_state(pending.scene_id, "discarded")
+                    if redo or pending.scene_id not in existing:
+                        store.add_scene(pending.scene_id, scene.metadata)
+                        existing.add(pending.scene_id)
+                    else:  # an interrupted scene with no images: refresh its metadata
+                        store.update_scene_metadata(pending.scene_id, scene.metadata)
+                    store.append_images(
+                        pending.scene_id,
+                        scene.rgb,
+                        scene.camera_pose_world,
+                        scene.intrinsics,
+                        # Imported images have no known capture time: 0 marks "unknown" (the import
+                        # time is in the scene metadata as imported_at).
+                        timestamp=np.zeros(views, dtype=np.float64),
+                        label_map=scene.label_map if plan.ground_truth else None,
+                        amodal_masks=scene.amodal_masks if plan.ground_truth else None,
+                    )
                     store.set_scene_state(pending.scene_id, "complete")
-                    report.scenes_finished += 1
+                    report.scenes_written += 1
+                    report.images_written += views
                     bar.advance(task)
-                    continue
-                # Interrupted (no images committed) or partial/aborted: redo it.  A scene with
-                # rows is discarded (its rows stay on disk, invisible) and written afresh.
-                redo = committed != 0 or state != "open"
-            scene = pending.load()
-            scene.validate(pending.scene_id, plan.height, plan.width, plan.ground_truth)
-            views = scene.rgb.shape[0]
-            if redo:
-                store.set_scene_state(pending.scene_id, "discarded")
-            if redo or pending.scene_id not in existing:
-                store.add_scene(pending.scene_id, scene.metadata)
-                existing.add(pending.scene_id)
-            else:  # an interrupted scene with no images: refresh its metadata
-                store.update_scene_metadata(pending.scene_id, scene.metadata)
-            store.append_images(
-                pending.scene_id,
-                scene.rgb,
-                scene.camera_pose_world,
-                scene.intrinsics,
-                # Imported images have no known capture time: 0 marks "unknown" (the import
-                # time is in the scene metadata as imported_at).
-                timestamp=np.zeros(views, dtype=np.float64),
-                label_map=scene.label_map if plan.ground_truth else None,
-                amodal_masks=scene.amodal_masks if plan.ground_truth else None,
-            )
-            store.set_scene_state(pending.scene_id, "complete")
-            report.scenes_written += 1
-            report.images_written += views
-            bar.advance(task)
+                    images_in_batch += views
+                    if images_in_batch >= BATCH_IMAGES:
+                        break
+        if bad_scene is not None:
+            raise bad_scene
     report.seconds = time.perf_counter() - started
     return report
 
