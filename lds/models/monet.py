@@ -1,0 +1,256 @@
+"""MONet (Burgess et al. 2019), as the LDS paper trained it (Table 1 of its supplement).
+
+The attention network (a U-Net) splits the image into K soft masks by a scope recursion in log
+space; a component VAE encodes (image, log mask) of each slot into z_k ~ N(mean, exp(logvar));
+a spatial broadcast decoder turns each z_k into RGB means and a mask logit. The loss is
+
+    -log sum_k m_k N(x; x_k, sigma_k^2)                     (m_k: attention masks; sigma_0 = bg)
+    + beta  * sum_k KL(q(z_k | x) || N(0, I))
+    + gamma * KL(attention masks || softmax of decoded mask logits)   (masks clamped >= 1e-5)
+    - lambda * L_LDS(z)                                     (the LDS prior, Eq. 3; 0 when off)
+
+each summed over pixels/slots/dims and averaged over the batch.
+
+Output contract (lds.contract): ``mask_logits`` are the decoder's m_k^lg, ``masks`` their softmax
+over slots and ``reconstruction = sum_k masks * appearance`` - the supplement's rendering
+(section B: softmax for the scene, sigmoid for each component alone, i.e. ``appearance``). The
+attention network's masks, which MONet's likelihood uses, are in ``extras["attention_masks"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.errors import ConfigError
+from lds.contract import ModelOutput
+from lds.models.base import (
+    ComponentEncoder,
+    SpatialBroadcastDecoder,
+    pointwise_conv,
+    gaussian_kl_standard_normal,
+    mixture_log_likelihood,
+    reparameterize,
+)
+from lds.prior import lds_prior
+
+
+@dataclass
+class MONetConfig:
+    """MONet's architecture and loss weights. Defaults: 64x64 images, the LDS paper's settings."""
+
+    name: Literal["monet"] = "monet"
+    height: int = 64
+    width: int = 64
+    num_slots: int = 7                                  # K
+    latent_dim: int = 16                                # D
+    # Attention U-Net: one entry per block (5 blocks at 64x64, 6 at 128x128 as MONet did).
+    unet_channels: tuple[int, ...] = (32, 32, 64, 64, 64)
+    unet_mlp_hidden: int = 128                          # bottleneck MLP (two hidden layers)
+    encoder_channels: tuple[int, ...] = (32, 32, 64, 64)
+    encoder_hidden: int = 256
+    decoder_channels: tuple[int, ...] = (32, 32, 64, 64)
+    # Pixel standard deviations: slot 0 (background) and the others. MONet's paper: 0.09 / 0.11;
+    # addtt's object-centric library config uses 0.06 / 0.1.
+    sigma_bg: float = 0.09
+    sigma_fg: float = 0.11
+    beta: float = 0.5                                   # KL(q(z|x) || p(z)) weight
+    gamma: float = 0.5                                  # mask KL weight
+    mask_clamp: float = 1e-5                            # masks clamped below in the mask KL
+    # "pixel": Eq. 1 (each pixel's RGB vector is one mixture draw); "channel": logsumexp per
+    # colour channel, as addtt's MONet and MulMON compute it.
+    likelihood: Literal["pixel", "channel"] = "pixel"
+    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
+    lds_weight: float = 0.0
+    lds_sigma: float = 0.1
+    # Speed only (same function, same parameters): NHWC tensors for the convs, and the
+    # decoder's first conv computed without materialising the broadcast grid.
+    channels_last: bool = True
+    fused_broadcast: bool = True
+
+    def __post_init__(self) -> None:
+        self.unet_channels = tuple(self.unet_channels)
+        self.encoder_channels = tuple(self.encoder_channels)
+        self.decoder_channels = tuple(self.decoder_channels)
+        if self.num_slots < 2:
+            raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"model.latent_dim must be positive, got {self.latent_dim}")
+        if len(self.unet_channels) < 2:
+            raise ConfigError("model.unet_channels needs at least two blocks")
+        factor = 2 ** (len(self.unet_channels) - 1)
+        if self.height % factor or self.width % factor:
+            raise ConfigError(
+                f"a {len(self.unet_channels)}-block U-Net needs image sides divisible by {factor}, "
+                f"got {self.height}x{self.width}; change model.unet_channels (5 blocks at 64x64)"
+            )
+        if min(self.sigma_bg, self.sigma_fg) <= 0:
+            raise ConfigError("model.sigma_bg and model.sigma_fg must be positive")
+        if self.lds_sigma <= 0:
+            raise ConfigError("model.lds_sigma must be positive")
+
+
+class _ConvNormReLU(nn.Sequential):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),  # the affine norm has the bias
+            # GroupNorm with one group per channel *is* InstanceNorm2d(affine=True) (same
+            # statistics, eps, parameters and state-dict names) and has a channels-last kernel.
+            nn.GroupNorm(out_ch, out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+class AttentionUNet(nn.Module):
+    """MONet's attention network: (image, log scope) -> 2 logits (log alpha, log(1 - alpha)).
+
+    Blocks are conv3x3 + InstanceNorm(affine) + ReLU; nearest-neighbour halving between down
+    blocks and doubling between up blocks; at the bottom an MLP (hidden, hidden) on the
+    flattened feature map; skip connections concatenate; a final 1x1 conv gives 2 channels.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int,
+                 channels: tuple[int, ...] = (32, 32, 64, 64, 64), mlp_hidden: int = 128,
+                 channels_last: bool = False):
+        super().__init__()
+        n = len(channels)
+        self.channels_last = channels_last
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for out_ch in channels:
+            self.down.append(_ConvNormReLU(prev, out_ch))
+            prev = out_ch
+        self.bottom_hw = (height // 2 ** (n - 1), width // 2 ** (n - 1))
+        self.bottom_channels = channels[-1]
+        flat = channels[-1] * self.bottom_hw[0] * self.bottom_hw[1]
+        self.mlp = nn.Sequential(
+            nn.Linear(flat, mlp_hidden), nn.ReLU(inplace=True),
+            nn.Linear(mlp_hidden, mlp_hidden), nn.ReLU(inplace=True),
+            nn.Linear(mlp_hidden, flat), nn.ReLU(inplace=True),
+        )
+        # Up block i runs at the resolution of down block n-1-i; its input is the previous up
+        # output concatenated with that skip; its output width mirrors the down path.
+        self.up = nn.ModuleList()
+        prev = channels[-1]
+        for i in range(n):
+            out_ch = channels[max(n - 2 - i, 0)]
+            self.up.append(_ConvNormReLU(prev + channels[n - 1 - i], out_ch))
+            prev = out_ch
+        self.final = nn.Conv2d(prev, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for i, block in enumerate(self.down):
+            h = block(h)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                # Nearest-neighbour halving picks pixel 2i: exactly a stride-2 slice, no copy.
+                h = h[:, :, ::2, ::2]
+        b = h.shape[0]
+        h = self.mlp(h.flatten(1)).view(b, self.bottom_channels, *self.bottom_hw)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips[-1 - i]], dim=1))
+            if i < len(self.up) - 1:
+                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        return pointwise_conv(h, self.final)
+
+
+class MONet(nn.Module):
+    """MONet with optional LDS prior. ``model(batch) -> ModelOutput``; uses ``batch["image"]``."""
+
+    input_keys = ("image",)
+
+    def __init__(self, cfg: MONetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_slots = cfg.num_slots
+        self.attention = AttentionUNet(4, cfg.height, cfg.width, cfg.unet_channels,
+                                       cfg.unet_mlp_hidden, cfg.channels_last)
+        self.encoder = ComponentEncoder(4, cfg.latent_dim, cfg.height, cfg.width,
+                                        cfg.encoder_channels, cfg.encoder_hidden)
+        self.decoder = SpatialBroadcastDecoder(cfg.latent_dim, cfg.height, cfg.width,
+                                               cfg.decoder_channels, 4, cfg.fused_broadcast,
+                                               cfg.channels_last)
+        sigma = torch.full((cfg.num_slots,), cfg.sigma_fg)
+        sigma[0] = cfg.sigma_bg
+        self.register_buffer("pixel_sigma", sigma, persistent=False)
+
+    def _memory_format(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else t
+
+    def attention_log_masks(self, image: torch.Tensor) -> torch.Tensor:
+        """The scope recursion in log space -> log attention masks (B, K, 1, H, W).
+
+        log m_k = log s_{k-1} + log alpha_k,  log s_k = log s_{k-1} + log(1 - alpha_k),
+        s_0 = 1, and the last slot takes the remaining scope: log m_K = log s_{K-1}.
+        """
+        b, _, h, w = image.shape
+        log_scope = image.new_zeros(b, 1, h, w)
+        log_masks = []
+        for _ in range(self.num_slots - 1):
+            inputs = self._memory_format(torch.cat([image, log_scope], dim=1))
+            log_alpha = F.log_softmax(self.attention(inputs), dim=1)
+            log_masks.append(log_scope + log_alpha[:, :1])
+            log_scope = log_scope + log_alpha[:, 1:]
+        log_masks.append(log_scope)
+        return torch.stack(log_masks, dim=1)
+
+    def forward(self, batch: dict) -> ModelOutput:
+        cfg = self.cfg
+        image = batch["image"]
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"batch['image'] must be (B, 3, H, W), got {tuple(image.shape)}")
+        b, c, h, w = image.shape
+        if (h, w) != (cfg.height, cfg.width):
+            raise ValueError(f"MONet was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
+        k = self.num_slots
+
+        log_att = self.attention_log_masks(image)                           # (B, K, 1, H, W)
+
+        # Component VAE, batched over all B*K slots.
+        enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_att], dim=2)
+        mean, logvar = self.encoder(self._memory_format(enc_in.flatten(0, 1)))
+        z = reparameterize(mean, logvar, sample=self.training)
+        decoded = self.decoder(z).view(b, k, 4, h, w)
+        appearance = torch.sigmoid(decoded[:, :, :3])
+        mask_logits = decoded[:, :, 3:]
+        log_dec = F.log_softmax(mask_logits, dim=1)
+        masks = log_dec.exp()
+        reconstruction = (masks * appearance).sum(dim=1)
+
+        # Loss terms (each summed over pixels / slots / dims, averaged over the batch).
+        nll = -mixture_log_likelihood(image, appearance, log_att, self.pixel_sigma,
+                                      per_channel=cfg.likelihood == "channel").mean()
+        kl_z = gaussian_kl_standard_normal(mean, logvar).sum(dim=1).view(b, k).sum(1).mean()
+        q = log_att.exp().clamp_min(cfg.mask_clamp)
+        p = masks.clamp_min(cfg.mask_clamp)
+        kl_mask = (q * (q.log() - p.log())).flatten(1).sum(1).mean()
+
+        mean = mean.view(b, k, -1)
+        logvar = logvar.view(b, k, -1)
+        z = z.view(b, k, -1)
+        if cfg.lds_weight > 0:
+            lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
+        else:
+            lds = image.new_zeros(())
+        loss = nll + cfg.beta * kl_z + cfg.gamma * kl_mask - cfg.lds_weight * lds
+
+        return ModelOutput(
+            loss=loss,
+            loss_terms={"nll": nll, "kl_z": kl_z, "kl_mask": kl_mask, "lds": lds},
+            slot_latents=z,
+            posterior_mean=mean,
+            posterior_logvar=logvar,
+            mask_logits=mask_logits,
+            masks=masks,
+            appearance=appearance,
+            reconstruction=reconstruction,
+            extras={"attention_masks": log_att.exp()},
+        )
