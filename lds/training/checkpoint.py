@@ -1,0 +1,154 @@
+"""Checkpoints that are safe to load from a stranger and resume exactly.
+
+A checkpoint for step N (N completed gradient steps) is three files in ``checkpoints/``:
+
+    step_000000N.safetensors    model parameters and buffers (a plain safetensors file)
+    optim_000000N.safetensors   optimiser tensors (e.g. RMSprop's square_avg), keyed state.<i>.<name>
+    state_000000N.json          scalars: step, seed, optimiser param groups and scalar state
+
+No pickle anywhere. Each file is written to a temporary name and moved into place with
+``os.replace`` (atomic on POSIX), and the JSON is written last: a checkpoint counts only when
+its JSON exists, so a crash mid-write leaves the previous checkpoint as the latest one.
+RNG state needs no saving: the trainer reseeds from (seed, step) at every step and draws the
+data order from (seed, epoch), so both follow from the step number alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from common.errors import UserError
+
+_STATE_RE = re.compile(r"^state_(\d{7,})\.json$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, incomplete or unreadable."""
+
+
+def _names(directory: Path, step: int) -> tuple[Path, Path, Path]:
+    return (directory / f"step_{step:07d}.safetensors", directory / f"optim_{step:07d}.safetensors",
+            directory / f"state_{step:07d}.json")
+
+
+def model_path(directory: str | Path, step: int) -> Path:
+    return _names(Path(directory), step)[0]
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for index, entry in state_dict["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalar_state": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta.get("scalar_state", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; returns the model file's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_file, optim_file, state_file = _names(directory, step)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_save_tensors(weights, model_file, {"step": str(step), "format": "ldsrig-model-1"})
+    state = {"step": step, "format": "ldsrig-checkpoint-1", **(extra or {})}
+    if optimizer is not None:
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        _atomic_save_tensors(tensors, optim_file, {"step": str(step)})
+        state["optimizer"] = meta
+    _atomic_write_text(json.dumps(state, indent=1), state_file)  # last: marks it complete
+    return model_file
+
+
+def list_checkpoints(directory: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in ``directory``, ascending."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = []
+    for entry in directory.iterdir():
+        match = _STATE_RE.match(entry.name)
+        if match and model_path(directory, int(match.group(1))).is_file():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict | None
+    state: dict                      # the JSON (step, seed, anything the trainer stored)
+    path: Path                       # the model file
+
+
+def load_checkpoint(directory: str | Path, step: int | None = None,
+                    map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load checkpoint ``step`` (default: the latest complete one) without unpickling anything."""
+    directory = Path(directory)
+    steps = list_checkpoints(directory)
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint in {directory}")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"no checkpoint for step {step} in {directory}; have {steps}")
+    model_file, optim_file, state_file = _names(directory, step)
+    device = str(map_location)
+    try:
+        state = json.loads(state_file.read_text())
+        model_state = load_file(str(model_file), device=device)
+        optimizer_state = None
+        if "optimizer" in state:
+            optimizer_state = _unflatten_optimizer(load_file(str(optim_file), device=device),
+                                                   state["optimizer"])
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise CheckpointError(f"checkpoint {model_file} is unreadable: {exc}") from None
+    return Checkpoint(step, model_state, optimizer_state, state, model_file)
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (``keep`` <= 0 keeps all)."""
+    if keep <= 0:
+        return
+    for step in list_checkpoints(directory)[:-keep]:
+        # The JSON goes first so that a half-deleted checkpoint is never taken as complete.
+        for path in reversed(_names(Path(directory), step)):
+            path.unlink(missing_ok=True)

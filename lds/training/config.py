@@ -1,0 +1,144 @@
+"""Training configuration: one dataclass tree, loadable from YAML and overridable as key=value.
+
+    cfg = load_train_config("monet", "my.yaml", ["optim.lr=1e-4", "model.num_slots=9"])
+
+``TrainConfig`` holds what every model shares (data, seed, optimiser, LDS, logging); its
+``model`` field is the model's own config dataclass (``MONetConfig`` ...). Because the YAML loader
+needs a concrete type for ``model``, :func:`train_config_class` makes one ``TrainConfig``
+subclass per registered model. Defaults are the paper's Table 1 (MONet); a model whose paper
+settings differ declares them in ``lds.models.PAPER_TRAIN_SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.config import apply_overrides, from_dict, load_config, to_dict
+from common.errors import ConfigError
+from lds.models import MODEL_CONFIGS, PAPER_TRAIN_SETTINGS
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["rmsprop", "adam"] = "rmsprop"
+    lr: float = 3e-4
+    batch_size: int = 40
+    steps: int = 600_000                    # total gradient steps of the run
+    grad_clip: float = 5.0                  # global gradient-norm clip; 0 disables it
+    # "constant", or "gqn": max(0.1 lr + 0.9 lr (1 - s / 1e6), 0.1 lr) (IODINE / MulMON tables).
+    schedule: Literal["constant", "gqn"] = "constant"
+    alpha: float = 0.99                     # RMSprop smoothing (torch's default)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"optim.batch_size must be at least 1, got {self.batch_size}")
+        if self.steps < 0:
+            raise ConfigError(f"optim.steps must be >= 0, got {self.steps}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class LDSConfig:
+    enabled: bool = False                   # --lds / --no-lds
+    weight: float = 0.5                     # lambda in Eq. 4 (0.5 for MONet+, Table 1)
+    sigma: float = 0.1                      # sigma in Eq. 3
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"lds.weight must be >= 0, got {self.weight}")
+        if self.sigma <= 0:
+            raise ConfigError(f"lds.sigma must be positive, got {self.sigma}")
+
+
+@dataclass
+class LogConfig:
+    every: int = 50                         # steps per logged row (values averaged over them)
+    checkpoint_every: int = 1000            # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3               # older ones are deleted; 0 keeps all
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("log.every and log.checkpoint_every must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    model: Any = None                       # the model's config dataclass (see train_config_class)
+    data: str = ""                          # scene store path
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lds: LDSConfig = field(default_factory=LDSConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    workers: int = 0                        # DataLoader worker processes
+    threads: int = 0                        # torch CPU threads; 0 leaves torch's default
+    device: str = "cpu"
+    compile: bool = False                   # torch.compile the model (eager when false)
+
+    def sync_model_lds(self) -> None:
+        """The model reads LDS from its own config; the run's ``lds`` section is the source."""
+        self.model.lds_weight = self.lds.weight if self.lds.enabled else 0.0
+        self.model.lds_sigma = self.lds.sigma
+
+
+@functools.cache
+def train_config_class(model_name: str) -> type[TrainConfig]:
+    """The TrainConfig subclass whose ``model`` field is ``model_name``'s config dataclass."""
+    if model_name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model {model_name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+    model_cls = MODEL_CONFIGS[model_name]
+    cls = dataclasses.make_dataclass(
+        f"{model_cls.__name__.removesuffix('Config')}TrainConfig",
+        [("model", model_cls, field(default_factory=model_cls))],
+        bases=(TrainConfig,),
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+def default_train_config(model_name: str) -> TrainConfig:
+    """Defaults of ``model_name`` with its paper training settings applied."""
+    cls = train_config_class(model_name)
+    data = to_dict(cls())
+    paper = PAPER_TRAIN_SETTINGS.get(model_name, {})
+    _merge_nested(data, paper)
+    return from_dict(cls, data)
+
+
+def _merge_nested(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict):
+            _merge_nested(into[key], value)
+        else:
+            into[key] = value
+
+
+def load_train_config(model_name: str, yaml_path: str | Path | None = None,
+                      overrides: list[str] | None = None) -> TrainConfig:
+    """Paper defaults for the model, then the YAML file, then key=value overrides."""
+    cls = train_config_class(model_name)
+    cfg = load_config(cls, yaml_path, overrides, base=default_train_config(model_name))
+    if cfg.model.name != model_name:
+        raise ConfigError(f"the config is for model {cfg.model.name!r}, not {model_name!r}")
+    cfg.sync_model_lds()
+    return cfg
+
+
+def model_name_of(yaml_data: dict) -> str:
+    """The model named in a saved run config (``model.name``)."""
+    try:
+        return str(yaml_data["model"]["name"])
+    except (KeyError, TypeError):
+        raise ConfigError("the run config has no model.name") from None
+
+
+__all__ = ["OptimConfig", "LDSConfig", "LogConfig", "TrainConfig", "train_config_class",
+           "default_train_config", "load_train_config", "model_name_of", "apply_overrides"]

@@ -1,0 +1,301 @@
+"""The training loop shared by every model: ``train(cfg, run_dir)``.
+
+Determinism and exact resume (on CPU): the parameters are initialised from ``cfg.seed``; the
+data order is a fresh permutation per epoch drawn from (seed, epoch), so batch ``s`` is a pure
+function of (seed, s); the model's own sampling (the reparameterisation noise) draws from the
+global torch RNG reseeded from (seed, s) before step ``s``. A run resumed from checkpoint N
+therefore replays steps N+1.. exactly as an uninterrupted run would (tests/test_train.py checks
+the parameters bit for bit).
+
+Every step: the output contract is checked (``ModelOutput.check``), the loss and the gradient
+norm must be finite (else :class:`NonFiniteLossError`, with the parameters before that step saved
+as a checkpoint and no update applied), gradients are clipped to ``optim.grad_clip``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from common.config import save_config
+from common.errors import ConfigError, UserError
+from lds.models import build_model
+from lds.training.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from lds.training.config import TrainConfig
+from lds.training.logging import RunLogger
+from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
+
+_SEED_STRIDE = 1_000_003  # a prime: (seed, index) pairs map to distinct generator seeds
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss or gradient; the run stopped before applying it."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * _SEED_STRIDE + step) % (2**63 - 1)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches ``start_step .. end_step - 1`` of an endless stream of per-epoch permutations.
+
+    Epoch e is ``randperm(n)`` from a generator seeded with (seed, e); batch s takes positions
+    s*B .. s*B+B-1 of the concatenated epochs (batches may straddle an epoch boundary, and a
+    dataset smaller than a batch simply spans several epochs). Stateless, so resuming at any
+    step gives the same batches.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int):
+        if num_items < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(step_seed(self.seed + 7919, epoch))
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start_step * self.batch_size
+        epoch, offset = divmod(position, self.num_items)
+        order = self._epoch(epoch)
+        for _ in range(len(self)):
+            batch = []
+            while len(batch) < self.batch_size:
+                take = min(self.batch_size - len(batch), self.num_items - offset)
+                batch.extend(order[offset: offset + take].tolist())
+                offset += take
+                if offset == self.num_items:
+                    epoch, offset = epoch + 1, 0
+                    order = self._epoch(epoch)
+            yield batch
+
+
+class KeyCollate:
+    """Stack only the keys the model reads (others, e.g. ragged amodal masks, are skipped)."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        missing = [k for k in self.keys if k not in items[0]]
+        if missing:
+            raise UserError(f"the dataset items have no {missing}; the model needs {list(self.keys)}")
+        return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in self.keys}
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    lr = cfg.optim.lr
+    if cfg.optim.schedule == "gqn":
+        return max(0.1 * lr + 0.9 * lr * (1.0 - step / 1e6), 0.1 * lr)
+    return lr
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, eps=o.eps)
+    raise ConfigError(f"unknown optimiser {o.name!r}")
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc handing large freed blocks back to the kernel after every step.
+
+    A MONet step at batch 40 allocates and frees gigabytes of activations; by default each large
+    tensor is a fresh mmap whose pages the kernel zeroes on first touch, which cost as much
+    system time as the convolutions themselves here. Keeping the heap (no mmap for large
+    blocks, no trimming) makes steady-state steps reuse warm memory. Linux/glibc only; a no-op
+    elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**30 * 16)
+
+
+def open_store_dataset(path: str) -> Dataset:
+    if not path:
+        raise ConfigError("no training data: pass --data STORE (or set data: in the config)")
+    if not Path(path).exists():
+        raise ConfigError(f"training data {path} does not exist")
+    from datasets.torch_data import ImageDataset  # the store reader (lead's datasets package)
+
+    return ImageDataset(path)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int                       # completed gradient steps
+    checkpoint: Path | None         # the last checkpoint written
+    last_values: dict[str, float]   # the last logged row
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / CONFIG_NAME).is_file():
+            raise RunError(f"cannot resume: {run_dir} is not a training run (no {CONFIG_NAME})")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already exists and is not empty; pass --resume to continue "
+                       f"that run, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _format_terms(values: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, completed: int, description: str):
+    if not enabled:
+        yield lambda advance, text: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
+                        console=Console(stderr=True), transient=False)
+    with progress:
+        task = progress.add_task(description, total=total, completed=completed, terms="")
+        yield lambda advance, text: progress.update(task, advance=advance, terms=text)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` for ``cfg.optim.steps`` steps in total, writing the run to ``run_dir``.
+
+    ``dataset``: any map-style dataset of dicts holding the model's inputs (default: the scene
+    store ``cfg.data`` through ``datasets.torch_data.ImageDataset``). ``resume``: continue from
+    the latest checkpoint in ``run_dir`` up to ``cfg.optim.steps``.
+    """
+    run_dir = Path(run_dir)
+    cfg.sync_model_lds()
+    _prepare_run_dir(run_dir, resume)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
+    device = torch.device(cfg.device)
+
+    if dataset is None:
+        dataset = open_store_dataset(cfg.data)
+    if len(dataset) == 0:
+        raise ConfigError(f"the training data {cfg.data or '(given dataset)'} holds no images")
+    probe = dataset[0]["image"]
+    if tuple(probe.shape[-2:]) != (cfg.model.height, cfg.model.width):
+        raise ConfigError(
+            f"the images are {probe.shape[-2]}x{probe.shape[-1]} but the model is configured for "
+            f"{cfg.model.height}x{cfg.model.width}; set model.height and model.width (and "
+            f"model.unet_channels: one block per halving down to 4x4)")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, cfg.model).to(device)
+    model.train()
+    optimizer = make_optimizer(cfg, model.parameters())
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    start_step = 0
+    if resume:
+        checkpoint = load_checkpoint(ckpt_dir, map_location=device)
+        model.load_state_dict(checkpoint.model_state)
+        if checkpoint.optimizer_state is not None:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        start_step = checkpoint.step
+    save_config(cfg, run_dir / CONFIG_NAME)
+    end_step = cfg.optim.steps
+    forward = torch.compile(model) if cfg.compile else model
+
+    batch_size, num_slots = cfg.optim.batch_size, model.num_slots
+    height, width = cfg.model.height, cfg.model.width
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), batch_size, cfg.seed, start_step, end_step),
+        collate_fn=KeyCollate(tuple(getattr(model, "input_keys", ("image",)))),
+        num_workers=cfg.workers,
+        persistent_workers=False,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    last_checkpoint: Path | None = None
+    last_values: dict[str, float] = {}
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+
+    def checkpoint_now(step: int) -> Path:
+        path = save_checkpoint(ckpt_dir, step, model, optimizer,
+                               {"seed": cfg.seed, "model": cfg.model.name})
+        prune_checkpoints(ckpt_dir, cfg.log.keep_checkpoints)
+        return path
+
+    description = f"{cfg.model.name}{'+LDS' if cfg.lds.enabled else ''}"
+    with RunLogger(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) as log, \
+            _progress_bar(progress, end_step, start_step, description) as advance:
+        step = start_step
+        for batch in loader:
+            torch.manual_seed(step_seed(cfg.seed, step))
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            lr = learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            out = forward(batch)
+            out.check(batch_size, num_slots, height, width)
+            terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
+            loss = float(out.loss.detach())
+            bad = not math.isfinite(loss)
+            grad_norm = math.nan
+            if not bad:
+                out.loss.backward()
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                bad = not math.isfinite(grad_norm)
+            if bad:
+                # The update was not applied: the parameters are still those after `step` steps.
+                optimizer.zero_grad(set_to_none=True)
+                last_checkpoint = checkpoint_now(step)
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                raise NonFiniteLossError(
+                    f"non-finite {what} at step {step + 1} (loss {loss:.4g}; {_format_terms(terms)}; "
+                    f"grad norm {grad_norm:.4g}); training stopped before applying it. The last good "
+                    f"state is checkpoint {last_checkpoint}. Lower optim.lr or check the data, then "
+                    f"--resume.")
+            optimizer.step()
+            step += 1
+
+            values = {"loss": loss, **terms, "grad_norm": grad_norm}
+            for k, v in values.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            advance(1, _format_terms({"loss": loss, **terms}))
+            if step % cfg.log.every == 0 or step == end_step:
+                elapsed = time.perf_counter() - window_start
+                last_values = {k: v / window_steps for k, v in window.items()}
+                last_values["lr"] = lr
+                last_values["images_per_s"] = window_steps * batch_size / max(elapsed, 1e-9)
+                log.log(step, last_values)
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+            if step % cfg.log.checkpoint_every == 0 or step == end_step:
+                last_checkpoint = checkpoint_now(step)
+
+    if last_checkpoint is None and start_step == end_step and resume:
+        last_checkpoint = load_checkpoint(ckpt_dir).path
+    return TrainResult(run_dir, end_step if end_step > start_step else start_step,
+                       last_checkpoint, last_values)
