@@ -122,11 +122,14 @@ def eval_command(
 
 
 def _eval_for(run: Path, data: Path | None, **kwargs) -> EvalResult:
-    """The run's eval.json; evaluated first if it is missing (or made on other data) and data given."""
+    """The run's eval.json; with ``data``, (re-)evaluated first when it is missing or was made
+    on other data or another number of images (``max_images``)."""
     path = Path(run) / EVAL_DIR / EVAL_FILE
     if path.is_file():
         result = EvalResult.load(path)
-        if data is None or result.meta.get("data") == str(Path(data).resolve()):
+        max_images = kwargs.get("max_images")
+        same_images = max_images is None or result.meta.get("num_images") == max_images
+        if data is None or (result.meta.get("data") == str(Path(data).resolve()) and same_images):
             return result
     if data is None:
         raise UserError(f"{path} does not exist: run `ldsrig eval {run} --data STORE` first, "
@@ -156,7 +159,7 @@ def compare_command(
             console.print(f"[yellow]note: the LDS run {run_lds} was trained without LDS[/]")
     if control.meta.get("data") != lds.meta.get("data") or \
             control.meta.get("num_images") != lds.meta.get("num_images"):
-        console.print("[yellow]note: the two runs were evaluated on different data "
+        console.print("[yellow]note: the two runs were evaluated on different data or image counts "
                       f"({control.meta.get('data')}, {control.meta.get('num_images')} images vs "
                       f"{lds.meta.get('data')}, {lds.meta.get('num_images')} images)[/]")
     console.print(comparison_table(control, lds, Path(run_control).name, Path(run_lds).name))

@@ -248,7 +248,7 @@ def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "
         row = rows[name]
         better = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[row["lds_better"]]
         if name == "dSim":
-            table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", _format("sim", row["delta"]),
+            table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", _signed("sim", row["delta"]),
                           better)
             continue
         table.add_row(DISPLAY[name][0], _format(name, row["control"]), _format(name, row["lds"]),

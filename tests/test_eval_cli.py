@@ -87,3 +87,43 @@ def test_eval_missing_run_is_a_user_error(tmp_path):
     run = CliRunner().invoke(cli_app(), ["eval", str(tmp_path / "nope"), "--data", str(tmp_path)])
     assert isinstance(run.exception, UserError)
     assert "does not exist" in str(run.exception)
+
+
+TINY_MONET = ["model.height=16", "model.width=16", "model.num_slots=4", "model.latent_dim=4",
+              "model.unet_channels=[8,8,8]", "model.unet_mlp_hidden=16",
+              "model.encoder_channels=[8,8]", "model.encoder_hidden=16",
+              "model.decoder_channels=[8,8]", "optim.batch_size=4", "optim.steps=3",
+              "log.every=1", "log.checkpoint_every=3", "log.tensorboard=false"]
+
+
+def test_eval_and_compare_end_to_end_on_trained_runs(tmp_path):
+    """`ldsrig eval` / `ldsrig compare` through the root app on two tiny trained MONet runs."""
+    from cli import app
+    from lds.training.config import load_train_config
+    from lds.training.loop import train
+
+    store = tmp_path / "store"
+    make_store(store, scenes=3)
+    for name, lds in (("control", False), ("lds", True)):
+        cfg = load_train_config("monet", None, TINY_MONET + [f"data={store}"])
+        cfg.lds.enabled = lds
+        train(cfg, tmp_path / name, progress=False)
+
+    runner = CliRunner()
+    run = runner.invoke(app, ["eval", str(tmp_path / "control"), "--data", str(store),
+                              "--figure", "2", "--batch-size", "4", "--no-progress"],
+                        env={"COLUMNS": "160"})
+    assert run.exit_code == 0, run.output
+    result = EvalResult.load(tmp_path / "control" / "eval" / "eval.json")
+    assert result.meta["num_images"] == 6 and result.meta["model"] == "monet"
+    assert result.meta["lds"]["enabled"] is False
+    assert 0.0 <= result.mean("miou") <= result.mean("miou_greedy") + 1e-12 <= 1.0 + 1e-12
+    assert (tmp_path / "control" / "eval" / "figure2.png").stat().st_size > 1000
+    assert "mIoU (Hungarian)" in run.output
+
+    # the LDS run has no eval.json yet: compare evaluates it first because --data is given
+    run = runner.invoke(app, ["compare", str(tmp_path / "control"), str(tmp_path / "lds"),
+                              "--data", str(store)], env={"COLUMNS": "160"})
+    assert run.exit_code == 0, run.output
+    assert "ΔSim" in run.output
+    assert EvalResult.load(tmp_path / "lds" / "eval" / "eval.json").meta["lds"]["enabled"] is True
