@@ -52,13 +52,6 @@ def binary_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
 
 
-def gt_component_masks(gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GT indicator masks (B, G, N) for labels 0..G-1 and which are present, (B, G) bool."""
-    num_gt = int(gt_labels.max().item()) + 1
-    gt_masks = one_hot_labels(gt_labels, num_gt)
-    return gt_masks, gt_masks.any(dim=-1)
-
-
 def contingency_table(gt_labels: torch.Tensor, pred_labels: torch.Tensor,
                       num_pred: int) -> torch.Tensor:
     """Pixel counts n[b, g, k] = #{pixels with GT label g and predicted slot k} -> (B, G, K).
