@@ -108,7 +108,7 @@ def write_figure(models: list, dataset, num_examples: int, path: Path, limit: in
 def eval_command(
     run: Path = typer.Argument(..., help="Run directory (written by `ldsrig train`)."),
     data: Path = typer.Option(..., "--data", help="Scene store to evaluate on."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output JSON [default: RUN/eval/eval.json]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSON (default: RUN/eval/eval.json)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Evaluate only the first N images."),
     figure: int = typer.Option(0, "--figure", min=0, help="Also write Figure 2 with N example images."),
