@@ -26,6 +26,16 @@ TINY_OVERRIDES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared, oversubscribed machine
+    OpenMP's spinning barriers can make a 2-thread run of tiny ops many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def two_images() -> torch.Tensor:
     """Two 16x16 scenes: a grey background with a red block, or a blue block."""
     images = torch.full((2, 3, 16, 16), 0.5)

@@ -191,7 +191,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     """
     run_dir = Path(run_dir)
     cfg.sync_model_lds()
-    _prepare_run_dir(run_dir, resume)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
@@ -207,6 +206,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
             f"the images are {probe.shape[-2]}x{probe.shape[-1]} but the model is configured for "
             f"{cfg.model.height}x{cfg.model.width}; set model.height and model.width (and "
             f"model.unet_channels: one block per halving down to 4x4)")
+
+    _prepare_run_dir(run_dir, resume)  # only once the data is known to be usable
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, cfg.model).to(device)

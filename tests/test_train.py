@@ -1,0 +1,231 @@
+"""Training: config, exact resume, the NaN guard, checkpoints, logs, and `ldsrig train monet`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from common.errors import ConfigError, UserError
+from lds.training import (NonFiniteLossError, RunError, default_train_config, list_checkpoints,
+                          load_checkpoint, load_run, load_train_config, read_run_config,
+                          save_checkpoint, train)
+from lds.training.logging import read_metrics
+from lds.training.loop import StepBatchSampler, make_optimizer
+from tests.test_monet import TINY_OVERRIDES, one_torch_thread, tiny_model  # noqa: F401 (fixture)
+
+H = W = 16
+
+
+class ImageList(torch.utils.data.Dataset):
+    """A map-style dataset of dicts, like ImageDataset; ``nan_after`` poisons later reads."""
+
+    def __init__(self, images: torch.Tensor, nan_after: int | None = None):
+        self.images, self.nan_after, self.reads = images, nan_after, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        image = self.images[i].clone()
+        if self.nan_after is not None and self.reads > self.nan_after:
+            image[0, 0, 0] = float("nan")
+        return {"image": image, "label_map": torch.zeros(H, W, dtype=torch.long),
+                "amodal_masks": torch.zeros(i + 1, H, W, dtype=torch.bool)}  # ragged: not collated
+
+
+def images(n: int = 5) -> torch.Tensor:
+    return torch.rand(n, 3, H, W, generator=torch.Generator().manual_seed(1))
+
+
+def tiny_cfg(*extra: str):
+    return load_train_config("monet", overrides=TINY_OVERRIDES + [
+        "optim.lr=1e-3", "log.every=2", "log.tensorboard=false", *extra])
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_paper_defaults_and_overrides(tmp_path):
+    cfg = default_train_config("monet")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.batch_size) == ("rmsprop", 3e-4, 40)
+    assert (cfg.optim.steps, cfg.optim.grad_clip) == (600_000, 5.0)
+    assert (cfg.lds.enabled, cfg.lds.weight, cfg.lds.sigma) == (False, 0.5, 0.1)
+    assert cfg.model.name == "monet" and cfg.model.num_slots == 7
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text(yaml.safe_dump({"optim": {"lr": 1e-4}, "lds": {"enabled": True}}))
+    cfg = load_train_config("monet", yaml_path, ["model.num_slots=9", "optim.lr=2e-4"])
+    assert cfg.optim.lr == 2e-4 and cfg.model.num_slots == 9      # overrides beat the file
+    assert cfg.lds.enabled and cfg.model.lds_weight == 0.5           # model reads the lds section
+    with pytest.raises(ConfigError, match="unknown"):
+        load_train_config("monet", overrides=["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_train_config("monet", overrides=["optim.lr=fast"])
+
+
+def test_sampler_is_a_pure_function_of_the_step():
+    full = list(StepBatchSampler(5, 3, seed=4, start_step=0, end_step=10))
+    assert list(StepBatchSampler(5, 3, seed=4, start_step=6, end_step=10)) == full[6:]
+    stream = [i for batch in full for i in batch]
+    for epoch in range(6):                                   # every epoch is a permutation
+        assert sorted(stream[epoch * 5:(epoch + 1) * 5]) == list(range(5))
+    assert stream[:5] != stream[5:10]                        # reshuffled per epoch
+    assert list(StepBatchSampler(5, 3, seed=5, start_step=0, end_step=10)) != full
+
+
+def test_resume_continues_exactly(tmp_path):
+    """3 steps, stop, resume to 7 == 7 uninterrupted steps, bit for bit (params, optimiser,
+    data order straddling epochs, reparameterisation noise)."""
+    data = ImageList(images(5))
+    straight = tiny_cfg("optim.steps=7", "lds.enabled=true", "log.checkpoint_every=100")
+    train(straight, tmp_path / "straight", dataset=data, progress=False)
+    first = tiny_cfg("optim.steps=3", "lds.enabled=true", "log.checkpoint_every=100")
+    train(first, tmp_path / "split", dataset=data, progress=False)
+    assert list_checkpoints(tmp_path / "split" / "checkpoints") == [3]
+    resumed = read_run_config(tmp_path / "split", ["optim.steps=7"])
+    result = train(resumed, tmp_path / "split", dataset=data, resume=True, progress=False)
+    assert result.step == 7
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints")
+    assert a.step == b.step == 7
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], b.model_state[key]), key
+    for index, entry in a.optimizer_state["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b.optimizer_state["state"][index][name]))
+    # The log holds each step once, and the same values as the uninterrupted run.
+    rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert [r["step"] for r in rows_b] == [2, 3, 4, 6, 7]
+    by_step = {r["step"]: r for r in rows_a}
+    assert rows_b[-1]["loss"] == by_step[7]["loss"]
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_state(tmp_path):
+    batch = 2
+    # Step 4's batch holds a NaN pixel (+1: train() first reads one item to check the size).
+    data = ImageList(images(5), nan_after=3 * batch + 1)
+    cfg = tiny_cfg("optim.steps=10", "log.checkpoint_every=2")
+    with pytest.raises(NonFiniteLossError, match="step 4") as info:
+        train(cfg, tmp_path / "run", dataset=data, progress=False)
+    assert isinstance(info.value, UserError)
+    assert "step_0000003.safetensors" in str(info.value)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert list_checkpoints(ckpt_dir) == [2, 3]
+    # The saved state is exactly a clean 3-step run: the bad update was never applied.
+    clean = tiny_cfg("optim.steps=3", "log.checkpoint_every=100")
+    train(clean, tmp_path / "clean", dataset=ImageList(images(5)), progress=False)
+    guarded = load_checkpoint(ckpt_dir, 3).model_state
+    reference = load_checkpoint(tmp_path / "clean" / "checkpoints", 3).model_state
+    for key in reference:
+        assert torch.equal(guarded[key], reference[key]), key
+        assert torch.isfinite(guarded[key]).all()
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    model = tiny_model()
+    cfg = tiny_cfg()
+    optimizer = make_optimizer(cfg, model.parameters())
+    model({"image": images(2)}).loss.backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path, 12, model, optimizer, {"seed": 3})
+    assert path.name == "step_0000012.safetensors"
+    with safe_open(str(path), "pt") as fh:                   # plain safetensors, no pickle
+        assert set(fh.keys()) == set(model.state_dict())
+        assert fh.metadata()["step"] == "12"
+    state = json.loads((tmp_path / "state_0000012.json").read_text())
+    assert state["step"] == 12 and state["seed"] == 3
+    loaded = load_checkpoint(tmp_path)
+    fresh = tiny_model(seed=99)
+    fresh.load_state_dict(loaded.model_state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+    fresh_opt = make_optimizer(cfg, fresh.parameters())
+    fresh_opt.load_state_dict(loaded.optimizer_state)
+    for p_old, p_new in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(optimizer.state[p_old]["square_avg"], fresh_opt.state[p_new]["square_avg"])
+    # A checkpoint without its JSON (a crash mid-write) is ignored.
+    (tmp_path / "step_0000020.safetensors").write_bytes(b"partial")
+    assert list_checkpoints(tmp_path) == [12]
+
+
+def test_load_run_gives_an_eval_model_and_its_config(tmp_path):
+    data = ImageList(images(4))
+    train(tiny_cfg("optim.steps=2", "lds.enabled=true"), tmp_path / "run", dataset=data, progress=False)
+    model, cfg = load_run(tmp_path / "run")
+    assert not model.training and cfg.model.name == "monet" and cfg.lds.enabled
+    assert cfg.model.lds_weight == 0.5 and cfg.optim.steps == 2
+    with torch.no_grad():
+        out = model({"image": images(2)})
+    out.check(2, 3, H, W)
+    with pytest.raises(RunError, match="already exists"):
+        train(tiny_cfg("optim.steps=2"), tmp_path / "run", dataset=data, progress=False)
+    with pytest.raises(RunError, match="not a training run"):
+        load_run(tmp_path)
+
+
+def test_image_size_mismatch_is_a_clear_error(tmp_path):
+    data = ImageList(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="32x32"):
+        train(tiny_cfg("optim.steps=1"), tmp_path / "run", dataset=data, progress=False)
+
+
+def make_store(path, scenes: int = 2, views: int = 3) -> None:
+    from datasets.store import SceneStore
+
+    rng = np.random.default_rng(0)
+    with SceneStore.create(path, height=H, width=W, ground_truth=True, max_objects=3,
+                           attrs={"source": "test"}) as store:
+        for s in range(scenes):
+            scene_id = f"scene_{s}"
+            store.add_scene(scene_id, {"source": "test", "objects": [{"shape": "cube"}]})
+            label_map = np.zeros((views, H, W), np.uint8)
+            label_map[:, 3:9, 3 + s:9 + s] = 1
+            rgb = np.full((views, H, W, 3), 128, np.uint8)
+            rgb[label_map == 1] = rng.integers(0, 255, size=3, dtype=np.uint8)
+            pose = np.repeat(np.eye(4)[None], views, axis=0)
+            intrinsics = np.repeat(np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])[None], views, 0)
+            store.append_images(scene_id, rgb, pose, intrinsics, label_map=label_map,
+                                amodal_masks=(label_map == 1)[:, None])
+            store.set_scene_state(scene_id, "complete")
+
+
+def test_cli_train_monet_on_a_tiny_store(tmp_path):
+    from cli import app
+
+    store, run = tmp_path / "tiny.zarr", tmp_path / "run"
+    make_store(store)
+    runner = CliRunner()
+    args = ["train", "monet", "--data", str(store), "--out", str(run), "--steps", "4", "--lds",
+            "--no-progress", *TINY_OVERRIDES, "log.every=2", "log.checkpoint_every=2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "to step 4" in result.output and str(run) in result.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lds"]["enabled"] is True and saved["data"] == str(store)
+    assert saved["optim"]["steps"] == 4 and saved["model"]["num_slots"] == 3
+    assert list_checkpoints(run / "checkpoints") == [2, 4]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"loss", "nll", "kl_z", "kl_mask", "lds", "grad_norm", "lr", "images_per_s"} <= set(rows[0])
+    assert rows[0]["lds"] < 0                           # the prior is live (log-density, < 0 here)
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = runner.invoke(app, ["train", "monet", "--out", str(run), "--resume", "--steps", "6",
+                                  "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert list_checkpoints(run / "checkpoints")[-1] == 6
+    model, cfg = load_run(run)
+    assert cfg.optim.steps == 6 and model.num_slots == 3
+
+    again = runner.invoke(app, args)                    # the run exists: refuse, clearly
+    assert again.exit_code != 0 and isinstance(again.exception, RunError)
+    missing = runner.invoke(app, ["train", "monet", "--data", str(tmp_path / "nope.zarr"),
+                                  "--out", str(tmp_path / "r2"), "--no-progress"])
+    assert isinstance(missing.exception, UserError) and "does not exist" in str(missing.exception)
