@@ -48,6 +48,43 @@ def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+class _BroadcastAddReLU(torch.autograd.Function):
+    """relu(shared + per_item[:, :, None, None]): (N, C) and (1, C, H, W) -> (N, C, H, W).
+
+    The backward reduces the gradient over space (for ``per_item``) and over the batch (for
+    ``shared``) on a (N, H*W, C) view of channels-last memory: autograd's own reduction of a
+    channels-last tensor over the batch dimension is ~40x slower (0.4 s per MONet step).
+    """
+
+    @staticmethod
+    def forward(ctx, per_item: torch.Tensor, shared: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        n, c = per_item.shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((n, c, *shared.shape[-2:]), dtype=shared.dtype, device=shared.device,
+                          memory_format=fmt)
+        torch.add(shared, per_item[:, :, None, None], out=out)
+        out.relu_()
+        ctx.save_for_backward(out)
+        ctx.channels_last = channels_last
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        n, c, h, w = out.shape
+        if ctx.channels_last:
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            g = torch.ops.aten.threshold_backward(grad, out, 0.0)
+            rows = g.permute(0, 2, 3, 1).reshape(n, h * w, c)        # a view, no copy
+            grad_item = rows.sum(1)
+            grad_shared = rows.sum(0).view(1, h, w, c).permute(0, 3, 1, 2)
+        else:
+            g = torch.ops.aten.threshold_backward(grad.contiguous(), out, 0.0)
+            grad_item = g.sum((2, 3))
+            grad_shared = g.sum(0, keepdim=True)
+        return grad_item, grad_shared, None
+
+
 class SpatialBroadcastDecoder(nn.Module):
     """Watters et al.'s spatial broadcast decoder, as MONet uses it.
 
@@ -90,9 +127,7 @@ class SpatialBroadcastDecoder(nn.Module):
         if self.fused_broadcast:
             weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))      # (C1, D)
             coord_part = F.conv2d(self.coords, first.weight[:, self.latent_dim:], first.bias)
-            if self.channels_last:
-                coord_part = coord_part.contiguous(memory_format=torch.channels_last)
-            h = F.relu(coord_part + (z @ weight_z.t())[:, :, None, None])
+            h = _BroadcastAddReLU.apply(z @ weight_z.t(), coord_part, self.channels_last)
         else:
             tiled = z[:, :, None, None].expand(-1, -1, *self.coords.shape[-2:])
             inputs = torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], dim=1)
