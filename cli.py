@@ -35,14 +35,14 @@ _GROUPS = [
     ("capture.cli", "capture_app", "capture", "Capture scenes at the rig (or the simulated rig)."),
     ("capture.cli", "calib_app", "calib", "Camera intrinsics and hand-eye calibration."),
     ("lds.cli", "train_app", "train", "Train a model with or without the LDS prior."),
-    ("lds.cli", "experiment_app", "experiment", "Run and report the paper's studies."),
+    ("lds.experiment_cli", "experiment_app", "experiment", "Run and report the paper's studies."),
 ]
 # (module, attribute, name): single commands mounted as `ldsrig NAME ...`.
 _COMMANDS = [
     ("lds.cli", "eval_command", "eval"),
     ("lds.cli", "compare_command", "compare"),
-    ("lds.cli", "gap_command", "gap"),
-    ("lds.cli", "demo_command", "demo"),
+    ("lds.experiment_cli", "gap_command", "gap"),
+    ("lds.demo", "demo_command", "demo"),
 ]
 
 
