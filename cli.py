@@ -66,27 +66,42 @@ for _module, _attr, _name in _COMMANDS:
         app.command(_name)(_fn)
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+def run() -> int:
+    """Run the app; user errors become one line on stderr.  Returns the exit code."""
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        return code if isinstance(code, int) else 0
     except UserError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
-        sys.exit(130)
+        return 130
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
         typer.secho("aborted", fg=typer.colors.YELLOW, err=True)
-        sys.exit(1)
+        return 1
     except _ClickException as exc:  # usage errors: a bad option, a missing argument
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+
+
+def main() -> None:
+    code = run()
+    if "spatialgeometry" in sys.modules:
+        # roboticstoolbox's nanobind extension (spatialgeometry) prints pages of "leaked
+        # instance" warnings while the interpreter tears modules down.  Run the exit handlers
+        # ourselves, then leave without the teardown; every file is closed and flushed by then.
+        import atexit
+        import os
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
