@@ -296,7 +296,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
             if step % cfg.log.checkpoint_every == 0 or step == end_step:
                 last_checkpoint = checkpoint_now(step)
 
-    if last_checkpoint is None and start_step == end_step and resume:
+    if last_checkpoint is None and resume:      # nothing left to do: report where it stands
         last_checkpoint = load_checkpoint(ckpt_dir).path
-    return TrainResult(run_dir, end_step if end_step > start_step else start_step,
-                       last_checkpoint, last_values)
+    return TrainResult(run_dir, max(start_step, end_step), last_checkpoint, last_values)
