@@ -1,0 +1,369 @@
+"""IODINE (Greff et al. 2019): iterative amortised inference, as the LDS paper trained it (Table 2).
+
+The posterior of every slot, lambda_k = [mean_k, logvar_k] (2D numbers), starts at a learned
+lambda_0 shared by all slots and is refined T times by a refinement network:
+
+    for t = 0 .. T-1:
+        z_k    = mean_k + exp(logvar_k / 2) * eps              (a fresh sample every iteration)
+        decode: appearance mu_k = sigmoid(RGB logits), mask logits m_k^lg, masks = softmax_k
+        L_t    = NLL_t + beta * KL(q_t || N(0, I))  -  lambda_LDS * L_LDS(z_t)
+        if t < T-1:  lambda <- lambda + RefineNet(inputs_t, LSTM state)        (additive update)
+
+    loss = sum_t w_t L_t,   w_t = (t + 1) / T                 (T = 5: 0.2, 0.4, ..., 1.0)
+
+T losses are computed at lambda_0 .. lambda_{T-1}; the update after the last loss would never be
+decoded or scored, so it is not computed (T - 1 refinement updates per step).
+
+Refinement inputs (per slot; "LN" = parameter-free standardisation over the slot's own
+channels x pixels, and every LN input is *detached* (stop-gradient), as in the original):
+
+    image-shaped, 17 channels:  x (3), mu_k (3), mask_k (1), mask logit_k (1),
+                                LN dL/dmu_k (3), LN dL/dmask_k (1),
+                                posterior p(k | x, pixel) (1), LN log N(x; mu_k, sigma) (1),
+                                LN leave-one-out log-likelihood (1), coordinates x, y (2)
+    vector:                     lambda_k (2D), LN dL/dlambda_k (2D)
+
+x, mu, masks, mask logits and the posterior are *not* detached (the decoder also learns through
+the refinement path, as in the reference); the gradients and log-likelihoods are.
+dL/dmu and dL/dmask are the exact analytic gradients of the mixture NLL (cheap, no autograd);
+dL/dlambda goes back through the decoder with torch.autograd.grad(create_graph=False), i.e. one
+input-gradient pass per iteration with no weight gradients. L here is the ELBO loss of the
+iteration *without* the LDS term: LDS shapes training only, so inference (the refinement
+trajectory) is the same function with and without it, which also makes the LDS contribution to
+the loss exactly ``-lambda_LDS * sum_t w_t L_LDS(z_t)`` (extras["lds_per_iteration"]).
+
+Stability: after every refinement update the posterior is checked for NaN/inf (as the reference
+code does); on a non-finite value refinement stops, a warning names the iteration and the loss is
+made NaN, so the training loop's NaN guard stops the run with the last good checkpoint.
+
+Memory: the graph of all T iterations is kept for the backward pass. ``grad_checkpoint=True``
+recomputes each iteration in the backward pass instead (torch.utils.checkpoint), trading one
+extra decoder forward per iteration for storing only the iteration boundaries.
+
+Evaluation (``model.eval()``): the refinement iterations still sample z (all slots start from the
+same lambda_0, and only the sampling noise breaks their symmetry); the last iteration decodes the
+posterior mean, so ``slot_latents == posterior_mean``. Under ``torch.no_grad()`` the model turns
+autograd on internally for dL/dlambda and detaches lambda between iterations.
+
+Departures from the original (documented in docs/models.md): the spatial broadcast decoder is
+the shared one (ReLU, fused first conv) rather than ELU; pixels are Gaussian with a fixed sigma
+(0.1, as MulMON and zhixuan-lin/IODINE) rather than logistic with scale 0.03.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from common.errors import ConfigError
+from lds.contract import ModelOutput
+from lds.models.base import SpatialBroadcastDecoder, conv_output_size, coordinate_grid
+from lds.prior import lds_prior
+
+_LOG_2PI = math.log(2.0 * math.pi)
+REFINE_IMAGE_CHANNELS = 17
+
+
+@dataclass
+class IODINEConfig:
+    """IODINE's architecture and loss weights. Defaults: 64x64 images, the LDS paper's settings."""
+
+    name: Literal["iodine"] = "iodine"
+    height: int = 64
+    width: int = 64
+    num_slots: int = 7                                  # K
+    latent_dim: int = 16                                # D (64 in the IODINE paper; 16 in LDS's)
+    num_iterations: int = 5                             # T losses, T - 1 refinement updates
+    decoder_channels: tuple[int, ...] = (64, 64, 64, 64)
+    refine_channels: tuple[int, ...] = (64, 64, 64, 64)  # 3x3 stride-2 convs, ELU
+    refine_hidden: int = 256                            # MLP after the convs
+    lstm_hidden: int = 256
+    pixel_sigma: float = 0.1                            # fixed Gaussian pixel std
+    beta: float = 1.0                                   # KL weight
+    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
+    lds_weight: float = 0.0
+    lds_sigma: float = 0.1
+    # Memory: recompute each refinement iteration in the backward pass (same function).
+    grad_checkpoint: bool = False
+    # Speed only (same function, same parameters).
+    channels_last: bool = True
+    fused_broadcast: bool = True
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(self.decoder_channels)
+        self.refine_channels = tuple(self.refine_channels)
+        if self.num_slots < 2:
+            raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"model.latent_dim must be positive, got {self.latent_dim}")
+        if self.num_iterations < 1:
+            raise ConfigError(f"model.num_iterations must be at least 1, got {self.num_iterations}")
+        if self.pixel_sigma <= 0:
+            raise ConfigError("model.pixel_sigma must be positive")
+        if self.lds_sigma <= 0:
+            raise ConfigError("model.lds_sigma must be positive")
+        h, w = self.height, self.width
+        for _ in self.refine_channels:
+            h, w = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2)
+        if h < 1 or w < 1:
+            raise ConfigError(f"{self.height}x{self.width} images are too small for "
+                              f"{len(self.refine_channels)} stride-2 convs (model.refine_channels)")
+
+
+def standardize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5) -> torch.Tensor:
+    """Parameter-free layer norm over ``dims``, detached: IODINE's LN of the refinement inputs."""
+    x = x.detach()
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class RefinementNetwork(nn.Module):
+    """(17-channel image inputs, vector inputs, LSTM state) -> additive update of lambda."""
+
+    def __init__(self, latent_dim: int, height: int, width: int, channels: Sequence[int],
+                 hidden: int, lstm_hidden: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        h, w, in_ch = height, width, REFINE_IMAGE_CHANNELS
+        for out_ch in channels:
+            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2), nn.ELU(inplace=True)]
+            h, w, in_ch = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2), out_ch
+        self.convs = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * h * w, hidden), nn.ELU(inplace=True))
+        self.lstm = nn.LSTMCell(hidden + 4 * latent_dim, lstm_hidden)
+        self.head = nn.Linear(lstm_hidden, 2 * latent_dim)
+
+    def forward(self, image_inputs: torch.Tensor, vector_inputs: torch.Tensor,
+                state: tuple[torch.Tensor, torch.Tensor]):
+        features = self.mlp(self.convs(image_inputs))
+        h, c = self.lstm(torch.cat([features, vector_inputs], dim=1), state)
+        return self.head(h), (h, c)
+
+
+class IODINE(nn.Module):
+    """IODINE with optional LDS at every iteration. ``model(batch) -> ModelOutput``."""
+
+    input_keys = ("image",)
+
+    def __init__(self, cfg: IODINEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_slots = cfg.num_slots
+        d = cfg.latent_dim
+        self.decoder = SpatialBroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels, 4,
+                                               cfg.fused_broadcast, cfg.channels_last)
+        self.refine = RefinementNetwork(d, cfg.height, cfg.width, cfg.refine_channels,
+                                        cfg.refine_hidden, cfg.lstm_hidden)
+        # lambda_0 = [mean, logvar], shared by all slots; starts at N(0, I).
+        self.initial_posterior = nn.Parameter(torch.zeros(2 * d))
+        self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
+        t = cfg.num_iterations
+        self.register_buffer("iteration_weights",
+                             torch.arange(1, t + 1, dtype=torch.float32) / t, persistent=False)
+
+    # ---- one decode and its loss -------------------------------------------------------
+    def _render(self, image: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decode z (B, K, D) and evaluate the mixture likelihood of ``image``."""
+        b, k, _ = z.shape
+        h, w = image.shape[-2:]
+        decoded = self.decoder(z.reshape(b * k, -1)).view(b, k, 4, h, w)
+        appearance = torch.sigmoid(decoded[:, :, :3])
+        mask_logits = decoded[:, :, 3:]
+        log_masks = F.log_softmax(mask_logits, dim=1)
+        sigma = self.cfg.pixel_sigma
+        diff = image.unsqueeze(1) - appearance                               # (B, K, 3, H, W)
+        log_comp = (-0.5 / sigma**2) * diff.pow(2).sum(2, keepdim=True) \
+            - 3 * (math.log(sigma) + 0.5 * _LOG_2PI)                          # (B, K, 1, H, W)
+        log_joint = log_masks + log_comp
+        log_pixel = torch.logsumexp(log_joint, dim=1, keepdim=True)          # (B, 1, 1, H, W)
+        return {"appearance": appearance, "mask_logits": mask_logits, "log_masks": log_masks,
+                "diff": diff, "log_comp": log_comp, "log_joint": log_joint, "log_pixel": log_pixel}
+
+    @staticmethod
+    def _kl(posterior: torch.Tensor) -> torch.Tensor:
+        """KL(q || N(0, I)) summed over slots and dims -> (B,)."""
+        mean, logvar = posterior.chunk(2, dim=-1)
+        return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)).sum((1, 2))
+
+    def _sample(self, posterior: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        mean, logvar = posterior.chunk(2, dim=-1)
+        return mean if noise is None else mean + torch.exp(0.5 * logvar) * noise
+
+    def _refinement_inputs(self, image: torch.Tensor, r: dict[str, torch.Tensor],
+                           posterior: torch.Tensor, grad_posterior: torch.Tensor):
+        """The 17 image channels (B*K, 17, H, W) and the vector inputs (B*K, 4D)."""
+        b, k = posterior.shape[:2]
+        h, w = image.shape[-2:]
+        sigma2 = self.cfg.pixel_sigma ** 2
+        with torch.no_grad():
+            # Exact gradients of the per-image NLL = -sum_pixels log sum_k m_k N(x; mu_k, sigma):
+            #   dNLL/dm_k = -N_k / p(x),  dNLL/dmu_k = -r_k (x - mu_k) / sigma^2,  r_k = m_k N_k / p.
+            responsibility = torch.exp(r["log_joint"].detach() - r["log_pixel"].detach())
+            grad_masks = -torch.exp(r["log_comp"].detach() - r["log_pixel"].detach())
+            grad_means = -(responsibility / sigma2) * r["diff"].detach()
+            # Leave-one-out: log-likelihood with slot k removed and the others' masks renormalised.
+            eye = torch.eye(k, dtype=torch.bool, device=image.device).view(1, k, k, 1, 1, 1)
+            minus_inf = torch.tensor(-math.inf, dtype=image.dtype, device=image.device)
+            loo_joint = torch.where(eye, minus_inf, r["log_joint"].detach().unsqueeze(1))
+            loo_masks = torch.where(eye, minus_inf, r["log_masks"].detach().unsqueeze(1))
+            leave_one_out = torch.logsumexp(loo_joint, 2) - torch.logsumexp(loo_masks, 2)
+        # The responsibilities as an input keep their graph (only the LN'd inputs are detached).
+        posterior_k = torch.exp(r["log_joint"] - r["log_pixel"])
+        image_dims = (2, 3, 4)
+        channels = [
+            image.unsqueeze(1).expand(b, k, 3, h, w),
+            r["appearance"],
+            r["log_masks"].exp(),
+            r["mask_logits"],
+            standardize(grad_means, image_dims),
+            standardize(grad_masks, image_dims),
+            posterior_k,
+            standardize(r["log_comp"], image_dims),
+            standardize(leave_one_out, image_dims),
+            self.coords.unsqueeze(0).expand(b, k, 2, h, w),
+        ]
+        inputs = torch.cat(channels, dim=2).reshape(b * k, REFINE_IMAGE_CHANNELS, h, w)
+        if self.cfg.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        vector = torch.cat([posterior, standardize(grad_posterior, (2,))], dim=2)
+        return inputs, vector.reshape(b * k, -1)
+
+    def _iteration(self, image, posterior, state, noise, refine: bool, need_grad: bool):
+        """Decode lambda_t, score it, and (``refine``) compute lambda_{t+1}.
+
+        Returns (nll (B,), kl (B,), z, render dict, next posterior or None, next state or None).
+        """
+        b, k, _ = posterior.shape
+        if need_grad and not posterior.requires_grad:
+            posterior = posterior.detach().requires_grad_()
+        z = self._sample(posterior, noise)
+        r = self._render(image, z)
+        nll = -r["log_pixel"].flatten(1).sum(1)
+        kl = self._kl(posterior)
+        if not refine:
+            return nll, kl, z, r, None, None
+        # dL/dlambda for the refinement inputs: one input-gradient pass through the decoder, no
+        # weight gradients, no graph of its own (create_graph=False); the summed loss keeps each
+        # image's gradient independent of the batch size. LDS is not part of it (docstring).
+        (grad_posterior,) = torch.autograd.grad((nll + self.cfg.beta * kl).sum(), posterior,
+                                                retain_graph=True)
+        image_inputs, vector_inputs = self._refinement_inputs(image, r, posterior, grad_posterior)
+        if state is None:
+            zeros = image.new_zeros(b * k, self.cfg.lstm_hidden)
+            state = (zeros, zeros)
+        delta, state = self.refine(image_inputs, vector_inputs, state)
+        return nll, kl, z, r, posterior + delta.view(b, k, -1), state
+
+    def _checkpointed_iteration(self, image, posterior, h, c, noise):
+        """The refining iteration as a pure function of tensors, for torch.utils.checkpoint."""
+        nll, kl, z, r, posterior_next, (h, c) = self._iteration(
+            image, posterior, (h, c), noise, refine=True, need_grad=True)
+        return nll, kl, z, posterior_next, h, c
+
+    # ---- forward -----------------------------------------------------------------------
+    def forward(self, batch: dict) -> ModelOutput:
+        cfg = self.cfg
+        image = batch["image"]
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"batch['image'] must be (B, 3, H, W), got {tuple(image.shape)}")
+        b, _, h, w = image.shape
+        if (h, w) != (cfg.height, cfg.width):
+            raise ValueError(f"IODINE was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            out = self._run(image, keep_graph)
+        return out
+
+    def _run(self, image: torch.Tensor, keep_graph: bool) -> ModelOutput:
+        cfg = self.cfg
+        b = image.shape[0]
+        k, d, iterations = self.num_slots, cfg.latent_dim, cfg.num_iterations
+        posterior = self.initial_posterior.view(1, 1, 2 * d).expand(b, k, 2 * d)
+        state = None
+        nlls, kls, ldss = [], [], []
+        diverged_at = None
+        use_checkpoint = cfg.grad_checkpoint and keep_graph
+        for t in range(iterations):
+            last = t == iterations - 1
+            if not keep_graph:                       # evaluation: no graph across iterations
+                posterior = posterior.detach()
+            # Every iteration samples; in eval mode the last one decodes the posterior mean.
+            noise = None if (last and not self.training) else torch.randn_like(posterior[..., :d])
+            if last or not use_checkpoint:
+                nll, kl, z, r, posterior_next, state_next = self._iteration(
+                    image, posterior, state, noise, refine=not last, need_grad=True)
+            else:
+                if state is None:
+                    zeros = image.new_zeros(b * k, cfg.lstm_hidden)
+                    state = (zeros, zeros)
+                nll, kl, z, posterior_next, hs, cs = checkpoint(
+                    self._checkpointed_iteration, image, posterior, *state, noise,
+                    use_reentrant=False)
+                state_next, r = (hs, cs), None
+            nlls.append(nll.mean())
+            kls.append(kl.mean())
+            ldss.append(lds_prior(z, sigma=cfg.lds_sigma).mean() if cfg.lds_weight > 0
+                        else image.new_zeros(()))
+            if last:
+                final_posterior, final_z, final_render = posterior, z, r
+                break
+            # The reference code asserts a finite posterior after every refinement step.
+            if not bool(torch.isfinite(posterior_next).all()):
+                diverged_at = t + 1
+                final_posterior, final_z = posterior_next, z
+                final_render = r if r is not None else self._render(image, z)
+                break
+            posterior, state = posterior_next, state_next
+
+        n = len(nlls)
+        weights = self.iteration_weights[:n]
+        nll_t, kl_t, lds_t = torch.stack(nlls), torch.stack(kls), torch.stack(ldss)
+        nll_sum = (weights * nll_t).sum()
+        kl_sum = (weights * kl_t).sum()
+        lds_sum = (weights * lds_t).sum()
+        loss = nll_sum + cfg.beta * kl_sum - cfg.lds_weight * lds_sum
+        if diverged_at is not None:
+            warnings.warn(f"IODINE: non-finite posterior after refinement step {diverged_at}; "
+                          f"the loss is set to NaN so training stops at the last good state",
+                          RuntimeWarning, stacklevel=3)
+            loss = loss + float("nan")
+
+        r = final_render
+        mean, logvar = final_posterior.chunk(2, dim=-1)
+        log_masks = r["log_masks"]
+        out = ModelOutput(
+            loss=loss,
+            loss_terms={"nll": nll_sum, "kl_z": kl_sum, "lds": lds_sum},
+            slot_latents=final_z,
+            posterior_mean=mean,
+            posterior_logvar=logvar,
+            mask_logits=r["mask_logits"],
+            masks=log_masks.exp(),
+            appearance=r["appearance"],
+            reconstruction=(log_masks.exp() * r["appearance"]).sum(1),
+            extras={"nll_per_iteration": nll_t, "kl_per_iteration": kl_t,
+                    "lds_per_iteration": lds_t, "iteration_weights": weights},
+        )
+        if not keep_graph:
+            out = _detach_output(out)
+        return out
+
+
+def _detach_output(out: ModelOutput) -> ModelOutput:
+    detach = lambda t: t.detach()  # noqa: E731
+    return ModelOutput(
+        loss=detach(out.loss), loss_terms={k: detach(v) for k, v in out.loss_terms.items()},
+        slot_latents=detach(out.slot_latents), posterior_mean=detach(out.posterior_mean),
+        posterior_logvar=detach(out.posterior_logvar), mask_logits=detach(out.mask_logits),
+        masks=detach(out.masks), appearance=detach(out.appearance),
+        reconstruction=detach(out.reconstruction),
+        extras={k: detach(v) for k, v in out.extras.items()},
+    )
