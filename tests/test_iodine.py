@@ -1,0 +1,213 @@
+"""IODINE: output contract, LDS at every iteration (exactly), the analytic refinement gradients,
+gradient checkpointing as the same function, the per-step NaN check, overfitting two images,
+and `ldsrig train iodine` end to end on a tiny store (with resume)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lds.contract import ModelOutput
+from lds.models import PAPER_TRAIN_SETTINGS, build_model
+from lds.models.iodine import IODINE, IODINEConfig, standardize
+from lds.prior import lds_prior
+from lds.training import NonFiniteLossError, list_checkpoints, load_run, load_train_config, train
+from lds.training.logging import read_metrics
+from tests.test_monet import one_torch_thread, two_images  # noqa: F401 (fixture)
+from tests.test_train import ImageList, make_store
+
+TINY = dict(height=16, width=16, num_slots=3, latent_dim=4, num_iterations=3,
+            decoder_channels=(16, 16), refine_channels=(8, 8), refine_hidden=16, lstm_hidden=16)
+TINY_OVERRIDES = [
+    "model.height=16", "model.width=16", "model.num_slots=3", "model.latent_dim=4",
+    "model.num_iterations=3", "model.decoder_channels=[16,16]", "model.refine_channels=[8,8]",
+    "model.refine_hidden=16", "model.lstm_hidden=16", "optim.batch_size=2",
+]
+
+
+def tiny_model(seed: int = 0, **changes) -> IODINE:
+    torch.manual_seed(seed)
+    return build_model("iodine", IODINEConfig(**{**TINY, **changes}))
+
+
+def run(model: IODINE, images: torch.Tensor, seed: int = 1) -> ModelOutput:
+    torch.manual_seed(seed)           # the same sampling noise for runs that are compared
+    return model({"image": images})
+
+
+def test_output_contract_loss_composition_and_eval_mode():
+    model = tiny_model(lds_weight=1.0).train()
+    images = torch.rand(2, 3, 16, 16)
+    out = run(model, images).check(2, 3, 16, 16)
+    assert set(out.loss_terms) == {"nll", "kl_z", "lds"}
+    torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
+    torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
+    assert 0 <= out.appearance.min() and out.appearance.max() <= 1
+    # loss = sum_t (t+1)/T [nll_t + beta kl_t - lambda lds_t], and the terms are those sums.
+    weights = out.extras["iteration_weights"]
+    torch.testing.assert_close(weights, torch.tensor([1 / 3, 2 / 3, 1.0]))
+    e = out.extras
+    for term, per_iteration in (("nll", "nll_per_iteration"), ("kl_z", "kl_per_iteration"),
+                                ("lds", "lds_per_iteration")):
+        torch.testing.assert_close(out.loss_terms[term], (weights * e[per_iteration]).sum())
+    t = out.loss_terms
+    torch.testing.assert_close(out.loss, t["nll"] + t["kl_z"] - t["lds"])
+    # The reported latents are the last iteration's sample; its prior is the last lds term.
+    torch.testing.assert_close(e["lds_per_iteration"][-1], lds_prior(out.slot_latents).mean())
+    assert not torch.equal(out.slot_latents, out.posterior_mean)
+    # The refinement moved the posterior away from the shared initial one.
+    assert not torch.allclose(out.posterior_mean, model.initial_posterior[:4].expand(2, 3, 4))
+    # Evaluation under no_grad (as lds.evaluation runs it): autograd is used internally for
+    # dL/dlambda, the outputs come back detached, and the last iteration decodes the mean.
+    model.eval()
+    with torch.no_grad():
+        out_eval = run(model, images).check(2, 3, 16, 16)
+    assert not out_eval.loss.requires_grad and not out_eval.masks.requires_grad
+    torch.testing.assert_close(out_eval.slot_latents, out_eval.posterior_mean)
+    assert math.isfinite(out_eval.loss.item())
+
+
+def test_lds_changes_the_loss_by_exactly_the_weighted_prior_of_every_iteration():
+    images = torch.rand(2, 3, 16, 16)
+    off = run(tiny_model(lds_weight=0.0), images)
+    on = run(tiny_model(lds_weight=1.0), images)
+    assert off.loss_terms["lds"].item() == 0.0
+    lds_t = on.extras["lds_per_iteration"]
+    assert lds_t.shape == (3,) and bool((lds_t != 0).all())
+    # LDS shapes training only: the refinement trajectory is identical with and without it.
+    torch.testing.assert_close(on.slot_latents, off.slot_latents)
+    expected = -(on.extras["iteration_weights"] * lds_t).sum()
+    torch.testing.assert_close(on.loss - off.loss, expected, rtol=1e-5, atol=1e-3)
+    # ... and it changes the gradients of the parameters.
+    grads = []
+    for out, model_weight in ((off, 0.0), (on, 1.0)):
+        model = tiny_model(lds_weight=model_weight)
+        out = run(model, images)
+        out.loss.backward()
+        grads.append(model.refine.head.weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_analytic_refinement_gradients_match_autograd():
+    """dNLL/dmask and dNLL/dmu fed to the refinement network equal autograd's through the masks."""
+    model = tiny_model()
+    image = torch.rand(2, 3, 16, 16)
+    z = torch.randn(2, 3, 4)
+    r = model._render(image, z)
+    masks = torch.softmax(r["mask_logits"], 1).detach().requires_grad_()
+    means = r["appearance"].detach().requires_grad_()
+    sigma = model.cfg.pixel_sigma
+    density = torch.distributions.Normal(means, sigma).log_prob(image[:, None]).sum(2, keepdim=True).exp()
+    nll = -torch.log((masks * density).sum(1)).sum()
+    grad_masks, grad_means = torch.autograd.grad(nll, [masks, means])
+    responsibility = torch.exp(r["log_joint"] - r["log_pixel"]).detach()
+    torch.testing.assert_close(-torch.exp(r["log_comp"] - r["log_pixel"]).detach(), grad_masks,
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(-(responsibility / sigma**2) * r["diff"].detach(), grad_means,
+                               rtol=1e-4, atol=1e-3)
+    # The refinement inputs: 17 channels; the LN'd ones are standardised and carry no graph.
+    posterior = torch.zeros(2, 3, 8, requires_grad=True)
+    image_inputs, vector = model._refinement_inputs(image, r, posterior, torch.randn(2, 3, 8))
+    assert image_inputs.shape == (6, 17, 16, 16) and vector.shape == (6, 16)
+    ln = standardize(torch.randn(4, 3, 5, 5) * 7 + 3, (1, 2, 3))
+    torch.testing.assert_close(ln.mean((1, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ln.std((1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_gradient_checkpointing_is_the_same_function():
+    images = torch.rand(2, 3, 16, 16)
+    results = []
+    for flag in (False, True):
+        model = tiny_model(grad_checkpoint=flag, lds_weight=1.0)
+        out = run(model, images)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+def test_non_finite_refinement_is_caught_and_stops_training(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.refine.head.bias[0] = float("nan")     # the first update makes lambda NaN
+    with pytest.warns(RuntimeWarning, match="refinement step 1"):
+        out = run(model, torch.rand(2, 3, 16, 16))
+    assert math.isnan(out.loss.item())
+    # Through the shared loop: the NaN guard stops with the pre-failure state saved.
+    cfg = load_train_config("iodine", overrides=TINY_OVERRIDES + [
+        "optim.steps=3", "log.tensorboard=false", "model.pixel_sigma=1e-30"])
+    data = ImageList(torch.rand(4, 3, 16, 16))
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        with pytest.warns(RuntimeWarning):
+            train(cfg, tmp_path / "run", dataset=data, progress=False)
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == [0]
+
+
+def reconstruction_mse(model: IODINE, images: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        mse = (run(model, images).reconstruction - images).pow(2).mean().item()
+    model.train()
+    return mse
+
+
+def test_overfits_two_images():
+    model = tiny_model(seed=0).train()
+    images = two_images()
+    mse_before = reconstruction_mse(model, images)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        torch.manual_seed(step)
+        out = model({"image": images})
+        optimizer.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        losses.append(out.loss.item())
+    # The loss is a negative log-density (plus KL) summed over 16x16x3 values and weighted over
+    # 3 iterations, so it is not scale-free: the untrained model (sigmoid(0) = 0.5 on a grey
+    # background) starts near -2e2 and a fit within sigma = 0.1 reaches about -1.2e3. Require
+    # a fall of 600 nats per image, and a lower reconstruction error of the posterior mean.
+    first, last = losses[0], sum(losses[-3:]) / 3
+    assert last < first - 600, (first, last)
+    mse_after = reconstruction_mse(model, images)
+    assert mse_after < 0.8 * mse_before, (mse_before, mse_after)
+
+
+def test_paper_settings_and_cli_train_with_resume(tmp_path):
+    from cli import app
+
+    assert PAPER_TRAIN_SETTINGS["iodine"]["optim"]["batch_size"] == 8
+    cfg = load_train_config("iodine")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, cfg.optim.grad_clip) == \
+        ("adam", 1e-4, "gqn", 5.0)
+    assert (cfg.model.num_slots, cfg.model.num_iterations, cfg.model.latent_dim) == (7, 5, 16)
+    assert cfg.lds.weight == 1.0 and cfg.model.beta == 1.0
+
+    store, run_dir = tmp_path / "tiny.zarr", tmp_path / "run"
+    make_store(store)
+    runner = CliRunner()
+    args = ["train", "iodine", "--data", str(store), "--out", str(run_dir), "--steps", "2",
+            "--lds", "--no-progress", *TINY_OVERRIDES, "log.every=1", "log.checkpoint_every=1",
+            "log.tensorboard=false"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "to step 2" in result.output
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["name"] == "iodine" and saved["lds"]["enabled"] is True
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"loss", "nll", "kl_z", "lds", "grad_norm"} <= set(rows[0]) and rows[0]["lds"] < 0
+    resumed = runner.invoke(app, ["train", "iodine", "--out", str(run_dir), "--resume",
+                                  "--steps", "3", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert list_checkpoints(run_dir / "checkpoints")[-1] == 3
+    model, cfg = load_run(run_dir)
+    assert isinstance(model, IODINE) and cfg.model.num_iterations == 3
