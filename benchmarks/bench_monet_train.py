@@ -149,8 +149,12 @@ def main() -> None:
               f"{r['executed_flops'] / 1e9:10.1f} {model_flops / median / mm:10.1%} "
               f"{r['executed_flops'] / median / mm:9.1%} {base / median:7.2f}x"
               + (f"   (first step incl. compile {r['warmup']:.0f} s)" if r["name"] == "compiled" else ""))
-    print(f"load average (1 min): {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+    load_after = os.getloadavg()[0]
+    print(f"load average (1 min): {load_before:.2f} at start, {load_after:.2f} at end "
           f"on {os.cpu_count()} CPUs")
+    if max(load_before, load_after) > (os.cpu_count() or 1) + 0.5:
+        print("warning: the machine was busy with other work; absolute numbers are unreliable, "
+              "compare the variants' ratios")
 
 
 if __name__ == "__main__":
