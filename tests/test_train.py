@@ -229,3 +229,26 @@ def test_cli_train_monet_on_a_tiny_store(tmp_path):
     missing = runner.invoke(app, ["train", "monet", "--data", str(tmp_path / "nope.zarr"),
                                   "--out", str(tmp_path / "r2"), "--no-progress"])
     assert isinstance(missing.exception, UserError) and "does not exist" in str(missing.exception)
+
+
+def test_the_loop_checks_the_output_contract_every_step(tmp_path, monkeypatch):
+    import lds.models as models
+    from lds.contract import ContractError
+    from lds.models.monet import MONet
+
+    class DriftingMONet(MONet):
+        """Returns one slot too few in ``masks`` from the second step on."""
+
+        calls = 0
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            DriftingMONet.calls += 1
+            if DriftingMONet.calls >= 2:
+                out.masks = out.masks[:, 1:]
+            return out
+
+    monkeypatch.setitem(models.MODEL_CLASSES, "monet", DriftingMONet)
+    with pytest.raises(ContractError, match="masks has shape"):
+        train(tiny_cfg("optim.steps=3"), tmp_path / "run", dataset=ImageList(images(4)), progress=False)
+    assert DriftingMONet.calls == 2
