@@ -1,0 +1,185 @@
+"""IODINE and GENESIS training throughput at the paper settings, FLOP utilisation, peak memory.
+
+    .venv/bin/python benchmarks/bench_models_train.py [--models iodine genesis] [--steps 1]
+                                                      [--batch N] [--size 64] [--device cpu]
+
+Each case runs in its own child process (so its peak memory is its own): build the model at the
+paper settings (64x64, K=7; IODINE T=5, D=16, batch 8; GENESIS batch 32, GECO), one warm-up
+step, one step under torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, forward,
+backward and IODINE's input-gradient passes), then ``--steps`` timed training steps (forward,
+backward, gradient-norm clip 5.0, Adam). The fp32 matrix-multiply rate (4096^2 torch.mm, best of
+4) is measured in the parent before and after the cases; the higher one is the reference, and
+utilisation = FLOPs per step / seconds per step / matmul rate.
+
+Cases: <model> with LDS, <model> without (control), and IODINE with gradient checkpointing.
+LDS overhead is reported twice: the step-time difference (noisy on a shared machine) and the
+LDS prior's own forward+backward at the model's shape, timed directly (T times for IODINE).
+
+Peak memory per step: on CUDA torch.cuda.max_memory_allocated; on the CPU the child's peak RSS
+(ru_maxrss) minus its RSS before the first step (model, data and libraries excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+PAPER = {"iodine": {"batch": 8, "config": {}},
+         "genesis": {"batch": 32, "config": {}}}
+
+
+def matmul_rate(device: str, n: int = 4096, reps: int = 4) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size: int,
+             steps: int, device: str) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lds.models import MODEL_CONFIGS, build_model
+    from lds.prior import lds_prior
+    from lds.training.loop import keep_freed_memory
+
+    keep_freed_memory()                       # as the training loop runs
+    torch.manual_seed(0)
+    changes = dict(height=size, width=size, lds_weight=1.0 if lds else 0.0)
+    if grad_checkpoint:
+        changes["grad_checkpoint"] = True
+    cfg = MODEL_CONFIGS[model_name](**changes)
+    model = build_model(model_name, cfg).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.rand(batch, 3, size, size, device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model({"image": images})
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return out
+
+    rss_before = rss_mib()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    out = step()                                              # warm-up
+    latent_shape = tuple(out.slot_latents.shape)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    if device.startswith("cuda"):
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+
+    # The LDS prior alone (forward + backward) at this shape, as often as the model applies it.
+    applications = getattr(cfg, "num_iterations", 1)
+    z = torch.randn(latent_shape, device=device, requires_grad=True)
+    prior_times = []
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(applications):
+            lds_prior(z).mean().backward()
+        sync(device)
+        prior_times.append(time.perf_counter() - start)
+    return {"model": model_name, "lds": lds, "grad_checkpoint": grad_checkpoint, "batch": batch,
+            "step_s": min(times), "step_times": times, "flops": flops, "peak_mib": peak_mib,
+            "lds_prior_s": min(prior_times), "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["iodine", "genesis"], choices=sorted(PAPER))
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per case (after warm-up)")
+    parser.add_argument("--batch", type=int, default=None, help="override the paper batch size")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-checkpoint-case", action="store_true")
+    parser.add_argument("--case", help=argparse.SUPPRESS)       # child mode: JSON arguments
+    args = parser.parse_args()
+
+    if args.case:
+        print(json.dumps(run_case(**json.loads(args.case))))
+        return
+
+    rate_before = matmul_rate(args.device)
+    results = []
+    for name in args.models:
+        batch = args.batch or PAPER[name]["batch"]
+        cases = [(True, False), (False, False)]
+        if name == "iodine" and not args.no_checkpoint_case:
+            cases.append((True, True))
+        for lds, ckpt in cases:
+            spec = dict(model_name=name, lds=lds, grad_checkpoint=ckpt, batch=batch,
+                        size=args.size, steps=args.steps, device=args.device)
+            proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                raise SystemExit(f"case {spec} failed")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rate = max(rate_before, matmul_rate(args.device))
+
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.size}x{args.size}, timed steps per case: {args.steps}")
+    print(f"fp32 matmul rate (4096^2 mm): {rate / 1e9:.1f} GFLOP/s")
+    header = (f"{'case':<26}{'batch':>6}{'s/step':>9}{'img/s':>8}{'GFLOP/step':>12}"
+              f"{'GFLOP/s':>9}{'util':>7}{'peak MiB':>10}")
+    print(header)
+    by_key = {}
+    for r in results:
+        label = f"{r['model']} {'LDS' if r['lds'] else 'control'}" + \
+            (" +grad_checkpoint" if r["grad_checkpoint"] else "")
+        achieved = r["flops"] / r["step_s"]
+        print(f"{label:<26}{r['batch']:>6}{r['step_s']:>9.2f}{r['batch'] / r['step_s']:>8.2f}"
+              f"{r['flops'] / 1e9:>12.1f}{achieved / 1e9:>9.1f}{achieved / rate:>7.0%}"
+              f"{r['peak_mib']:>10.0f}")
+        by_key[(r["model"], r["lds"], r["grad_checkpoint"])] = r
+    for name in args.models:
+        on, off = by_key.get((name, True, False)), by_key.get((name, False, False))
+        if on and off:
+            diff = on["step_s"] - off["step_s"]
+            print(f"{name}: LDS overhead per step: step-time difference {diff * 1e3:+.1f} ms "
+                  f"({diff / off['step_s']:+.1%}, noisy); the prior's own fwd+bwd "
+                  f"{on['lds_prior_s'] * 1e3:.2f} ms ({on['lds_prior_s'] / on['step_s']:.2%} of a step)")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine)")
+
+
+if __name__ == "__main__":
+    main()
