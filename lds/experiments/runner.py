@@ -1,0 +1,242 @@
+"""Run a study: train, evaluate (and gap-estimate) every run of a spec, resumably.
+
+    study_dir/
+        spec.yaml                   the spec as run (store paths absolute)
+        runs/<run_id>/              a normal training run directory (config.yaml, checkpoints/ ...)
+            eval/eval.json          evaluation on the spec's eval store
+            eval/eval_K<k>.json     the test-K ablation: the same weights run with k slots
+            gap/gap.json            per-image inference gap (when gap.enabled)
+        status.jsonl                one row per finished step (run, stage, seconds)
+
+A run is *finished* when its final checkpoint (step == train.steps) and eval/eval.json exist;
+``run_study`` never retrains a finished run. An unfinished run resumes from its latest
+checkpoint (the loop's resume is exact), and a run directory left without any checkpoint is
+started afresh. Each later stage (eval, test-K, gap) is skipped when its file exists for the
+final checkpoint, so rerunning a study, or a study with a stage newly enabled, does only the
+missing work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from common.config import to_dict
+from common.errors import UserError
+from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs, select_slice
+
+RUNS_DIR = "runs"
+SPEC_FILE = "spec.yaml"
+STATUS_FILE = "status.jsonl"
+
+
+def run_dir_of(study_dir: str | Path, run: RunSpec) -> Path:
+    return Path(study_dir) / RUNS_DIR / run.run_id
+
+
+def train_config_for(spec: ExperimentSpec, run: RunSpec):
+    """The TrainConfig of one run: paper defaults < model overrides < train overrides < the run."""
+    from lds.training.config import load_train_config
+
+    overrides = list(spec.models[run.model]) + list(spec.train.overrides) + [
+        f"optim.steps={spec.train.steps}",
+        f"seed={run.seed}",
+        f"lds.enabled={str(run.lds).lower()}",
+        f"lds.weight={spec.lds.weight}",
+        f"lds.sigma={run.sigma if run.sigma is not None else spec.lds.sigma}",
+        f"device={spec.device}",
+    ]
+    if run.num_slots is not None:
+        overrides.append(f"model.num_slots={run.num_slots}")
+    cfg = load_train_config(run.model, None, overrides)
+    cfg.data = spec.stores[run.store].train
+    return cfg
+
+
+def final_step_done(run_dir: Path, steps: int) -> bool:
+    from lds.training.runs import latest_checkpoint_step
+
+    return (run_dir / "config.yaml").is_file() and latest_checkpoint_step(run_dir) == steps
+
+
+def is_finished(run_dir: Path, steps: int) -> bool:
+    """Final checkpoint and eval.json both exist (the resumability contract)."""
+    return final_step_done(run_dir, steps) and (run_dir / "eval" / "eval.json").is_file()
+
+
+def load_run_with_slots(run_dir: Path, num_slots: int | None = None, device: str = "cpu"):
+    """``load_run``, optionally rebuilding the model with another K and loading the same weights.
+
+    MONet's parameters do not depend on K (one attention network applied K-1 times, one
+    component VAE shared by all slots; the per-slot pixel sigmas are a non-persistent buffer),
+    so a strict load succeeds. A model whose weights do depend on K fails the strict load,
+    which is reported as a UserError naming the mismatch.
+    """
+    from lds.models import build_model
+    from lds.training.checkpoint import load_checkpoint
+    from lds.training.runs import load_run, read_run_config
+
+    if num_slots is None:
+        return load_run(run_dir, map_location=device)
+    cfg = read_run_config(run_dir, [f"model.num_slots={num_slots}"])
+    checkpoint = load_checkpoint(Path(run_dir) / "checkpoints", None, device)
+    model = build_model(cfg.model.name, cfg.model)
+    try:
+        model.load_state_dict(checkpoint.model_state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{run_dir}: the {cfg.model.name} weights depend on K, so it cannot be "
+                        f"evaluated at K={num_slots}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), cfg
+
+
+@dataclass
+class StageLog:
+    study_dir: Path
+    echo: Callable[[str], None]
+
+    def __call__(self, run: RunSpec, stage: str, seconds: float, **extra) -> None:
+        row = {"run": run.run_id, "stage": stage, "seconds": round(seconds, 2),
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        with open(self.study_dir / STATUS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.echo(f"{run.run_id}: {stage} done in {seconds:.0f} s")
+
+
+def _eval_file_current(path: Path, steps: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text()).get("meta", {})
+    except json.JSONDecodeError:
+        return False
+    return meta.get("checkpoint_step") == steps
+
+
+def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: bool = True,
+                log: StageLog | None = None) -> dict[str, str]:
+    """Bring one run up to date: train (or resume), evaluate, test-K, gap. Returns stage -> what
+    happened ("done" / "skipped")."""
+    from lds.evaluation import evaluate
+    from lds.metrics import MetricsConfig
+    from common.config import load_config
+    from datasets.torch_data import ImageDataset
+    from lds.training.loop import train
+
+    log = log or StageLog(study_dir, print)
+    run_dir = run_dir_of(study_dir, run)
+    steps = spec.train.steps
+    happened: dict[str, str] = {}
+
+    if final_step_done(run_dir, steps):
+        happened["train"] = "skipped"
+    else:
+        from lds.training.runs import latest_checkpoint_step
+
+        resume = (run_dir / "config.yaml").is_file() and latest_checkpoint_step(run_dir) is not None
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)          # died before its first checkpoint: nothing to keep
+        cfg = train_config_for(spec, run)
+        started = time.perf_counter()
+        train(cfg, run_dir, resume=resume, progress=progress)
+        log(run, "train", time.perf_counter() - started, resumed=resume)
+        happened["train"] = "done"
+
+    store = spec.stores[run.store].eval
+    metrics = load_config(MetricsConfig, None, list(spec.eval.metrics))
+    dataset = None
+    variants: list[tuple[str, int | None]] = [("eval", None)]
+    if run.sigma is None:   # the train-K x test-K grid: main runs and the train-K runs
+        variants += [(f"eval_K{k}", int(k)) for k in spec.ablations.test_k]
+    for stage, num_slots in variants:
+        path = run_dir / "eval" / f"{stage}.json"
+        if _eval_file_current(path, steps):
+            happened[stage] = "skipped"
+            continue
+        dataset = dataset or ImageDataset(store)
+        model, cfg = load_run_with_slots(run_dir, num_slots, spec.device)
+        started = time.perf_counter()
+        meta = {"run": str(run_dir), "run_id": run.run_id, "data": str(Path(store).resolve()),
+                "model": cfg.model.name, "num_slots": cfg.model.num_slots,
+                "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight,
+                        "sigma": cfg.lds.sigma},
+                "checkpoint_step": steps, "seed": cfg.seed}
+        result = evaluate(model, dataset, batch_size=spec.eval.batch_size, device=spec.device,
+                          max_images=spec.eval.max_images, progress=progress, config=metrics,
+                          meta=meta)
+        result.save(path)
+        log(run, stage, time.perf_counter() - started)
+        happened[stage] = "done"
+
+    if spec.gap.enabled and run.is_main:
+        from lds.gap import GAP_DIR, GAP_FILE, gap_for_run
+
+        path = run_dir / GAP_DIR / GAP_FILE
+        if _eval_file_current(path, steps):
+            happened["gap"] = "skipped"
+        else:
+            started = time.perf_counter()
+            gap_for_run(run_dir, store, num_samples=spec.gap.samples,
+                        max_images=spec.gap.max_images, chunk=spec.gap.chunk,
+                        batch_size=spec.gap.batch_size, device=spec.device, progress=progress,
+                        out=path, extra_meta={"checkpoint_step": steps, "run_id": run.run_id})
+            log(run, "gap", time.perf_counter() - started)
+            happened["gap"] = "done"
+    return happened
+
+
+def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
+    """Save the spec as run; a study directory keeps one spec (a different one is an error,
+    except for the stages that only add work: gap, eval metrics are not compared)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / SPEC_FILE
+    data = to_dict(spec)
+    data["stores"] = {k: to_dict(v) for k, v in spec.stores.items()}
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        for key in ("stores", "models", "train", "lds"):
+            if old.get(key) != data.get(key):
+                raise UserError(f"{study_dir} already holds a study with a different {key!r} "
+                                f"section; use another directory (or restore the spec)")
+        seeds_old = old.get("seeds") or []
+        if any(s not in data["seeds"] for s in seeds_old):
+            raise UserError(f"{study_dir}: the spec drops seeds {seeds_old}; use another directory")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, int] = (0, 1),
+              progress: bool = True, echo: Callable[[str], None] = print,
+              threads: int | None = None) -> list[tuple[RunSpec, dict[str, str]]]:
+    """Execute this slice of the study's runs in order; returns what each run did."""
+    study_dir = Path(study_dir)
+    for name, paths in spec.stores.items():
+        for p in {paths.train, paths.eval}:
+            if not Path(p).exists():
+                raise UserError(f"store {name!r}: {p} does not exist")
+    write_spec(spec, study_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    runs = select_slice(expand_runs(spec), *slice_)
+    log = StageLog(study_dir, echo)
+    done = []
+    for i, run in enumerate(runs, 1):
+        echo(f"[{i}/{len(runs)}] {run.run_id}")
+        done.append((run, execute_run(spec, run, study_dir, progress, log)))
+    return done
+
+
+def study_spec(study_dir: str | Path) -> ExperimentSpec:
+    """The spec saved in a study directory."""
+    from lds.experiments.spec import load_spec
+
+    path = Path(study_dir) / SPEC_FILE
+    if not path.is_file():
+        raise UserError(f"{study_dir} is not an experiment directory (no {SPEC_FILE})")
+    return load_spec(path)

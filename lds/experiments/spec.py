@@ -1,0 +1,238 @@
+"""An experiment spec: which runs a study trains and evaluates, as one YAML file.
+
+    name: monet-clevr-mv-32
+    stores:                       # name -> store paths (relative paths: to the spec file)
+      clevr-mv-32: {train: data/train.zarr, eval: data/test.zarr}
+    models:                       # name -> overrides applied to every run of that model
+      monet: [model.height=32, model.width=32, model.num_slots=5]
+    seeds: [0, 1, 2]
+    train:
+      steps: 1500
+      overrides: [optim.batch_size=16, threads=1]
+    lds: {weight: 0.5, sigma: 0.1}     # the experimental group (control: LDS off)
+    eval: {max_images: 400, batch_size: 32, metrics: []}
+    gap: {enabled: true, samples: 200, max_images: 48, chunk: 50}
+    figures: {num_examples: 6}
+    ablations:
+      sigma: [0.05, 0.2]          # extra LDS runs (first seed) with these sigmas
+      test_k: [3, 7]              # every main run also evaluated at these K
+      train_k: [3, 7]             # extra control + LDS runs (first seed) trained at these K
+
+The spec expands to a fixed, ordered list of :class:`RunSpec` (``expand_runs``); ``--slice i/n``
+takes runs i, i+n, i+2n ... so several machines can share one study directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from common.config import _merge, apply_overrides, from_dict, to_dict
+from common.errors import ConfigError, UserError
+
+
+class SpecError(UserError):
+    """An experiment spec that cannot be read or does not make sense."""
+
+
+@dataclass
+class StorePaths:
+    train: str = ""
+    eval: str = ""                       # default: the training store
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LDSSection:
+    weight: float = 0.5
+    sigma: float = 0.1
+
+
+@dataclass
+class EvalSection:
+    max_images: int | None = None
+    batch_size: int = 32
+    metrics: list[str] = field(default_factory=list)       # MetricsConfig overrides key=value
+
+
+@dataclass
+class GapSection:
+    enabled: bool = False
+    samples: int = 500
+    max_images: int | None = 64
+    chunk: int = 50                      # samples per decoder pass
+    batch_size: int = 8                  # images per pass
+
+
+@dataclass
+class FigureSection:
+    num_examples: int = 6
+
+
+@dataclass
+class AblationSection:
+    sigma: list[float] = field(default_factory=list)
+    test_k: list[int] = field(default_factory=list)
+    train_k: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentSpec:
+    name: str = "experiment"
+    stores: dict[str, StorePaths] = field(default_factory=dict)
+    models: dict[str, list[str]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: TrainSection = field(default_factory=TrainSection)
+    lds: LDSSection = field(default_factory=LDSSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    gap: GapSection = field(default_factory=GapSection)
+    figures: FigureSection = field(default_factory=FigureSection)
+    ablations: AblationSection = field(default_factory=AblationSection)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study and where it lives under the study directory."""
+
+    model: str
+    store: str
+    seed: int
+    lds: bool
+    sigma: float | None = None           # set only for the sigma ablation
+    num_slots: int | None = None         # set only for the train-K ablation
+
+    @property
+    def group(self) -> str:
+        """control | lds, with the ablation's setting: lds-sigma0.2, control-K7."""
+        name = "lds" if self.lds else "control"
+        if self.sigma is not None:
+            name += f"-sigma{self.sigma:g}"
+        if self.num_slots is not None:
+            name += f"-K{self.num_slots}"
+        return name
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.model}__{self.store}__{self.group}__seed{self.seed}"
+
+    @property
+    def is_main(self) -> bool:
+        """A run of the control-vs-LDS comparison (not an ablation)."""
+        return self.sigma is None and self.num_slots is None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+    """Read and validate a spec; store paths become absolute (relative ones: to the spec file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"experiment spec {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise SpecError(f"{path} must hold a mapping at the top level")
+    try:
+        # stores/models are open-ended mappings: taken whole, the rest merged over the defaults.
+        data = to_dict(ExperimentSpec())
+        for key in ("stores", "models"):
+            if key in loaded:
+                data[key] = loaded.pop(key)
+        _merge(data, loaded, "")
+        apply_overrides(data, overrides or [])
+        spec = from_dict(ExperimentSpec, data)
+    except ConfigError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    stores = {}
+    for name, value in spec.stores.items():
+        paths = value if isinstance(value, StorePaths) else _store_paths(name, value)
+        if not paths.train:
+            raise SpecError(f"{path}: store {name!r} needs a train path")
+        train = _resolve(paths.train, path.parent)
+        stores[name] = StorePaths(train=train, eval=_resolve(paths.eval, path.parent) if paths.eval else train)
+    spec.stores = stores
+    validate_spec(spec, str(path))
+    return spec
+
+
+def _store_paths(name: str, value) -> StorePaths:
+    if isinstance(value, str):
+        return StorePaths(train=value)
+    if isinstance(value, dict) and set(value) <= {"train", "eval"}:
+        return StorePaths(train=str(value.get("train", "")), eval=str(value.get("eval", "") or ""))
+    raise SpecError(f"store {name!r} must be a path or {{train: PATH, eval: PATH}}, got {value!r}")
+
+
+def _resolve(store: str, base: Path) -> str:
+    p = Path(store).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
+    from lds.models import MODEL_CONFIGS
+
+    if not spec.stores:
+        raise SpecError(f"{where}: no stores")
+    if not spec.models:
+        raise SpecError(f"{where}: no models")
+    for name, overrides in spec.models.items():
+        if name not in MODEL_CONFIGS:
+            raise SpecError(f"{where}: unknown model {name!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise SpecError(f"{where}: models.{name} must be a list of key=value overrides")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise SpecError(f"{where}: seeds must be a non-empty list of distinct integers")
+    if spec.train.steps < 1:
+        raise SpecError(f"{where}: train.steps must be at least 1")
+    if spec.gap.samples < 1 or spec.gap.chunk < 1:
+        raise SpecError(f"{where}: gap.samples and gap.chunk must be at least 1")
+    if any(s <= 0 for s in spec.ablations.sigma):
+        raise SpecError(f"{where}: ablations.sigma values must be positive")
+    if any(k < 2 for k in spec.ablations.test_k + spec.ablations.train_k):
+        raise SpecError(f"{where}: ablation K values must be at least 2")
+
+
+def expand_runs(spec: ExperimentSpec) -> list[RunSpec]:
+    """Every run of the study, in a fixed order: main runs (model, store, seed, control then LDS),
+    then the sigma ablation, then the train-K ablation (first seed only for the ablations)."""
+    runs: list[RunSpec] = []
+    for model in spec.models:
+        for store in spec.stores:
+            for seed in spec.seeds:
+                runs.append(RunSpec(model, store, seed, lds=False))
+                runs.append(RunSpec(model, store, seed, lds=True))
+    first = spec.seeds[0]
+    for model in spec.models:
+        for store in spec.stores:
+            for sigma in spec.ablations.sigma:
+                if sigma != spec.lds.sigma:
+                    runs.append(RunSpec(model, store, first, lds=True, sigma=float(sigma)))
+            for k in spec.ablations.train_k:
+                runs.append(RunSpec(model, store, first, lds=False, num_slots=int(k)))
+                runs.append(RunSpec(model, store, first, lds=True, num_slots=int(k)))
+    return runs
+
+
+def parse_slice(text: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise SpecError(f"--slice must look like i/n (e.g. 0/2), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise SpecError(f"--slice {text}: need 0 <= i < n")
+    return i, n
+
+
+def select_slice(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    return [run for j, run in enumerate(runs) if j % count == index]

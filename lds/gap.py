@@ -1,0 +1,284 @@
+"""The inference gap (Table 2): G = log p(x) - ELBO per image, and the model adapters it needs.
+
+For one image x with amortised posterior q(z | x):
+
+    log w_b  = log p~(x, z_b) - log q(z_b | x),     z_b ~ q(z | x),  b = 1..B
+    log p(x) ~= logsumexp_b(log w_b) - log B        (importance weighting, the IWAE estimate)
+    ELBO     ~= mean_b(log w_b)                     (unit weights: no beta, gamma or LDS)
+    G        = log p(x) - ELBO                      (>= 0 for every draw, by Jensen's inequality)
+
+The estimate of log p(x) is a stochastic lower bound that rises to log p(x) as B grows
+(tests/test_gap.py checks this on a linear Gaussian model whose log p(x) is known exactly). The
+ELBO is estimated from the same B samples (one sample set, so G is never negative; with B=500
+its Monte-Carlo error is small next to the gaps the paper reports). Samples are drawn and
+decoded ``chunk`` at a time, so memory is chunk x images x K decoder passes, not B x ...
+
+Adapters. The estimator knows nothing about a model; a :class:`GapAdapter` registered under the
+model's name (``cfg.name``) supplies
+
+    posterior(model, batch)              -> GaussianPosterior(mean, logvar, context)
+                                            mean/logvar (N, ...) for N images: q after the last
+                                            refinement step for iterative models (IODINE, MulMON);
+                                            ``context`` holds whatever is deterministic given x
+    log_joint(model, batch, post, z)     -> (S, N): log p~(x, z) for samples z (S, N, ...)
+    log_q(post, z)                       -> (S, N): default: the diagonal Gaussian's density
+
+and ``register_gap_adapter("iodine")(IODINEGapAdapter)`` adds another model.
+
+MONet's joint (the choice, stated): z = the K component latents. The attention masks are a
+deterministic function of x and are treated as part of q's amortisation (they are not sampled
+and have no density). The unnormalised joint is MONet's own objective with unit weights,
+
+    log p~(x, z) = log sum_k m_k(x) N(x; x_k(z_k), sigma_k^2)        (pixel mixture, Eq. 1)
+                   + sum_k log N(z_k; 0, I)
+                   - KL(m(x) || softmax_k(m^lg_k(z)))                  (the mask KL, gamma = 1)
+
+so ELBO = E_q[log p~(x, z) - log q(z | x)] is exactly -(MONet loss) at beta = gamma = 1 and
+lambda = 0, and "log p(x)" is log of the integral of p~ over z: the quantity MONet's ELBO bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from common.errors import UserError
+
+GAP_DIR = "gap"
+GAP_FILE = "gap.json"
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class GaussianPosterior:
+    """q(z | x) for N images: a diagonal Gaussian, plus what the joint needs that is not z."""
+
+    mean: torch.Tensor                     # (N, ...)
+    logvar: torch.Tensor                   # (N, ...)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def diagonal_gaussian_log_density(z: torch.Tensor, mean: torch.Tensor,
+                                  logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(logvar))) summed over every axis after the first two: (S, N)."""
+    log_density = -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + _LOG_2PI)
+    return log_density.flatten(2).sum(-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over every axis after the first two: (S, N)."""
+    return (-0.5 * (z ** 2 + _LOG_2PI)).flatten(2).sum(-1)
+
+
+class GapAdapter:
+    """How the gap estimator talks to one model family (see the module docstring)."""
+
+    def posterior(self, model: torch.nn.Module, batch: dict) -> GaussianPosterior:
+        raise NotImplementedError
+
+    def log_joint(self, model: torch.nn.Module, batch: dict, posterior: GaussianPosterior,
+                  z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_q(self, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        return diagonal_gaussian_log_density(z, posterior.mean.unsqueeze(0),
+                                             posterior.logvar.unsqueeze(0))
+
+
+GAP_ADAPTERS: dict[str, GapAdapter] = {}
+
+
+def register_gap_adapter(name: str) -> Callable[[type[GapAdapter]], type[GapAdapter]]:
+    """Class decorator: ``@register_gap_adapter("iodine") class IODINEGap(GapAdapter): ...``."""
+    def decorate(cls: type[GapAdapter]) -> type[GapAdapter]:
+        GAP_ADAPTERS[name] = cls()
+        return cls
+    return decorate
+
+
+class GapUnsupportedError(UserError):
+    """The model has no inference-gap adapter yet."""
+
+
+def adapter_for(model: torch.nn.Module) -> GapAdapter:
+    """The adapter registered under the model's config name (``model.cfg.name``)."""
+    own = getattr(model, "gap_adapter", None)
+    if isinstance(own, GapAdapter):
+        return own
+    name = getattr(getattr(model, "cfg", None), "name", type(model).__name__.lower())
+    if name not in GAP_ADAPTERS:
+        raise GapUnsupportedError(
+            f"no inference-gap adapter for model {name!r} (have: {', '.join(sorted(GAP_ADAPTERS))}); "
+            "see docs/experiments.md, 'Adding a model to the gap'")
+    return GAP_ADAPTERS[name]
+
+
+@torch.no_grad()
+def importance_weights(model: torch.nn.Module, batch: dict, num_samples: int, chunk: int = 50,
+                       generator: torch.Generator | None = None,
+                       adapter: GapAdapter | None = None) -> torch.Tensor:
+    """log w for B = ``num_samples`` draws from q per image: (B, N)."""
+    if num_samples < 1 or chunk < 1:
+        raise UserError("the number of samples and the chunk size must be at least 1")
+    adapter = adapter or adapter_for(model)
+    posterior = adapter.posterior(model, batch)
+    mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
+    chunks = []
+    for start in range(0, num_samples, chunk):
+        size = min(chunk, num_samples - start)
+        noise = torch.randn((size, *mean.shape), generator=generator, device=mean.device,
+                            dtype=mean.dtype)
+        z = mean.unsqueeze(0) + std.unsqueeze(0) * noise
+        log_joint = adapter.log_joint(model, batch, posterior, z)
+        chunks.append((log_joint - adapter.log_q(posterior, z)).double())
+    return torch.cat(chunks, dim=0)
+
+
+def gap_from_log_weights(log_w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, N) log weights -> per image log p(x), ELBO, gap and the effective sample size."""
+    num_samples = log_w.shape[0]
+    log_px = torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+    elbo = log_w.mean(dim=0)
+    normalised = torch.softmax(log_w, dim=0)
+    ess = 1.0 / normalised.pow(2).sum(dim=0)       # Kish: B for equal weights, 1 for one winner
+    return {"log_px": log_px, "elbo": elbo, "gap": log_px - elbo, "ess": ess}
+
+
+def estimate_gap(model: torch.nn.Module, batch: dict, num_samples: int = 500, chunk: int = 50,
+                 generator: torch.Generator | None = None,
+                 adapter: GapAdapter | None = None) -> dict[str, torch.Tensor]:
+    """Per-image log p(x), ELBO and G = log p(x) - ELBO (each (N,), float64) for one batch."""
+    return gap_from_log_weights(importance_weights(model, batch, num_samples, chunk, generator,
+                                                   adapter))
+
+
+# ---- MONet ----------------------------------------------------------------------------------
+
+@register_gap_adapter("monet")
+class MONetGapAdapter(GapAdapter):
+    """MONet: z = component latents; attention masks deterministic given x (module docstring)."""
+
+    def posterior(self, model, batch) -> GaussianPosterior:
+        image = batch["image"]
+        b, c, h, w = image.shape
+        k = model.num_slots
+        log_att = model.attention_log_masks(image)                          # (N, K, 1, H, W)
+        enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_att], dim=2)
+        mean, logvar = model.encoder(model._memory_format(enc_in.flatten(0, 1)))
+        return GaussianPosterior(mean.view(b, k, -1), logvar.view(b, k, -1),
+                                 {"log_attention": log_att})
+
+    def log_joint(self, model, batch, posterior, z) -> torch.Tensor:
+        from lds.models.base import mixture_log_likelihood
+
+        cfg = model.cfg
+        image = batch["image"]
+        s, n, k, d = z.shape
+        _, c, h, w = image.shape
+        decoded = model.decoder(z.reshape(s * n * k, d)).view(s * n, k, 4, h, w)
+        appearance = torch.sigmoid(decoded[:, :, :3])
+        log_dec = torch.log_softmax(decoded[:, :, 3:], dim=1)
+        log_att = posterior.context["log_attention"]
+        log_att = log_att.unsqueeze(0).expand(s, *log_att.shape).reshape(s * n, k, 1, h, w)
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, c, h, w)
+        log_lik = mixture_log_likelihood(images, appearance, log_att, model.pixel_sigma,
+                                         per_channel=cfg.likelihood == "channel")
+        # The mask KL exactly as in MONet's loss (clamped below), at unit weight.
+        q = log_att.exp().clamp_min(cfg.mask_clamp)
+        p = log_dec.exp().clamp_min(cfg.mask_clamp)
+        kl_mask = (q * (q.log() - p.log())).flatten(1).sum(1)
+        return (log_lik - kl_mask).view(s, n) + standard_normal_log_density(z)
+
+
+# ---- running it on a trained run ------------------------------------------------------------
+
+def _aggregate(values: np.ndarray) -> dict[str, float | int | None]:
+    values = values[np.isfinite(values)]
+    n = int(values.size)
+    return {"mean": float(values.mean()) if n else None,
+            "stderr": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None, "n": n}
+
+
+def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
+                max_images: int | None = 64, chunk: int = 50, batch_size: int = 8,
+                device: str = "cpu", progress: bool = True, out: str | Path | None = None,
+                seed: int = 0, extra_meta: dict | None = None) -> dict:
+    """Estimate the gap for the first ``max_images`` images of ``data`` under the run's latest
+    checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from datasets.torch_data import ImageDataset
+    from lds.training.runs import latest_checkpoint_step, load_run
+
+    run = Path(run)
+    if not Path(data).exists():
+        raise UserError(f"data store {data} does not exist")
+    model, cfg = load_run(run, map_location=device)
+    adapter = adapter_for(model)
+    dataset = ImageDataset(data)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if count == 0:
+        raise UserError(f"data store {data} has no images")
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, shuffle=False)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    records = []
+    started = time.perf_counter()
+    bar = Progress(TextColumn("inference gap"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("images"), TimeRemainingColumn(), disable=not progress,
+                   transient=True)
+    with bar:
+        task = bar.add_task("gap", total=count)
+        for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            values = estimate_gap(model, batch, num_samples, chunk, generator, adapter)
+            for i in range(batch["image"].shape[0]):
+                record = {"image_index": int(batch["image_index"][i]) if "image_index" in batch
+                          else len(records)}
+                if "scene_index" in batch:
+                    record["scene_index"] = int(batch["scene_index"][i])
+                for key, value in values.items():
+                    record[key] = float(value[i])
+                records.append(record)
+            bar.advance(task, batch["image"].shape[0])
+    aggregates = {key: _aggregate(np.array([r[key] for r in records]))
+                  for key in ("log_px", "elbo", "gap", "ess")}
+    meta = {"run": str(run), "data": str(Path(data).resolve()), "model": cfg.model.name,
+            "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight, "sigma": cfg.lds.sigma},
+            "num_images": len(records), "samples": num_samples, "seed": seed,
+            "checkpoint_step": latest_checkpoint_step(run),
+            "seconds": time.perf_counter() - started,
+            "units": "nats per image", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta.update(extra_meta or {})
+    result = {"meta": meta, "aggregates": aggregates, "records": records}
+    path = Path(out) if out is not None else run / GAP_DIR / GAP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    result["path"] = str(path)
+    return result
+
+
+def load_gap(run: str | Path) -> dict | None:
+    """RUN/gap/gap.json, or None when the gap was not estimated for the run."""
+    path = Path(run) / GAP_DIR / GAP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not readable JSON ({exc})") from None
+
+
+__all__ = ["GaussianPosterior", "GapAdapter", "GAP_ADAPTERS", "register_gap_adapter",
+           "adapter_for", "importance_weights", "gap_from_log_weights", "estimate_gap",
+           "MONetGapAdapter", "gap_for_run", "load_gap", "GAP_DIR", "GAP_FILE",
+           "diagonal_gaussian_log_density", "standard_normal_log_density"]

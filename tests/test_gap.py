@@ -1,0 +1,177 @@
+"""The inference-gap estimator: exact on a linear Gaussian model, converging as B grows; the
+MONet adapter's ELBO is MONet's own objective at unit weights; `ldsrig gap` on a trained run."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from lds.gap import (GapAdapter, GaussianPosterior, MONetGapAdapter, estimate_gap,
+                     gap_from_log_weights, importance_weights, standard_normal_log_density)
+
+
+class LinearGaussian(nn.Module):
+    """z ~ N(0, I_d), x = W z + b + N(0, s^2 I_m): log p(x) = log N(x; b, W W^T + s^2 I)."""
+
+    def __init__(self, m: int = 6, d: int = 3, s: float = 0.5, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        # Orthogonal columns (scaled) make the true posterior covariance diagonal, so a diagonal
+        # Gaussian q can be exact.
+        q, _ = torch.linalg.qr(torch.randn(m, d, generator=g, dtype=torch.float64))
+        self.W = q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)[:d]
+        self.b = torch.randn(m, generator=g, dtype=torch.float64)
+        self.s = s
+
+    def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
+        cov = self.W @ self.W.T + self.s ** 2 * torch.eye(self.W.shape[0], dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def exact_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        precision = torch.eye(self.W.shape[1], dtype=torch.float64) + self.W.T @ self.W / self.s ** 2
+        cov = torch.linalg.inv(precision)
+        mean = (x - self.b) @ self.W @ cov / self.s ** 2
+        return mean, torch.diagonal(cov).log().expand_as(mean)
+
+
+class LinearGaussianAdapter(GapAdapter):
+    """q = the exact posterior, or (``offset`` / ``inflate``) a deliberately wrong one."""
+
+    def __init__(self, offset: float = 0.0, inflate: float = 1.0):
+        self.offset, self.inflate = offset, inflate
+
+    def posterior(self, model, batch):
+        mean, logvar = model.exact_posterior(batch["x"])
+        return GaussianPosterior(mean + self.offset, logvar + math.log(self.inflate))
+
+    def log_joint(self, model, batch, posterior, z):
+        x = batch["x"]
+        residual = x.unsqueeze(0) - z @ model.W.T - model.b
+        log_lik = (-0.5 * (residual / model.s) ** 2 - math.log(model.s)
+                   - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return log_lik + standard_normal_log_density(z)
+
+
+def _data(model, n=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.W.shape[1], generator=g, dtype=torch.float64)
+    return {"x": z @ model.W.T + model.b + model.s * torch.randn(n, model.W.shape[0], generator=g,
+                                                                 dtype=torch.float64)}
+
+
+def test_exact_posterior_gives_exact_log_px_and_zero_gap():
+    model = LinearGaussian()
+    batch = _data(model)
+    out = estimate_gap(model, batch, num_samples=3, adapter=LinearGaussianAdapter())
+    truth = model.exact_log_px(batch["x"])
+    assert torch.allclose(out["log_px"], truth, atol=1e-9)
+    assert torch.allclose(out["elbo"], truth, atol=1e-9)
+    assert torch.allclose(out["gap"], torch.zeros_like(truth), atol=1e-9)
+
+
+def test_estimate_converges_to_the_true_log_px_as_samples_grow():
+    model = LinearGaussian()
+    batch = _data(model)
+    truth = model.exact_log_px(batch["x"])
+    adapter = LinearGaussianAdapter(offset=0.4, inflate=1.8)
+    errors, gaps = {}, {}
+    for num_samples in (1, 10, 100, 1000, 20000):
+        runs = [estimate_gap(model, batch, num_samples, chunk=4099, adapter=adapter,
+                             generator=torch.Generator().manual_seed(rep))
+                for rep in range(6)]
+        est = torch.stack([r["log_px"] for r in runs])
+        errors[num_samples] = float((est - truth).abs().mean())
+        gaps[num_samples] = float(torch.stack([r["gap"] for r in runs]).mean())
+        # a stochastic lower bound: on average it does not overshoot the truth
+        assert float((est - truth).mean()) < 0.02
+    assert errors[1] > errors[10] > errors[100] > errors[1000] > errors[20000]
+    assert errors[20000] < 0.02
+    assert errors[1] > 0.3                     # the wrong q really does leave a gap
+    # G >= 0 for every draw (same sample set), growing with B toward log p(x) - ELBO
+    assert gaps[1] == pytest.approx(0.0, abs=1e-12)
+    assert 0 < gaps[10] < gaps[100] < gaps[1000] < gaps[20000]
+
+
+def test_elbo_matches_the_closed_form_elbo():
+    model = LinearGaussian()
+    batch = _data(model, n=3)
+    adapter = LinearGaussianAdapter(offset=0.3, inflate=2.0)
+    out = estimate_gap(model, batch, num_samples=20000, chunk=5000, adapter=adapter,
+                       generator=torch.Generator().manual_seed(0))
+    # Closed form: ELBO = log p(x) - KL(q || p(z | x)) between two diagonal Gaussians.
+    mean_q, logvar_q = adapter.posterior(model, batch).mean, adapter.posterior(model, batch).logvar
+    mean_p, logvar_p = model.exact_posterior(batch["x"])
+    kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p) ** 2) / logvar_p.exp()
+                - 1).sum(-1)
+    assert torch.allclose(out["elbo"], model.exact_log_px(batch["x"]) - kl, atol=0.05)
+
+
+def test_log_sum_exp_is_stable_for_huge_log_weights():
+    log_w = torch.tensor([[-1e5, 2e4], [-1e5 + 1.0, 2e4 - 3.0]], dtype=torch.float64)
+    out = gap_from_log_weights(log_w)
+    assert torch.isfinite(out["log_px"]).all()
+    assert float(out["log_px"][0]) == pytest.approx(-1e5 + math.log((1 + math.e) / 2))
+    assert float(out["ess"][0]) == pytest.approx(1 / ((1 / (1 + math.e)) ** 2 + (math.e / (1 + math.e)) ** 2))
+
+
+TINY_MONET = ["model.height=16", "model.width=16", "model.num_slots=4", "model.latent_dim=4",
+              "model.unet_channels=[8,8,8]", "model.unet_mlp_hidden=16",
+              "model.encoder_channels=[8,8]", "model.encoder_hidden=16",
+              "model.decoder_channels=[8,8]", "optim.batch_size=4", "optim.steps=3",
+              "log.every=1", "log.checkpoint_every=3", "log.tensorboard=false"]
+
+
+def test_monet_log_joint_is_its_objective_at_unit_weights():
+    """At z = the posterior mean (what MONet's eval-mode forward decodes), the adapter's
+    log p~(x, z) equals -(nll + kl_mask) of MONet's own forward plus log N(z; 0, I): the gap's
+    joint is MONet's objective with beta = gamma = 1 and no LDS term."""
+    from lds.models import MONetConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model("monet", MONetConfig(height=16, width=16, num_slots=3, latent_dim=4,
+                                             unet_channels=(8, 8, 8), unet_mlp_hidden=16,
+                                             encoder_channels=(8, 8), encoder_hidden=16,
+                                             decoder_channels=(8, 8))).eval()
+    image = torch.rand(2, 3, 16, 16)
+    adapter = MONetGapAdapter()
+    with torch.no_grad():
+        posterior = adapter.posterior(model, {"image": image})
+        log_joint = adapter.log_joint(model, {"image": image}, posterior, posterior.mean[None])
+        for i in range(2):
+            terms = model({"image": image[i:i + 1]}).loss_terms
+            expected = -(terms["nll"] + terms["kl_mask"]) + standard_normal_log_density(
+                posterior.mean[None, i:i + 1])[0, 0]
+            assert float(log_joint[0, i]) == pytest.approx(float(expected), rel=1e-5, abs=1e-3)
+        log_w = importance_weights(model, {"image": image}, num_samples=64, chunk=20,
+                                   generator=torch.Generator().manual_seed(1))
+    assert log_w.shape == (64, 2)
+    assert (gap_from_log_weights(log_w)["gap"] >= 0).all()
+
+
+def test_gap_command_on_a_trained_run(tmp_path):
+    from cli import app
+    from lds.training.config import load_train_config
+    from lds.training.loop import train
+    from tests.test_eval_cli import make_store
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    cfg = load_train_config("monet", None, TINY_MONET + [f"data={store}"])
+    train(cfg, tmp_path / "run", progress=False)
+    result = CliRunner().invoke(app, ["gap", str(tmp_path / "run"), "--data", str(store),
+                                      "--samples", "40", "--chunk", "16", "--max-images", "3",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "run" / "gap" / "gap.json").read_text())
+    assert data["meta"]["num_images"] == 3 and data["meta"]["samples"] == 40
+    assert data["meta"]["checkpoint_step"] == 3
+    for record in data["records"]:
+        assert record["gap"] >= 0 and math.isfinite(record["log_px"])
+        assert record["log_px"] == pytest.approx(record["elbo"] + record["gap"])
+        assert 1 <= record["ess"] <= 40
+    missing = CliRunner().invoke(app, ["gap", str(tmp_path / "nope"), "--data", str(store)])
+    assert missing.exit_code != 0
