@@ -165,6 +165,11 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
                                   "--steps", "3", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
     assert list_checkpoints(run_dir / "checkpoints")[-1] == 3
+    # `ldsrig eval` works unchanged on the run (it runs the model under torch.no_grad()).
+    evaluated = runner.invoke(app, ["eval", str(run_dir), "--data", str(store), "--batch-size", "3",
+                                    "--figure", "2", "--no-progress"])
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    assert (run_dir / "eval" / "eval.json").is_file()
     model, cfg = load_run(run_dir)
     assert isinstance(model, GENESIS)
     # GECO's state came back with the checkpoint (two steps, then one more after resume).
