@@ -50,9 +50,14 @@ def _load_run(run: Path, device: str):
     return load_run(run, map_location=device)
 
 
-def _open_dataset(data: Path):
+def _open_dataset(data: Path, model_cfg=None):
+    """The store as the model reads it (scenes as sets of views for MulMON, store view order)."""
     if not Path(data).exists():
         raise UserError(f"data store {data} does not exist")
+    if getattr(model_cfg, "dataset", "images") == "views":
+        from lds.training.loop import open_store_dataset
+
+        return open_store_dataset(str(data), model_cfg, training=False)
     from datasets.torch_data import ImageDataset
 
     return ImageDataset(data)
@@ -77,7 +82,9 @@ def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device))
-    dataset = _open_dataset(data)
+    if figure > 0 and hasattr(model, "output_batch_size"):
+        raise UserError("--figure is not supported for multi-view models (MulMON) yet")
+    dataset = _open_dataset(data, train_cfg.model)
     if len(dataset) == 0:
         raise UserError(f"data store {data} has no images to evaluate")
     result = evaluate(model, dataset, batch_size=batch_size, device=device, max_images=max_images,

@@ -32,6 +32,7 @@ from lds.contract import ModelOutput
 from lds.metrics import HIGHER_IS_BETTER, MetricsConfig, batch_metrics
 
 EVAL_FILE_VERSION = 1
+QUERY_PREFIX = "query_"  # multi-view models: metrics of the query (unobserved) views
 
 # How each metric is shown in tables: (label, format, scale); rates are shown as percentages.
 DISPLAY = {
@@ -119,6 +120,17 @@ def aggregate(values: Iterable[float]) -> dict[str, float | int | None]:
     return {"mean": mean, "stderr": stderr, "n": n}
 
 
+def _flatten_views(batch: dict) -> dict:
+    """A multi-view batch (image (S, V, 3, H, W)) with views moved into the batch axis, in the
+    order multi-view models emit their output rows (lds.contract); single images pass through."""
+    image = batch["image"]
+    if image.dim() != 5:
+        return batch
+    lead = tuple(image.shape[:2])
+    return {k: v.flatten(0, 1) if isinstance(v, torch.Tensor) and v.dim() >= 2
+            and tuple(v.shape[:2]) == lead else v for k, v in batch.items()}
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
@@ -158,6 +170,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
         for batch in loader:
             batch = _to_device(batch, device)
             output: ModelOutput = model(batch)
+            batch = _flatten_views(batch)
             labels = batch.get("label_map")
             has_gt = labels is not None if has_gt is None else has_gt
             values = batch_metrics(output, batch["image"], labels, config)
@@ -169,6 +182,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                 }
                 if "scene_index" in batch:
                     record["scene_index"] = int(batch["scene_index"][i])
+                if "query_view" in output.extras:   # multi-view models: observed or query view
+                    record["query_view"] = bool(output.extras["query_view"][i])
                 for name, value in values.items():
                     record[name] = _json_number(float(value[i]))
                 records.append(record)
@@ -176,17 +191,35 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     seconds = time.perf_counter() - started
 
     names = [n for n in DISPLAY if n in records[0]]
-    aggregates = {name: aggregate(r[name] for r in records) for name in names}
+    # Multi-view models (MulMON): the plain names aggregate the observed views, "query_<name>"
+    # the query views the model predicted without seeing them.
+    queries = [r for r in records if r.get("query_view")]
+    observed = [r for r in records if not r.get("query_view")]
+    aggregates = {name: aggregate(r[name] for r in observed) for name in names}
+    if queries:
+        aggregates.update({f"{QUERY_PREFIX}{name}": aggregate(r[name] for r in queries)
+                           for name in names})
     info = {"num_images": len(records), "ground_truth": bool(has_gt), "seconds": seconds,
             "metrics_config": to_dict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if "query_view" in records[0]:
+        info["views"] = {"observed": len(observed), "query": len(queries),
+                         "scenes": len({r.get("scene_index") for r in records})}
     info.update(meta or {})
     return EvalResult(records=records, aggregates=aggregates, meta=info)
+
+
+def _display(name: str) -> tuple[str, str, float]:
+    """(label, format, scale) of a metric; "query_<name>" is <name> on the query views."""
+    if name.startswith(QUERY_PREFIX) and name.removeprefix(QUERY_PREFIX) in DISPLAY:
+        label, fmt, scale = DISPLAY[name.removeprefix(QUERY_PREFIX)]
+        return f"{label}, query views", fmt, scale
+    return DISPLAY.get(name, (name, "{:.4f}", 1.0))
 
 
 def _format(name: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "-"
-    _, fmt, scale = DISPLAY.get(name, (name, "{:.4f}", 1.0))
+    _, fmt, scale = _display(name)
     return fmt.format(value * scale)
 
 
@@ -198,7 +231,7 @@ def result_table(result: EvalResult, title: str | None = None) -> Table:
     table.add_column("± s.e.", justify="right")
     table.add_column("n", justify="right")
     for name, agg in result.aggregates.items():
-        table.add_row(DISPLAY.get(name, (name,))[0], _format(name, agg["mean"]),
+        table.add_row(_display(name)[0], _format(name, agg["mean"]),
                       _format(name, agg["stderr"]), str(agg["n"]))
     return table
 

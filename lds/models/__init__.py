@@ -17,6 +17,7 @@ from common.errors import ConfigError
 from lds.models.genesis import GENESIS, GENESISConfig
 from lds.models.iodine import IODINE, IODINEConfig
 from lds.models.monet import MONet, MONetConfig
+from lds.models.mulmon import MulMON, MulMONConfig
 
 MODEL_CONFIGS: dict[str, type] = {"monet": MONetConfig, "iodine": IODINEConfig,
                                   "genesis": GENESISConfig}
@@ -39,6 +40,16 @@ PAPER_TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
     "genesis": {"optim": {"name": "adam", "lr": 1e-4, "batch_size": 32, "steps": 500_000,
                           "grad_clip": 5.0, "schedule": "constant"},
                 "lds": {"weight": 1.0, "sigma": 0.1}},
+}
+
+# MulMON (supplement Table 3): Adam 2e-4, batch 8 scenes, clip 5.0, GQN schedule, LDS weight 1.0
+# at every refinement iteration; K=7, D=16, T=5, pixel sigma 0.1 are MulMONConfig's defaults.
+MODEL_CONFIGS["mulmon"] = MulMONConfig
+MODEL_CLASSES["mulmon"] = MulMON
+PAPER_TRAIN_SETTINGS["mulmon"] = {
+    "optim": {"name": "adam", "lr": 2e-4, "batch_size": 8, "steps": 600_000, "grad_clip": 5.0,
+              "schedule": "gqn"},
+    "lds": {"weight": 1.0, "sigma": 0.1},
 }
 
 

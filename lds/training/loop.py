@@ -132,13 +132,23 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**30 * 16)
 
 
-def open_store_dataset(path: str) -> Dataset:
+def open_store_dataset(path: str, model_cfg=None, training: bool = True) -> Dataset:
+    """The store as the model reads it: single images, or scenes as sets of views when the
+    model config says ``dataset = "views"`` (MulMON: ``num_views`` views per scene, shuffled in
+    training, store order in evaluation; a ``viewpoint`` of "auto" is resolved from the store
+    and written back into ``model_cfg`` so the saved run config names the vector it used)."""
     if not path:
         raise ConfigError("no training data: pass --data STORE (or set data: in the config)")
     if not Path(path).exists():
         raise ConfigError(f"training data {path} does not exist")
-    from datasets.torch_data import ImageDataset  # the store reader (lead's datasets package)
+    from datasets.torch_data import ImageDataset, SceneViewsDataset
 
+    if getattr(model_cfg, "dataset", "images") == "views":
+        kind = getattr(model_cfg, "viewpoint", "auto")
+        dataset = SceneViewsDataset(path, num_views=model_cfg.num_views, shuffle_views=training,
+                                    viewpoint=None if kind == "auto" else kind)
+        model_cfg.viewpoint = dataset.viewpoint_kind
+        return dataset
     return ImageDataset(path)
 
 
@@ -197,7 +207,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     device = torch.device(cfg.device)
 
     if dataset is None:
-        dataset = open_store_dataset(cfg.data)
+        dataset = open_store_dataset(cfg.data, cfg.model)
     if len(dataset) == 0:
         raise ConfigError(f"the training data {cfg.data or '(given dataset)'} holds no images")
     probe = dataset[0]["image"]
@@ -258,7 +268,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             out = forward(batch)
-            out.check(batch_size, num_slots, height, width)
+            # multi-view models flatten views into the batch axis (B = scenes * views)
+            out_rows = model.output_batch_size(batch) if hasattr(model, "output_batch_size") else batch_size
+            out.check(out_rows, num_slots, height, width)
             terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
             loss = float(out.loss.detach())
             bad = not math.isfinite(loss)

@@ -1,0 +1,137 @@
+"""MulMON training throughput at the paper's settings, FLOP utilisation and peak memory.
+
+    .venv/bin/python benchmarks/bench_mulmon_train.py [--steps 2] [--scenes 8] [--views 10]
+        [--observed 3] [--size 64] [--no-lds] [--threads N]
+
+Paper setting (the issue's "Speed" section): B = 8 scenes of 10 views, 3 observed + 7 query,
+64x64, K = 7, D = 16, T = 5, LDS weight 1.0 at every iteration. One full training step (forward
+with the 3 x 5 refinement iterations, backward, gradient-norm clip 5.0, Adam) is timed
+``--steps`` times after one warm-up step. The FLOPs of one step are counted with
+torch.utils.flop_counter.FlopCounterMode (convs and matmuls, forward, refinement gradients and
+backward); the fp32 matmul rate is measured in the same run (a 2048^2 torch.mm loop before and
+after, the higher one used). Utilisation = achieved FLOP/s / matmul FLOP/s.
+
+Peak memory: the process's resident-set high-water mark (VmHWM) is reset (clear_refs 5) before
+a step and read after it; the figure minus the resident size before the step is the step's peak
+working memory.
+
+The machine is shared (2 cores, other helpers' jobs): absolute numbers move by tens of percent;
+the load average is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from lds.models import MulMONConfig, build_model  # noqa: E402
+from lds.training.loop import keep_freed_memory  # noqa: E402
+
+
+def matmul_rate(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=8)
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--observed", type=int, default=3)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--no-lds", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--skip-flops", action="store_true", help="skip the (slow) FLOP count")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    torch.manual_seed(0)
+
+    cfg = MulMONConfig(height=args.size, width=args.size, viewpoint="clevr-mv",
+                       lds_weight=0.0 if args.no_lds else 1.0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    s, v = args.scenes, args.views
+    batch = {"image": torch.rand(s, v, 3, args.size, args.size),
+             "viewpoint": torch.randn(s, v, cfg.viewpoint_size)}
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch, num_observed=args.observed)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return float(out.loss.detach())
+
+    rate_before = matmul_rate()
+    step()                                                             # warm-up
+    rss_before = _status_kib("VmRSS")
+    can_reset = reset_peak_rss()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak_kib = _status_kib("VmHWM")
+    flops = 0
+    if not args.skip_flops:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops = counter.get_total_flops()
+    rate_after = matmul_rate()
+    rate = max(rate_before, rate_after)
+
+    median = statistics.median(times)
+    print(f"MulMON training step: {s} scenes x {v} views ({args.observed} observed + "
+          f"{v - args.observed} query), {args.size}x{args.size}, K={cfg.num_slots}, "
+          f"D={cfg.latent_dim}, T={cfg.num_iterations}, LDS {'off' if args.no_lds else 'on (1.0)'}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}  median {median:.2f}")
+    print(f"  scenes/s: {s / median:.3f}   images/s (all views): {s * v / median:.2f}")
+    print(f"  fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s (before {rate_before / 1e9:.1f}, "
+          f"after {rate_after / 1e9:.1f})")
+    if flops:
+        achieved = flops / median
+        print(f"  FLOPs per step: {flops / 1e9:.1f} GFLOP   achieved {achieved / 1e9:.1f} GFLOP/s"
+              f"   utilisation {100 * achieved / rate:.0f}% of the matmul rate")
+    if can_reset:
+        print(f"  peak memory per step: {(peak_kib - rss_before) / 2**20:.2f} GiB above the "
+              f"{rss_before / 2**20:.2f} GiB resident before it (high-water {peak_kib / 2**20:.2f} GiB)")
+    print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""MulMON (Li, Fisher et al. 2020): multi-view multi-object inference by iterative refinement.
+
+A scene is a set of K slot latents z_k ~ q(z_k) = N(mu_k, exp(logvar_k)), one posterior
+lambda = [mu, logvar] per slot shared by every view. The model sees the scene's observed views
+one after another; for each view it runs T refinement iterations (IODINE-style):
+
+    z ~ q_lambda                            (the mean at evaluation)
+    z_v = projector([z, view_encoder(v)])   (viewpoint-conditioned slot latents)
+    x_k, m_k^lg = decoder(z_v)              (RGB unbounded, masks = softmax over K)
+    L_t = -log p(x | z_v) + KL_MC(q_lambda || prior)   (per-colour-channel mixture, sigma 0.1)
+    lambda <- lambda + refine(aux inputs, lambda, dL_t/dlambda)
+
+The posterior after one view is the prior (and the start) for the next; the first view's prior
+and start is the learned lambda_0. After the observed views the final posterior predicts the
+remaining *query* views, whose NLL is added to the loss. The training loss is
+
+    sum_v w_v sum_t w_t [ NLL_vt + KL_vt - lds_weight * L_LDS(z_vt) ]  +  mean_q NLL_q
+
+with w_t = (t+1)/T and w_v = (v+1)/V_obs, each normalised to sum to 1 (MulMON's weights), and
+the LDS prior (Eq. 3 of the LDS paper) applied to the slot latents at *every* iteration.
+
+LDS is a training term only: the refinement network is fed gradients of -ELBO (NLL + KL), not of
+the LDS term, so inference is the same procedure with and without LDS and the loss with LDS
+differs from the loss without by exactly ``lds_weight * loss_terms["lds"]``.
+
+Speed: every decoder call renders all S scenes x K slots (and, for the query views, all query
+views) at once; the refinement gradients come from one ``torch.autograd.grad`` per iteration
+that reuses the forward graph (retain_graph) which the training backward then walks again.
+
+Output contract (lds.contract): views are flattened into the batch axis, B = scenes * views,
+observed views first (in the order they were seen), then the query views. An observed view's
+fields come from the last refinement iteration on that view; a query view's from the final
+posterior. ``extras["query_view"]`` (B,) says which rows are queries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.errors import ConfigError
+from datasets.viewpoints import VIEWPOINT_KINDS
+from lds.contract import ModelOutput
+from lds.models.base import SpatialBroadcastDecoder, conv_output_size, coordinate_grid
+from lds.prior import lds_prior
+
+_LOG_2PI = math.log(2.0 * math.pi)
+REFINE_INPUT_CHANNELS = 17
+
+
+@dataclass
+class MulMONConfig:
+    """MulMON's architecture and inference settings. Defaults: MulMON's CLEVR settings, 64x64."""
+
+    name: Literal["mulmon"] = "mulmon"
+    height: int = 64
+    width: int = 64
+    num_slots: int = 7                                  # K
+    latent_dim: int = 16                                # D
+    num_iterations: int = 5                             # T refinement iterations per observed view
+    pixel_sigma: float = 0.1
+    decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
+    refine_channels: tuple[int, ...] = (32, 32, 64, 64)  # stride-2 convs, no padding
+    refine_hidden: int = 256                            # MLP after the convs
+    refine_features: int = 128                          # image features into the LSTM
+    lstm_hidden: int = 128
+    # Viewpoint vector (datasets/viewpoints.py): "clevr-mv" (3 numbers, MulMON's) or "pose" (9);
+    # "auto" is resolved from the store when training starts (CLE-MV/Dolphin -> clevr-mv).
+    viewpoint: Literal["auto", "clevr-mv", "pose"] = "auto"
+    view_embed_dim: int = 0                             # 0: the viewpoint size (what MulMON ran)
+    view_hidden: int = 128
+    projector_hidden: int = 512
+    viewpoint_noise: float = 0.015                      # std of N(0, s^2) added in training
+    # Data: scenes as sets of views (datasets.torch_data.SceneViewsDataset).
+    dataset: Literal["views"] = "views"
+    num_views: int = 10                                 # views per scene per step (observed+query)
+    min_observed: int = 1                               # observed views drawn per training step
+    max_observed: int = 6
+    eval_observed: int = 5                              # evaluation: first 5 observed, rest query
+    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
+    lds_weight: float = 0.0
+    lds_sigma: float = 0.1
+    # Speed only: NHWC convs and the decoder's fused broadcast (same function and parameters).
+    channels_last: bool = True
+    fused_broadcast: bool = True
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(self.decoder_channels)
+        self.refine_channels = tuple(self.refine_channels)
+        if self.num_slots < 2:
+            raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
+        if self.latent_dim < 1 or self.num_iterations < 1:
+            raise ConfigError("model.latent_dim and model.num_iterations must be positive")
+        if self.pixel_sigma <= 0 or self.lds_sigma <= 0:
+            raise ConfigError("model.pixel_sigma and model.lds_sigma must be positive")
+        if self.viewpoint not in ("auto", *VIEWPOINT_KINDS):
+            raise ConfigError(f"model.viewpoint must be auto, clevr-mv or pose, got {self.viewpoint!r}")
+        if self.num_views < 2:
+            raise ConfigError("model.num_views must be at least 2 (observed and query views)")
+        if not 1 <= self.min_observed <= self.max_observed:
+            raise ConfigError("need 1 <= model.min_observed <= model.max_observed")
+        if self.eval_observed < 1:
+            raise ConfigError("model.eval_observed must be at least 1")
+        h, w = self.height, self.width
+        for _ in self.refine_channels:
+            h, w = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2)
+        if h < 1 or w < 1:
+            raise ConfigError(f"{self.height}x{self.width} images are too small for "
+                              f"{len(self.refine_channels)} stride-2 convs (model.refine_channels)")
+
+    @property
+    def viewpoint_size(self) -> int:
+        # An unresolved "auto" (a model built without a store) takes the general 9-D vector.
+        return VIEWPOINT_KINDS.get(self.viewpoint, VIEWPOINT_KINDS["pose"])
+
+    def observed_range(self, num_views: int) -> tuple[int, int]:
+        """Training: observed views are drawn from [lo, hi]; at least one view is a query."""
+        hi = max(1, min(self.max_observed, num_views - 1))
+        return min(self.min_observed, hi), hi
+
+
+def _standardize(t: torch.Tensor, start_dim: int) -> torch.Tensor:
+    """Parameter-free layer norm over the dims from ``start_dim`` on, detached (MulMON/IODINE)."""
+    t = t.detach()
+    flat = t.flatten(start_dim)
+    mean = flat.mean(-1, keepdim=True)
+    std = flat.std(-1, keepdim=True)
+    shape = t.shape[:start_dim] + (1,) * (t.dim() - start_dim)
+    return (t - mean.view(shape)) / (std.view(shape) + 1e-5)
+
+
+class RefinementNetwork(nn.Module):
+    """(17-channel aux image, [lambda, LN dL/dlambda]) -> additive update of lambda.
+
+    4 stride-2 3x3 convs (no padding, ReLU) -> MLP (hidden, features) -> LSTMCell(features + 4D,
+    lstm) -> Linear(lstm, 2D).
+    """
+
+    def __init__(self, cfg: MulMONConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        h, w, in_ch = cfg.height, cfg.width, REFINE_INPUT_CHANNELS
+        for out_ch in cfg.refine_channels:
+            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2), nn.ReLU(inplace=True)]
+            h, w, in_ch = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2), out_ch
+        self.convs = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * h * w, cfg.refine_hidden),
+                                 nn.ReLU(inplace=True),
+                                 nn.Linear(cfg.refine_hidden, cfg.refine_features),
+                                 nn.ReLU(inplace=True))
+        self.lstm = nn.LSTMCell(cfg.refine_features + 4 * cfg.latent_dim, cfg.lstm_hidden)
+        self.head = nn.Linear(cfg.lstm_hidden, 2 * cfg.latent_dim)
+        self.channels_last = cfg.channels_last
+
+    def forward(self, aux: torch.Tensor, vector: torch.Tensor, state):
+        if self.channels_last:
+            aux = aux.contiguous(memory_format=torch.channels_last)
+        features = self.mlp(self.convs(aux))
+        h, c = self.lstm(torch.cat([features, vector], dim=1), state)
+        return self.head(h), (h, c)
+
+
+def _gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI)
+
+
+def _normalised_linear_weights(n: int) -> list[float]:
+    """(i + 1) / n for i < n, normalised to sum to 1: MulMON's iteration and view weights."""
+    total = (n + 1) / 2.0
+    return [(i + 1) / n / total for i in range(n)]
+
+
+class MulMON(nn.Module):
+    """MulMON with the optional LDS prior at every refinement iteration.
+
+    ``model(batch, num_observed=None) -> ModelOutput``; uses ``batch["image"]`` (S, V, 3, H, W)
+    in [0, 1] and ``batch["viewpoint"]`` (S, V, v). The first ``num_observed`` views are
+    observed, the rest are queries; by default training draws it from
+    [min_observed, max_observed] (torch's global RNG) and evaluation uses ``eval_observed``.
+    """
+
+    input_keys = ("image", "viewpoint")
+
+    def __init__(self, cfg: MulMONConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_slots = cfg.num_slots
+        d = cfg.latent_dim
+        v_in = cfg.viewpoint_size
+        v_dim = cfg.view_embed_dim or v_in
+        # lambda_0 = [mu, logvar], one row shared by all slots: sampling breaks the symmetry.
+        self.initial_posterior = nn.Parameter(torch.randn(1, 1, 2 * d) - 0.5)
+        self.view_encoder = nn.Sequential(nn.Linear(v_in, cfg.view_hidden), nn.ReLU(inplace=True),
+                                          nn.Linear(cfg.view_hidden, v_dim))
+        self.projector = nn.Sequential(nn.Linear(d + v_dim, cfg.projector_hidden),
+                                       nn.ReLU(inplace=True), nn.Linear(cfg.projector_hidden, d))
+        self.decoder = SpatialBroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels, 4,
+                                               cfg.fused_broadcast, cfg.channels_last)
+        self.refine = RefinementNetwork(cfg)
+        self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
+        self.last_nonfinite: tuple[int, int] | None = None
+
+    # ---- pieces --------------------------------------------------------------------------
+
+    def output_batch_size(self, batch: dict) -> int:
+        """Rows of every image-shaped output field: scenes * views."""
+        return int(batch["image"].shape[0] * batch["image"].shape[1])
+
+    def render(self, z: torch.Tensor, view_embedding: torch.Tensor):
+        """Slot latents (S, K, D) seen from N views (S, N, v_dim) -> means, log masks, logits.
+
+        One decoder call over all S*N*K slot images. Returns (S, N, K, 3, H, W) RGB means
+        (unbounded), (S, N, K, 1, H, W) log mixing probabilities and mask logits.
+        """
+        s, k, d = z.shape
+        n = view_embedding.shape[1]
+        zv = torch.cat([z[:, None].expand(s, n, k, d),
+                        view_embedding[:, :, None].expand(s, n, k, view_embedding.shape[-1])], -1)
+        decoded = self.decoder(self.projector(zv).reshape(s * n * k, d))
+        decoded = decoded.view(s, n, k, 4, self.cfg.height, self.cfg.width)
+        means, logits = decoded[:, :, :, :3], decoded[:, :, :, 3:]
+        return means, F.log_softmax(logits, dim=2), logits
+
+    def _log_components(self, image: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """log N(x_c; mu_kc, sigma^2) per slot and colour channel; image (S, N, 3, H, W)."""
+        sigma = self.cfg.pixel_sigma
+        return -0.5 * ((image.unsqueeze(2) - means) / sigma).pow(2) - math.log(sigma) - 0.5 * _LOG_2PI
+
+    def _nll(self, log_comp: torch.Tensor, log_masks: torch.Tensor) -> torch.Tensor:
+        """Per-colour-channel mixture NLL, summed over C, H, W -> (S, N)."""
+        return -torch.logsumexp(log_masks + log_comp, dim=2).flatten(2).sum(-1)
+
+    def _refinement_inputs(self, image, means, log_masks, logits, log_comp, d_means, d_log_masks):
+        """The 17 auxiliary channels per slot image, (S*K, 17, H, W).
+
+        x, mu_x, mask, mask logit (not detached); LN dL/dmu_x, LN dL/dlog m (detached); the
+        colour-likelihood softmax over slots; LN pixel log-likelihood and LN leave-one-out
+        log-likelihood (detached); 2 coordinate channels.
+        """
+        s, k = means.shape[:2]
+        h, w = means.shape[-2:]
+        with torch.no_grad():
+            joint = log_masks + log_comp.sum(2, keepdim=True)             # (S, K, 1, H, W)
+            responsibility = torch.softmax(joint, dim=1)
+            pixel_ll = torch.logsumexp(log_masks + log_comp, dim=1).sum(1, keepdim=True)
+            pixel_ll = _standardize(pixel_ll, 1)[:, None].expand(s, k, 1, h, w)
+            # log-likelihood with slot k left out (the other masks renormalised)
+            total = torch.logsumexp(joint, dim=1, keepdim=True)
+            own = (joint - total).clamp(max=-1e-6)
+            leave_one_out = total + torch.log1p(-own.exp()) \
+                - torch.log1p(-log_masks.exp().clamp(max=1 - 1e-6))
+            leave_one_out = _standardize(leave_one_out, 2)
+        aux = torch.cat([
+            image[:, None].expand(s, k, 3, h, w), means, log_masks.exp(), logits,
+            _standardize(d_means, 2), _standardize(d_log_masks, 2),
+            responsibility, pixel_ll, leave_one_out,
+            self.coords[:, None].expand(s, k, 2, h, w),
+        ], dim=2)
+        return aux.flatten(0, 1)
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward(self, batch: dict, num_observed: int | None = None) -> ModelOutput:
+        cfg = self.cfg
+        image, viewpoint = batch["image"], batch["viewpoint"]
+        if image.dim() != 5 or image.shape[2] != 3:
+            raise ValueError(f"batch['image'] must be (scenes, views, 3, H, W), got {tuple(image.shape)}")
+        s, v_total, _, h, w = image.shape
+        if (h, w) != (cfg.height, cfg.width):
+            raise ValueError(f"MulMON was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
+        if viewpoint.shape[:2] != (s, v_total) or viewpoint.shape[-1] != cfg.viewpoint_size:
+            raise ValueError(f"batch['viewpoint'] must be ({s}, {v_total}, {cfg.viewpoint_size}), "
+                             f"got {tuple(viewpoint.shape)}")
+        if num_observed is None:
+            if self.training:
+                lo, hi = cfg.observed_range(v_total)
+                num_observed = int(torch.randint(lo, hi + 1, ()))
+            else:
+                num_observed = min(cfg.eval_observed, v_total - 1) if v_total > 1 else 1
+        if not 1 <= num_observed <= v_total:
+            raise ValueError(f"num_observed must be in 1..{v_total}, got {num_observed}")
+        # Refinement needs gradients even under torch.no_grad() (evaluation).
+        with torch.enable_grad():
+            return self._infer(image, viewpoint, num_observed)
+
+    def _infer(self, image: torch.Tensor, viewpoint: torch.Tensor, num_observed: int) -> ModelOutput:
+        cfg = self.cfg
+        training = self.training
+        s, v_total = image.shape[:2]
+        k, d, steps = cfg.num_slots, cfg.latent_dim, cfg.num_iterations
+        if training and cfg.viewpoint_noise > 0:
+            viewpoint = viewpoint + cfg.viewpoint_noise * torch.randn_like(viewpoint)
+        view_embedding = self.view_encoder(viewpoint)                      # (S, V, v_dim)
+
+        lam = self.initial_posterior.expand(s, k, 2 * d)
+        prior = lam
+        iteration_weights = _normalised_linear_weights(steps)
+        view_weights = _normalised_linear_weights(num_observed)
+        nll_total = kl_total = lds_total = image.new_zeros(())
+        lds_values, lds_latents = [], []
+        observed_fields = []
+        self.last_nonfinite = None
+        for view in range(num_observed):
+            x = image[:, view]
+            state = None                                                   # LSTM state per view
+            for t in range(steps):
+                if not training:                   # no graph across iterations at evaluation
+                    lam = lam.detach().requires_grad_()
+                mean, logvar = lam.chunk(2, dim=-1)
+                z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
+                means, log_masks, logits = self.render(z, view_embedding[:, view: view + 1])
+                means, log_masks, logits = means[:, 0], log_masks[:, 0], logits[:, 0]
+                log_comp = self._log_components(x[:, None], means[:, None])[:, 0]
+                nll = self._nll(log_comp[:, None], log_masks[:, None])[:, 0]          # (S,)
+                prior_mean, prior_logvar = prior.chunk(2, dim=-1)
+                kl = (_gaussian_log_prob(z, mean, logvar)
+                      - _gaussian_log_prob(z, prior_mean, prior_logvar)).flatten(1).sum(1)
+                weight = view_weights[view] * iteration_weights[t]
+                nll_total = nll_total + weight * nll.mean()
+                kl_total = kl_total + weight * kl.mean()
+                if cfg.lds_weight > 0:
+                    lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
+                    lds_total = lds_total + weight * lds
+                    lds_values.append(lds.detach())
+                    lds_latents.append(z.detach())
+                if t == steps - 1:
+                    observed_fields.append((means, log_masks, logits, z, mean, logvar))
+                # Refinement: one autograd.grad over the ELBO terms (not LDS: inference is the
+                # same with and without the prior), reusing this iteration's forward graph.
+                d_means, d_log_masks, d_lam = torch.autograd.grad(
+                    (nll + kl).sum(), [means, log_masks, lam], retain_graph=training)
+                aux = self._refinement_inputs(x, means, log_masks, logits, log_comp,
+                                              d_means, d_log_masks)
+                vector = torch.cat([lam, _standardize(d_lam, 2)], dim=-1).reshape(s * k, 4 * d)
+                delta, state = self.refine(aux, vector, state)
+                lam = lam + delta.view(s, k, 2 * d)
+                # MulMON asserts a finite posterior after every refinement step; here the step
+                # is recorded and the loss made non-finite so the trainer's NaN guard stops the
+                # run with the last good checkpoint.
+                if self.last_nonfinite is None and not bool(torch.isfinite(lam).all()):
+                    self.last_nonfinite = (view, t)
+            prior = lam                                    # posterior after this view
+
+        # Query views: all of them rendered from the final posterior in one decoder call.
+        num_query = v_total - num_observed
+        if not training:
+            lam = lam.detach()
+        mean, logvar = lam.chunk(2, dim=-1)
+        z_final = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
+        if num_query:
+            q_means, q_log_masks, q_logits = self.render(z_final, view_embedding[:, num_observed:])
+            q_log_comp = self._log_components(image[:, num_observed:], q_means)
+            query_nll = self._nll(q_log_comp, q_log_masks).mean()
+        else:
+            query_nll = image.new_zeros(())
+
+        loss = nll_total + kl_total + query_nll - cfg.lds_weight * lds_total
+        terms = {"nll": nll_total, "kl": kl_total, "query_nll": query_nll, "lds": lds_total}
+        if self.last_nonfinite is not None:
+            loss = loss + float("nan")
+            view, t = self.last_nonfinite
+            terms["nonfinite_refinement_step"] = image.new_tensor(float(view * steps + t + 1))
+
+        # Contract fields: (S, V, ...) with observed views first, flattened to (S*V, ...).
+        def per_view(index: int, query_value=None) -> torch.Tensor:
+            parts = [torch.stack([f[index] for f in observed_fields], dim=1)]
+            if num_query:
+                parts.append(query_value)
+            return torch.cat(parts, dim=1).flatten(0, 1)
+
+        all_means = per_view(0, q_means if num_query else None)
+        log_masks_all = per_view(1, q_log_masks if num_query else None)
+        logits_all = per_view(2, q_logits if num_query else None)
+
+        def latents(index: int, final: torch.Tensor) -> torch.Tensor:
+            return per_view(index, final[:, None].expand(s, num_query, k, d) if num_query else None)
+
+        masks = log_masks_all.exp()
+        query_view = torch.zeros(s, v_total, dtype=torch.bool, device=image.device)
+        query_view[:, num_observed:] = True
+        extras = {"query_view": query_view.flatten(),
+                  "view_weights": image.new_tensor(view_weights),
+                  "iteration_weights": image.new_tensor(iteration_weights)}
+        if lds_values:
+            extras["lds_per_iteration"] = torch.stack(lds_values)        # (V_obs * T,)
+            extras["lds_latents"] = torch.stack(lds_latents)             # (V_obs * T, S, K, D)
+        out = ModelOutput(
+            loss=loss,
+            loss_terms=terms,
+            slot_latents=latents(3, z_final),
+            posterior_mean=latents(4, mean),
+            posterior_logvar=latents(5, logvar),
+            mask_logits=logits_all,
+            masks=masks,
+            appearance=all_means,
+            reconstruction=(masks * all_means).sum(dim=1),
+            extras=extras,
+        )
+        if not training:
+            out = _detached(out)
+        return out
+
+
+def _detached(out: ModelOutput) -> ModelOutput:
+    def det(t):
+        return t.detach() if isinstance(t, torch.Tensor) else t
+
+    return ModelOutput(
+        loss=det(out.loss), loss_terms={k: det(v) for k, v in out.loss_terms.items()},
+        slot_latents=det(out.slot_latents), posterior_mean=det(out.posterior_mean),
+        posterior_logvar=det(out.posterior_logvar), mask_logits=det(out.mask_logits),
+        masks=det(out.masks), appearance=det(out.appearance),
+        reconstruction=det(out.reconstruction), extras={k: det(v) for k, v in out.extras.items()},
+    )

@@ -1,0 +1,236 @@
+"""MulMON on the shared stack: contract, observed/query split, LDS at every iteration, overfitting,
+the NaN check, and `ldsrig train mulmon` + `ldsrig eval` on a tiny multi-view store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lds.models import PAPER_TRAIN_SETTINGS, MulMONConfig, build_model
+from lds.models.mulmon import _normalised_linear_weights
+from lds.prior import lds_prior
+from lds.training.config import load_train_config
+
+H = W = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared, loaded 2-core machine OpenMP's second thread mostly spins
+    (a 6-view step took 2-16 s with 2 threads, 0.6 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(**overrides) -> torch.nn.Module:
+    settings = dict(height=H, width=W, num_slots=3, num_iterations=3, viewpoint="clevr-mv",
+                    view_hidden=16, projector_hidden=32, refine_hidden=32, refine_features=32,
+                    lstm_hidden=32)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    return build_model(MulMONConfig(**settings))
+
+
+def scenes_batch(scenes: int = 2, views: int = 7, seed: int = 0) -> dict:
+    """Scenes of a coloured square on grey, seen from views around a circle (CLE-MV vectors)."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.full((scenes, views, 3, H, W), 0.5)
+    for s in range(scenes):
+        colour = torch.rand(3, generator=gen)
+        for v in range(views):
+            x0 = 4 + (3 * v + 5 * s) % 16
+            image[s, v, :, 8:18, x0:x0 + 10] = colour[:, None, None]
+    angles = torch.linspace(0, 2 * np.pi, views + 1)[:views]
+    viewpoint = torch.stack([torch.cos(angles) - 1, torch.sin(angles), torch.zeros(views)], -1)
+    return {"image": image, "viewpoint": viewpoint.expand(scenes, views, 3).clone()}
+
+
+@pytest.mark.parametrize("num_observed", [1, 6])
+def test_contract_with_1_and_6_observed_views(num_observed):
+    model = tiny_model().train()
+    batch = scenes_batch(scenes=2, views=7)
+    out = model(batch, num_observed=num_observed)
+    out.check(2 * 7, 3, H, W)
+    assert model.output_batch_size(batch) == 14
+    query = out.extras["query_view"].view(2, 7)
+    assert query.sum(1).tolist() == [7 - num_observed] * 2       # observed first, then queries
+    assert not query[:, :num_observed].any()
+    assert torch.allclose(out.masks.sum(1), torch.ones(14, 1, H, W), atol=1e-5)
+    assert torch.allclose(out.reconstruction, (out.masks * out.appearance).sum(1))
+    # a query view's latents are the final posterior, shared by every query view of a scene
+    latents = out.posterior_mean.view(2, 7, 3, -1)
+    assert torch.equal(latents[:, -1], latents[:, num_observed])
+    terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
+    assert set(terms) == {"nll", "kl", "query_nll", "lds"}
+    assert all(np.isfinite(list(terms.values())))
+    assert terms["query_nll"] > 0
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # every part learns: the refinement network, the viewpoint encoder and the initial posterior
+    for part in ("refine.lstm.weight_ih", "view_encoder.0.weight", "initial_posterior",
+                 "projector.2.weight", "decoder.convs.1.weight"):
+        assert float(dict(model.named_parameters())[part].grad.abs().sum()) > 0, part
+
+
+def test_training_draws_1_to_6_observed_views_and_evaluation_uses_5_plus_queries():
+    model = tiny_model(num_iterations=1).train()
+    batch = scenes_batch(scenes=1, views=10)
+    counts = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = model(batch)
+        counts.add(int((~out.extras["query_view"]).sum()))
+    assert counts <= set(range(1, 7)) and len(counts) >= 3
+    model.eval()
+    with torch.no_grad():
+        first = model(batch)
+        second = model(batch)
+    assert int((~first.extras["query_view"]).sum()) == 5          # MulMON's eval: 5 + 5
+    assert not first.loss.requires_grad and not first.masks.requires_grad
+    assert torch.equal(first.reconstruction, second.reconstruction)  # deterministic (means)
+
+
+def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_prior():
+    model = tiny_model(num_iterations=4).train()
+    batch = scenes_batch(scenes=2, views=6)
+    outputs = {}
+    for weight in (0.0, 1.0, 0.5):
+        model.cfg.lds_weight = weight
+        torch.manual_seed(3)
+        outputs[weight] = model(batch, num_observed=3)
+    off, on, half = outputs[0.0], outputs[1.0], outputs[0.5]
+    # inference is the same procedure with and without LDS: every ELBO term is identical
+    for key in ("nll", "kl", "query_nll"):
+        assert torch.equal(off.loss_terms[key], on.loss_terms[key]), key
+        assert torch.equal(off.loss_terms[key], half.loss_terms[key]), key
+    assert float(off.loss_terms["lds"]) == 0.0
+    lds = on.loss_terms["lds"]
+    assert float(lds) < 0
+    assert torch.allclose(off.loss - on.loss, lds, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(off.loss - half.loss, 0.5 * half.loss_terms["lds"], rtol=1e-5, atol=1e-3)
+    # one prior per refinement iteration per observed view, weighted (t+1)/T and (v+1)/V
+    per_iteration = on.extras["lds_per_iteration"]
+    latents = on.extras["lds_latents"]
+    assert per_iteration.shape == (3 * 4,) and latents.shape == (12, 2, 3, 16)
+    recomputed = torch.stack([lds_prior(z, sigma=0.1).mean() for z in latents])
+    assert torch.allclose(per_iteration, recomputed)
+    weights = torch.tensor([wv * wt for wv in _normalised_linear_weights(3)
+                            for wt in _normalised_linear_weights(4)])
+    assert torch.allclose((weights * recomputed).sum(), lds, rtol=1e-5)
+    # refinement moves the latents, so each iteration's prior is its own value
+    assert len({round(float(x), 3) for x in per_iteration}) > 6
+
+
+def test_iteration_and_view_weights_are_linear_and_normalised():
+    for n in (1, 3, 5, 6):
+        w = _normalised_linear_weights(n)
+        assert abs(sum(w) - 1.0) < 1e-12
+        assert np.allclose(np.array(w) / w[0], np.arange(1, n + 1))
+
+
+def test_overfits_two_scenes():
+    model = tiny_model(num_iterations=2, num_slots=3).train()
+    batch = scenes_batch(scenes=2, views=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(40):
+        torch.manual_seed(step)
+        optimizer.zero_grad()
+        out = model(batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        losses.append(float(out.loss))
+    start, end = np.mean(losses[:3]), np.mean(losses[-5:])
+    assert np.isfinite(losses).all()
+    assert end < 0.3 * start, (start, end)
+
+
+def test_a_non_finite_posterior_is_caught_after_the_refinement_step():
+    model = tiny_model(num_iterations=3).train()
+    with torch.no_grad():
+        model.refine.head.bias.fill_(float("nan"))
+    out = model(scenes_batch(scenes=1, views=3), num_observed=2)
+    assert not torch.isfinite(out.loss)
+    assert float(out.loss_terms["nonfinite_refinement_step"]) == 1.0   # first view, first step
+    assert model.last_nonfinite == (0, 0)
+
+
+def test_paper_settings_and_viewpoint_sizes():
+    cfg = load_train_config("mulmon")
+    assert PAPER_TRAIN_SETTINGS["mulmon"]["optim"]["lr"] == 2e-4
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.grad_clip,
+            cfg.optim.schedule) == ("adam", 2e-4, 8, 5.0, "gqn")
+    assert (cfg.lds.weight, cfg.model.num_slots, cfg.model.latent_dim, cfg.model.num_iterations,
+            cfg.model.pixel_sigma) == (1.0, 7, 16, 5, 0.1)
+    assert MulMONConfig(viewpoint="clevr-mv").viewpoint_size == 3
+    assert MulMONConfig(viewpoint="pose").viewpoint_size == 9
+    assert MulMONConfig(num_views=10).observed_range(10) == (1, 6)
+    assert MulMONConfig().observed_range(3) == (1, 2)              # always >= 1 query view
+
+
+def make_views_store(path, scenes: int = 2, views: int = 4) -> None:
+    from datasets.store import SceneStore
+
+    rng = np.random.default_rng(0)
+    with SceneStore.create(path, height=H, width=W, ground_truth=True, max_objects=3,
+                           attrs={"source": "test"}) as store:
+        for s in range(scenes):
+            scene_id = f"scene_{s}"
+            store.add_scene(scene_id, {"source": "test", "objects": [{"shape": "cube"}]})
+            label_map = np.zeros((views, H, W), np.uint8)
+            for v in range(views):
+                label_map[v, 8:18, 4 + 3 * v + s: 14 + 3 * v + s] = 1
+            rgb = np.full((views, H, W, 3), 128, np.uint8)
+            rgb[label_map == 1] = rng.integers(0, 255, size=3, dtype=np.uint8)
+            pose = np.repeat(np.eye(4)[None], views, axis=0)
+            pose[:, 0, 3] = np.cos(np.arange(views))              # cameras at different places
+            pose[:, 1, 3] = np.sin(np.arange(views))
+            intrinsics = np.repeat(np.array([[20.0, 0, 16], [0, 20.0, 16], [0, 0, 1]])[None], views, 0)
+            store.append_images(scene_id, rgb, pose, intrinsics, label_map=label_map,
+                                amodal_masks=(label_map == 1)[:, None])
+            store.set_scene_state(scene_id, "complete")
+
+
+def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
+    from cli import app
+
+    store, run = tmp_path / "views.zarr", tmp_path / "run"
+    make_views_store(store)
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "train", "mulmon", "--data", str(store), "--out", str(run), "--steps", "2", "--lds",
+        "--no-progress", "model.height=32", "model.width=32", "model.num_slots=3",
+        "model.num_iterations=2", "model.num_views=4", "optim.batch_size=2", "log.every=1",
+        "log.checkpoint_every=2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "to step 2" in result.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["viewpoint"] == "pose"      # "auto" resolved from the store: 9-D pose
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "nll", "kl", "query_nll", "lds", "grad_norm"} <= set(rows[0])
+    assert rows[0]["lds"] < 0
+
+    evaluated = runner.invoke(app, ["eval", str(run), "--data", str(store), "--no-progress"])
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    assert "MSE, query views" in evaluated.output   # the table has the query-view rows
+    data = json.loads((run / "eval" / "eval.json").read_text())
+    # 4 views per scene: 3 observed (at most eval_observed = 5, leaving one query) + 1 query
+    assert data["meta"]["views"] == {"observed": 6, "query": 2, "scenes": 2}
+    for name in ("mse", "miou", "ari", "sim"):
+        assert data["aggregates"][name]["n"] == 6
+        assert data["aggregates"][f"query_{name}"]["n"] == 2
+    assert sum(r["query_view"] for r in data["records"]) == 2
+
+    too_few = runner.invoke(app, [
+        "train", "mulmon", "--data", str(store), "--out", str(tmp_path / "r2"), "--steps", "1",
+        "--no-progress", "model.height=32", "model.width=32", "model.num_views=10"])
+    assert too_few.exit_code != 0 and "10 views" in str(too_few.exception)
