@@ -129,6 +129,33 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
     assert len({round(float(x), 3) for x in per_iteration}) > 6
 
 
+def test_fused_decoder_equals_the_plain_broadcast_decoder():
+    """The decoder skips the tiled grid and splits the head; it must be the same function."""
+    from torch.nn import functional as F
+
+    from lds.models.base import coordinate_grid
+
+    model = tiny_model()
+    decoder = model.decoder
+    z = torch.randn(5, 16, requires_grad=True)
+    means, logits = decoder(z)
+    pad = decoder.pad
+    grid = coordinate_grid(H + 2 * pad, W + 2 * pad)
+    h = torch.cat([z[:, :, None, None].expand(-1, -1, H + 2 * pad, W + 2 * pad),
+                   grid.expand(5, -1, -1, -1)], dim=1)
+    for conv in decoder.convs:
+        h = F.relu(conv(h))
+    plain = decoder.head(h)
+    assert torch.allclose(means, plain[:, :3], atol=1e-5)
+    assert torch.allclose(logits, plain[:, 3:], atol=1e-5)
+    grads = torch.autograd.grad((means.sin().sum() + logits.cos().sum()), [z, decoder.convs[0].weight])
+    plain_grads = torch.autograd.grad(plain[:, :3].sin().sum() + plain[:, 3:].cos().sum(),
+                                      [z, decoder.convs[0].weight])
+    for a, b in zip(grads, plain_grads):
+        # sums over thousands of pixels in float32: compare relative to the gradient's scale
+        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max())
+
+
 def test_iteration_and_view_weights_are_linear_and_normalised():
     for n in (1, 3, 5, 6):
         w = _normalised_linear_weights(n)

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
-from lds.models.base import SpatialBroadcastDecoder, conv_output_size, coordinate_grid
+from lds.models.base import conv_output_size, coordinate_grid
 from lds.prior import lds_prior
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -85,9 +85,8 @@ class MulMONConfig:
     # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
     lds_weight: float = 0.0
     lds_sigma: float = 0.1
-    # Speed only: NHWC convs and the decoder's fused broadcast (same function and parameters).
+    # Speed only: NHWC input for the refinement network's convs (the decoder is always NHWC).
     channels_last: bool = True
-    fused_broadcast: bool = True
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -122,6 +121,89 @@ class MulMONConfig:
         """Training: observed views are drawn from [lo, hi]; at least one view is a query."""
         hi = max(1, min(self.max_observed, num_views - 1))
         return min(self.min_observed, hi), hi
+
+
+class _BroadcastAddReLU(torch.autograd.Function):
+    """relu(shared + per_item[:, :, None, None]) -> channels-last (N, C, H, W).
+
+    The backward's two reductions (over space for ``per_item``, over the batch for ``shared``)
+    are matrix-vector products on the (N, H*W*C) rows of channels-last memory: BLAS instead of
+    strided reductions, which cost as much as a conv layer here.
+    """
+
+    @staticmethod
+    def forward(ctx, per_item: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        n, c = per_item.shape
+        out = torch.empty((n, c, *shared.shape[-2:]), dtype=shared.dtype, device=shared.device,
+                          memory_format=torch.channels_last)
+        torch.add(shared, per_item[:, :, None, None], out=out)
+        out.relu_()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        n, c, h, w = out.shape
+        grad = torch.ops.aten.threshold_backward(
+            grad.contiguous(memory_format=torch.channels_last), out, 0.0)
+        rows = grad.permute(0, 2, 3, 1).reshape(n, h * w, c)               # views, no copy
+        grad_item = grad_shared = None
+        if ctx.needs_input_grad[0]:
+            grad_item = torch.matmul(rows.new_ones(h * w), rows)           # (N, C)
+        if ctx.needs_input_grad[1]:
+            grad_shared = (rows.new_ones(n) @ rows.reshape(n, -1)).view(1, h, w, c).permute(0, 3, 1, 2)
+        return grad_item, grad_shared
+
+
+class BroadcastDecoder(nn.Module):
+    """MulMON's spatial broadcast decoder: z (N, D) -> RGB means (N, 3, H, W), mask logits (N, 1, H, W).
+
+    Tiled to (H+2L) x (W+2L) with 2 coordinate channels, L unpadded 3x3 convs (ReLU), 1x1 conv
+    to 4 channels (RGB unbounded + 1 mask logit). The first conv is computed without the tiled
+    grid (z's part is constant over space: one matmul with the kernel-summed weights; the
+    coordinates' part is identical for every slot and is computed once per forward pass by
+    :meth:`coordinate_features` from a fixed im2col of the grid). The head is two matmuls over
+    channels-last pixels, giving means and logits as separate tensors (no slicing, whose
+    backward would zero-fill and copy full-size gradients).
+    """
+
+    def __init__(self, latent_dim: int, height: int, width: int, channels=(32, 32, 32, 32)):
+        super().__init__()
+        self.latent_dim, self.height, self.width = latent_dim, height, width
+        self.pad = len(channels)
+        self.convs = nn.ModuleList()
+        in_ch = latent_dim + 2
+        for out_ch in channels:
+            self.convs.append(nn.Conv2d(in_ch, out_ch, 3))
+            in_ch = out_ch
+        self.head = nn.Conv2d(in_ch, 4, 1)
+        grid = coordinate_grid(height + 2 * self.pad, width + 2 * self.pad)
+        self.first_hw = (height + 2 * self.pad - 2, width + 2 * self.pad - 2)
+        self.register_buffer("coord_columns", F.unfold(grid, 3)[0], persistent=False)  # (18, P)
+
+    def coordinate_features(self) -> torch.Tensor:
+        """The coordinate channels' contribution to the first conv (+ bias): (1, C1, H', W')."""
+        first = self.convs[0]
+        weight = first.weight[:, self.latent_dim:].flatten(1)              # (C1, 2*9)
+        out = torch.addmm(first.bias[:, None], weight, self.coord_columns)
+        return out.view(1, -1, *self.first_hw)
+
+    def forward(self, z: torch.Tensor, coordinate_features: torch.Tensor | None = None):
+        if coordinate_features is None:
+            coordinate_features = self.coordinate_features()
+        weight_z = self.convs[0].weight[:, : self.latent_dim].sum(dim=(2, 3))  # (C1, D)
+        h = _BroadcastAddReLU.apply(z @ weight_z.t(), coordinate_features)
+        for conv in self.convs[1:]:
+            h = F.relu_(conv(h))
+        n, c = h.shape[:2]
+        pixels = h.permute(0, 2, 3, 1).reshape(-1, c)                        # NHWC rows: a view
+        weight, bias = self.head.weight.flatten(1), self.head.bias
+        means = torch.addmm(bias[:3], pixels, weight[:3].t())
+        logits = torch.addmm(bias[3:], pixels, weight[3:].t())
+        shape = (n, self.height, self.width)
+        return (means.view(*shape, 3).permute(0, 3, 1, 2),
+                logits.view(*shape, 1).permute(0, 3, 1, 2))
 
 
 def _standardize(t: torch.Tensor, start_dim: int) -> torch.Tensor:
@@ -199,8 +281,7 @@ class MulMON(nn.Module):
                                           nn.Linear(cfg.view_hidden, v_dim))
         self.projector = nn.Sequential(nn.Linear(d + v_dim, cfg.projector_hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.projector_hidden, d))
-        self.decoder = SpatialBroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels, 4,
-                                               cfg.fused_broadcast, cfg.channels_last)
+        self.decoder = BroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels)
         self.refine = RefinementNetwork(cfg)
         self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
         self.last_nonfinite: tuple[int, int] | None = None
@@ -211,7 +292,7 @@ class MulMON(nn.Module):
         """Rows of every image-shaped output field: scenes * views."""
         return int(batch["image"].shape[0] * batch["image"].shape[1])
 
-    def render(self, z: torch.Tensor, view_embedding: torch.Tensor):
+    def render(self, z: torch.Tensor, view_embedding: torch.Tensor, coordinate_features=None):
         """Slot latents (S, K, D) seen from N views (S, N, v_dim) -> means, log masks, logits.
 
         One decoder call over all S*N*K slot images. Returns (S, N, K, 3, H, W) RGB means
@@ -221,9 +302,9 @@ class MulMON(nn.Module):
         n = view_embedding.shape[1]
         zv = torch.cat([z[:, None].expand(s, n, k, d),
                         view_embedding[:, :, None].expand(s, n, k, view_embedding.shape[-1])], -1)
-        decoded = self.decoder(self.projector(zv).reshape(s * n * k, d))
-        decoded = decoded.view(s, n, k, 4, self.cfg.height, self.cfg.width)
-        means, logits = decoded[:, :, :, :3], decoded[:, :, :, 3:]
+        means, logits = self.decoder(self.projector(zv).reshape(s * n * k, d), coordinate_features)
+        hw = (self.cfg.height, self.cfg.width)
+        means, logits = means.view(s, n, k, 3, *hw), logits.view(s, n, k, 1, *hw)
         return means, F.log_softmax(logits, dim=2), logits
 
     def _log_components(self, image: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
@@ -296,6 +377,7 @@ class MulMON(nn.Module):
         if training and cfg.viewpoint_noise > 0:
             viewpoint = viewpoint + cfg.viewpoint_noise * torch.randn_like(viewpoint)
         view_embedding = self.view_encoder(viewpoint)                      # (S, V, v_dim)
+        coordinate_features = self.decoder.coordinate_features()           # once per forward
 
         lam = self.initial_posterior.expand(s, k, 2 * d)
         prior = lam
@@ -313,10 +395,10 @@ class MulMON(nn.Module):
                     lam = lam.detach().requires_grad_()
                 mean, logvar = lam.chunk(2, dim=-1)
                 z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
-                means, log_masks, logits = self.render(z, view_embedding[:, view: view + 1])
-                means, log_masks, logits = means[:, 0], log_masks[:, 0], logits[:, 0]
-                log_comp = self._log_components(x[:, None], means[:, None])[:, 0]
-                nll = self._nll(log_comp[:, None], log_masks[:, None])[:, 0]          # (S,)
+                means, log_masks, logits = (t.squeeze(1) for t in self.render(
+                    z, view_embedding[:, view: view + 1], coordinate_features))
+                log_comp = self._log_components(x[:, None], means[:, None]).squeeze(1)
+                nll = self._nll(log_comp[:, None], log_masks[:, None]).squeeze(1)     # (S,)
                 prior_mean, prior_logvar = prior.chunk(2, dim=-1)
                 kl = (_gaussian_log_prob(z, mean, logvar)
                       - _gaussian_log_prob(z, prior_mean, prior_logvar)).flatten(1).sum(1)
@@ -353,7 +435,8 @@ class MulMON(nn.Module):
         mean, logvar = lam.chunk(2, dim=-1)
         z_final = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
         if num_query:
-            q_means, q_log_masks, q_logits = self.render(z_final, view_embedding[:, num_observed:])
+            q_means, q_log_masks, q_logits = self.render(z_final, view_embedding[:, num_observed:],
+                                                         coordinate_features)
             q_log_comp = self._log_components(image[:, num_observed:], q_means)
             query_nll = self._nll(q_log_comp, q_log_masks).mean()
         else:
