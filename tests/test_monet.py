@@ -179,6 +179,8 @@ def test_config_errors_are_user_errors():
         MONetConfig(height=40, width=40)
     with pytest.raises(ConfigError, match="num_slots"):
         MONetConfig(num_slots=1)
+    with pytest.raises(ConfigError, match="encoder_channels"):
+        MONetConfig(height=16, width=16, unet_channels=(8, 8, 8))
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("slot-attention")
 

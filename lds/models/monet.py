@@ -88,6 +88,13 @@ class MONetConfig:
                 f"a {len(self.unet_channels)}-block U-Net needs image sides divisible by {factor}, "
                 f"got {self.height}x{self.width}; change model.unet_channels (5 blocks at 64x64)"
             )
+        side = min(self.height, self.width)
+        for _ in self.encoder_channels:             # 3x3, stride 2, no padding
+            side = (side - 3) // 2 + 1
+        if side < 1:
+            raise ConfigError(
+                f"{self.height}x{self.width} images are too small for {len(self.encoder_channels)} "
+                f"stride-2 encoder convs; use fewer model.encoder_channels")
         if min(self.sigma_bg, self.sigma_fg) <= 0:
             raise ConfigError("model.sigma_bg and model.sigma_fg must be positive")
         if self.lds_sigma <= 0:
