@@ -253,6 +253,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     meta = {"run": str(run), "data": str(Path(data).resolve()), "model": cfg.model.name,
             "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight, "sigma": cfg.lds.sigma},
             "num_images": len(records), "samples": num_samples, "seed": seed,
+            "max_images": max_images,
             "checkpoint_step": latest_checkpoint_step(run),
             "seconds": time.perf_counter() - started,
             "units": "nats per image", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -281,4 +282,41 @@ def load_gap(run: str | Path) -> dict | None:
 __all__ = ["GaussianPosterior", "GapAdapter", "GAP_ADAPTERS", "register_gap_adapter",
            "adapter_for", "importance_weights", "gap_from_log_weights", "estimate_gap",
            "MONetGapAdapter", "gap_for_run", "load_gap", "GAP_DIR", "GAP_FILE",
-           "diagonal_gaussian_log_density", "standard_normal_log_density"]
+           "diagonal_gaussian_log_density", "standard_normal_log_density", "gap_difference"]
+
+
+def gap_difference(control_gap: dict, lds_gap: dict, control_records: list[dict] | None = None,
+                   lds_records: list[dict] | None = None) -> dict:
+    """Table 2 for one control/LDS pair, images joined on ``image_index``.
+
+    dG = G(control) - G(LDS) per image (positive: LDS narrowed the gap); with the two runs'
+    evaluation records also dMSE = MSE(control) - MSE(LDS) and dmIoU = mIoU(LDS) - mIoU(control)
+    (both positive when LDS is better) and the Pearson correlations of dG with each.
+    """
+    from scipy.stats import pearsonr
+
+    control = {r["image_index"]: r for r in control_gap["records"]}
+    lds = {r["image_index"]: r for r in lds_gap["records"]}
+    shared = sorted(set(control) & set(lds))
+    dg = np.array([control[i]["gap"] - lds[i]["gap"] for i in shared], dtype=np.float64)
+    out: dict[str, Any] = {"image_index": shared, "dG": dg.tolist(), "n": len(shared),
+                           "mean_dG": float(dg.mean()) if len(dg) else None,
+                           "stderr_dG": float(dg.std(ddof=1) / math.sqrt(len(dg))) if len(dg) > 1 else None}
+    if control_records is None or lds_records is None:
+        return out
+    c_eval = {r["image_index"]: r for r in control_records}
+    l_eval = {r["image_index"]: r for r in lds_records}
+    for key, metric, sign in (("dMSE", "mse", -1.0), ("dmIoU", "miou", 1.0)):
+        values = []
+        for i in shared:
+            a, b = c_eval.get(i, {}).get(metric), l_eval.get(i, {}).get(metric)
+            values.append(np.nan if a is None or b is None else sign * (b - a))
+        values = np.array(values, dtype=np.float64)
+        out[key] = values.tolist()
+        ok = np.isfinite(values) & np.isfinite(dg)
+        r = p = None
+        if ok.sum() > 2 and np.std(values[ok]) > 0 and np.std(dg[ok]) > 0:
+            r, p = (float(v) for v in pearsonr(dg[ok], values[ok]))
+        out[f"pearson_dG_{key}"] = r
+        out[f"pearson_p_dG_{key}"] = p
+    return out

@@ -109,14 +109,15 @@ class StageLog:
         self.echo(f"{run.run_id}: {stage} done in {seconds:.0f} s")
 
 
-def _eval_file_current(path: Path, steps: int) -> bool:
+def _eval_file_current(path: Path, steps: int, **settings) -> bool:
+    """The file exists, was made from the final checkpoint and with the same settings."""
     if not path.is_file():
         return False
     try:
         meta = json.loads(path.read_text()).get("meta", {})
     except json.JSONDecodeError:
         return False
-    return meta.get("checkpoint_step") == steps
+    return meta.get("checkpoint_step") == steps and all(meta.get(k) == v for k, v in settings.items())
 
 
 def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: bool = True,
@@ -156,7 +157,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         variants += [(f"eval_K{k}", int(k)) for k in spec.ablations.test_k]
     for stage, num_slots in variants:
         path = run_dir / "eval" / f"{stage}.json"
-        if _eval_file_current(path, steps):
+        if _eval_file_current(path, steps, max_images=spec.eval.max_images):
             happened[stage] = "skipped"
             continue
         dataset = dataset or ImageDataset(store)
@@ -166,7 +167,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
                 "model": cfg.model.name, "num_slots": cfg.model.num_slots,
                 "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight,
                         "sigma": cfg.lds.sigma},
-                "checkpoint_step": steps, "seed": cfg.seed}
+                "checkpoint_step": steps, "seed": cfg.seed, "max_images": spec.eval.max_images}
         result = evaluate(model, dataset, batch_size=spec.eval.batch_size, device=spec.device,
                           max_images=spec.eval.max_images, progress=progress, config=metrics,
                           meta=meta)
@@ -178,7 +179,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         from lds.gap import GAP_DIR, GAP_FILE, gap_for_run
 
         path = run_dir / GAP_DIR / GAP_FILE
-        if _eval_file_current(path, steps):
+        if _eval_file_current(path, steps, samples=spec.gap.samples, max_images=spec.gap.max_images):
             happened["gap"] = "skipped"
         else:
             started = time.perf_counter()

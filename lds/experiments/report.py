@@ -1,0 +1,503 @@
+"""`ldsrig experiment report DIR`: the paper's tables and figures from a study directory.
+
+Writes to DIR/report/ (or --out):
+    report.md / report.html     Table 1, Figure 3, Table 2, Figure 2 grids, ablations; the HTML
+                                is self-contained (every figure embedded as a base64 PNG)
+    *.png                       the figures
+    summary.json                every number in the tables
+
+Conventions. Table 1: per (model, store, group) the mean +- sample std (ddof=1) over seeds of
+each run's mean over evaluation images; the better group per metric is bold. dSim per seed is
+Sim(control, seed s) - Sim(LDS, seed s). Duplicate percentages are the share of evaluation images
+with at least one duplicate (GT-based and GT-free, lds.evaluation). Table 2 pools the per-image
+dG over seeds (images joined on image_index within a seed pair). Missing runs or files leave a
+cell empty ("-") and are listed under "Missing", so a half-finished study still reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import UserError
+from lds.experiments.runner import RUNS_DIR, run_dir_of, study_spec
+from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
+
+TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "active_slots"]
+LABELS = {"mse": "MSE", "miou": "mIoU", "miou_greedy": "mIoU (greedy)", "ari": "ARI",
+          "fg_ari": "FG-ARI", "sim": "Sim", "dup_gt": "dup. GT (%)", "dup_nogt": "dup. no-GT (%)",
+          "active_slots": "active slots", "dup_pairs": "dup. pairs"}
+PERCENT = {"dup_gt", "dup_nogt"}
+
+
+@dataclass
+class RunResult:
+    run: RunSpec
+    eval: dict | None = None                                    # eval.json contents
+    eval_k: dict[int, dict] = field(default_factory=dict)       # test K -> eval json
+    gap: dict | None = None
+
+    def mean(self, metric: str, test_k: int | None = None) -> float:
+        data = self.eval if test_k is None else self.eval_k.get(test_k)
+        if data is None:
+            return math.nan
+        value = data["aggregates"].get(metric, {}).get("mean")
+        return math.nan if value is None else float(value)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def collect(study_dir: Path, spec: ExperimentSpec) -> list[RunResult]:
+    results = []
+    for run in expand_runs(spec):
+        run_dir = run_dir_of(study_dir, run)
+        result = RunResult(run, _read_json(run_dir / "eval" / "eval.json"))
+        for k in spec.ablations.test_k:
+            data = _read_json(run_dir / "eval" / f"eval_K{k}.json")
+            if data is not None:
+                result.eval_k[int(k)] = data
+        result.gap = _read_json(run_dir / "gap" / "gap.json")
+        results.append(result)
+    return results
+
+
+def _fmt(metric: str, value: float, digits: int | None = None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if metric in PERCENT:
+        return f"{100 * value:.1f}"
+    if metric == "mse":
+        return f"{value:.5f}"
+    return f"{value:.{digits or 3}f}"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    arr = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan, 0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
+
+
+def _higher_is_better(metric: str) -> bool | None:
+    from lds.metrics import HIGHER_IS_BETTER
+
+    return HIGHER_IS_BETTER.get(metric)
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+class Report:
+    """Accumulates Markdown and HTML side by side, and the figure files."""
+
+    def __init__(self, out_dir: Path, title: str):
+        self.out_dir = out_dir
+        self.md: list[str] = [f"# {title}", ""]
+        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.files: list[Path] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def paragraph(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[str]], bold: set[tuple[int, int]] = frozenset()) -> None:
+        def cell_md(i, j, v):
+            return f"**{v}**" if (i, j) in bold else v
+
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "|".join("---" for _ in header) + "|")
+        for i, row in enumerate(rows):
+            self.md.append("| " + " | ".join(cell_md(i, j, v) for j, v in enumerate(row)) + " |")
+        self.md.append("")
+        parts = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        for i, row in enumerate(rows):
+            cells = []
+            for j, v in enumerate(row):
+                text = html.escape(v)
+                cells.append(f"<td><b>{text}</b></td>" if (i, j) in bold else f"<td>{text}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+        self.html.append("".join(parts))
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        path = self.out_dir / name
+        path.write_bytes(png)
+        self.files.append(path)
+        self.md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+        data = base64.b64encode(png).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def write(self) -> list[Path]:
+        md_path = self.out_dir / "report.md"
+        md_path.write_text("\n".join(self.md))
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
+                 "padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}"
+                 "figcaption{font-size:90%;color:#444}")
+        html_path = self.out_dir / "report.html"
+        html_path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>report</title>"
+                             f"<style>{style}</style></head><body>" + "\n".join(self.html)
+                             + "</body></html>")
+        return [md_path, html_path, *self.files]
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+def _main_pairs(results: list[RunResult], spec: ExperimentSpec):
+    """{(model, store): {seed: (control RunResult, lds RunResult)}} of the main runs."""
+    pairs: dict[tuple[str, str], dict[int, list]] = {}
+    for r in results:
+        if not r.run.is_main:
+            continue
+        slot = pairs.setdefault((r.run.model, r.run.store), {}).setdefault(r.run.seed, [None, None])
+        slot[1 if r.run.lds else 0] = r
+    return pairs
+
+
+def table1(report: Report, results, spec, summary) -> None:
+    report.heading("Table 1: control vs LDS (mean ± std over seeds)")
+    pairs = _main_pairs(results, spec)
+    header = ["model", "store", "group", "seeds"] + [LABELS[m] for m in TABLE1_METRICS]
+    rows, bold = [], set()
+    summary["table1"] = {}
+    for (model, store), seeds in pairs.items():
+        stats = {}
+        for g, name in ((0, "control"), (1, "lds")):
+            runs = [pair[g] for pair in seeds.values() if pair[g] is not None and pair[g].eval]
+            stats[name] = {m: _mean_std([r.mean(m) for r in runs]) for m in TABLE1_METRICS}
+        for g, name in ((0, "control"), (1, "lds")):
+            row = [model, store, name, str(stats[name]["mse"][2])]
+            for j, m in enumerate(TABLE1_METRICS):
+                mean, std, _ = stats[name][m]
+                row.append("-" if not math.isfinite(mean) else
+                           f"{_fmt(m, mean)} ± {_fmt(m, std)}")
+                other = stats["lds" if name == "control" else "control"][m][0]
+                hib = _higher_is_better(m)
+                if hib is not None and math.isfinite(mean) and math.isfinite(other) and mean != other:
+                    if (mean > other) == hib:
+                        bold.add((len(rows), 4 + j))
+            rows.append(row)
+        summary["table1"][f"{model}/{store}"] = {
+            name: {m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in s.items()}
+            for name, s in stats.items()}
+    report.table(header, rows, bold)
+    report.paragraph("Bold: the better group for that metric (lower MSE, Sim and duplicate rates; "
+                     "higher mIoU, ARI, FG-ARI). Duplicate rates are percentages of images with at "
+                     "least one duplicate.")
+
+
+def figure3(report: Report, results, spec, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report.heading("Figure 3: dSim and duplicate percentages")
+    pairs = _main_pairs(results, spec)
+    names, dsim_mean, dsim_std, dup = [], [], [], {}
+    summary["figure3"] = {}
+    for (model, store), seeds in pairs.items():
+        key = f"{model}/{store}"
+        dsims = [c.mean("sim") - l.mean("sim") for c, l in seeds.values()
+                 if c is not None and l is not None and c.eval and l.eval]
+        m, s, n = _mean_std(dsims)
+        names.append(key)
+        dsim_mean.append(m)
+        dsim_std.append(0.0 if not math.isfinite(s) else s)
+        dup[key] = {}
+        for metric in ("dup_gt", "dup_nogt"):
+            for g, name in ((0, "control"), (1, "lds")):
+                vals = [pair[g].mean(metric) for pair in seeds.values() if pair[g] and pair[g].eval]
+                dup[key][f"{metric}/{name}"] = _mean_std(vals)
+        summary["figure3"][key] = {"dSim": {"mean": m, "std": s, "n": n, "per_seed": dsims},
+                                   **{k: {"mean": v[0], "std": v[1]} for k, v in dup[key].items()}}
+    if not names:
+        report.paragraph("No finished control/LDS pair yet.")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(names))
+    axes[0].bar(x, dsim_mean, yerr=dsim_std, color="#3a7dc9", capsize=4)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_xticks(x, names, rotation=15, fontsize=8)
+    axes[0].set_ylabel("dSim = Sim(control) - Sim(LDS)")
+    axes[0].set_title("slot similarity drop")
+    width = 0.2
+    colours = {"dup_gt/control": "#bbbbbb", "dup_gt/lds": "#d9534f",
+               "dup_nogt/control": "#888888", "dup_nogt/lds": "#f0ad4e"}
+    for i, (label, colour) in enumerate(colours.items()):
+        vals = [100 * dup[n][label][0] for n in names]
+        errs = [0.0 if not math.isfinite(dup[n][label][1]) else 100 * dup[n][label][1] for n in names]
+        axes[1].bar(x + (i - 1.5) * width, vals, width, yerr=errs, color=colour, capsize=3,
+                    label=label.replace("dup_gt", "GT").replace("dup_nogt", "no GT"))
+    axes[1].set_xticks(x, names, rotation=15, fontsize=8)
+    axes[1].set_ylabel("images with duplicates (%)")
+    axes[1].set_title("duplicates")
+    axes[1].legend(fontsize=7)
+    report.figure("figure3.png", _png(fig), "Figure 3: dSim per model (mean ± std over seeds, "
+                  "positive: LDS made slots less similar) and duplicate percentages")
+    rows = [[n, _fmt("sim", dsim_mean[i]) + " ± " + _fmt("sim", dsim_std[i])] +
+            [_fmt("dup_gt", dup[n][k][0]) for k in colours] for i, n in enumerate(names)]
+    report.table(["model/store", "dSim"] + [k.replace("dup_gt", "dup GT %").replace("dup_nogt", "dup no-GT %")
+                                            for k in colours], rows)
+
+
+def table2(report: Report, results, spec, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import pearsonr
+
+    from lds.gap import gap_difference
+
+    report.heading("Table 2: inference gap drop dG and its correlations")
+    pairs = _main_pairs(results, spec)
+    rows, summary["table2"] = [], {}
+    scatter = {}
+    for (model, store), seeds in pairs.items():
+        dg, dmse, dmiou, gap_c, gap_l = [], [], [], [], []
+        for c, l in seeds.values():
+            if not (c and l and c.gap and l.gap):
+                continue
+            diff = gap_difference(c.gap, l.gap, (c.eval or {}).get("records"),
+                                  (l.eval or {}).get("records"))
+            dg += diff["dG"]
+            dmse += diff.get("dMSE", [])
+            dmiou += diff.get("dmIoU", [])
+            gap_c.append(c.gap["aggregates"]["gap"]["mean"])
+            gap_l.append(l.gap["aggregates"]["gap"]["mean"])
+        if not dg:
+            continue
+        dg_arr, key = np.array(dg), f"{model}/{store}"
+
+        def corr(values):
+            v = np.array(values, dtype=np.float64)
+            ok = np.isfinite(v)
+            if len(v) != len(dg_arr) or ok.sum() < 3 or np.std(v[ok]) == 0:
+                return None, None
+            r, p = pearsonr(dg_arr[ok], v[ok])
+            return float(r), float(p)
+
+        r_mse, p_mse = corr(dmse)
+        r_miou, p_miou = corr(dmiou)
+        samples = {(c or l).gap["meta"]["samples"] for c, l in seeds.values() if c and c.gap}
+        summary["table2"][key] = {"mean_dG": float(dg_arr.mean()), "n": len(dg),
+                                  "G_control": float(np.mean(gap_c)), "G_lds": float(np.mean(gap_l)),
+                                  "pearson_dG_dMSE": r_mse, "p_dMSE": p_mse,
+                                  "pearson_dG_dmIoU": r_miou, "p_dmIoU": p_miou,
+                                  "samples": sorted(samples)}
+        rows.append([key, f"{np.mean(gap_c):.2f}", f"{np.mean(gap_l):.2f}",
+                     f"{dg_arr.mean():.3f} ± {dg_arr.std(ddof=1) / math.sqrt(len(dg)):.3f}",
+                     "-" if r_mse is None else f"{r_mse:.3f} (p={p_mse:.2g})",
+                     "-" if r_miou is None else f"{r_miou:.3f} (p={p_miou:.2g})", str(len(dg))])
+        scatter[key] = (dg_arr, np.array(dmse), np.array(dmiou))
+    if not rows:
+        report.paragraph("No gap results (enable `gap` in the spec and rerun `ldsrig experiment run`).")
+        return
+    report.table(["model/store", "G control", "G LDS", "mean dG ± s.e.", "r(dG, dMSE)",
+                  "r(dG, dmIoU)", "images"], rows)
+    report.paragraph("G = log p(x) - ELBO in nats per image (log p(x) importance-weighted). "
+                     "dG = G(control) - G(LDS) per image (positive: LDS narrowed the gap); "
+                     "dMSE = MSE(control) - MSE(LDS), dmIoU = mIoU(LDS) - mIoU(control) "
+                     "(positive: LDS better). Images pooled over seeds.")
+    fig, axes = plt.subplots(len(scatter), 2, figsize=(10, 3.6 * len(scatter)), squeeze=False)
+    for row, (key, (dg_arr, dmse, dmiou)) in enumerate(scatter.items()):
+        for col, (values, label) in enumerate(((dmse, "dMSE"), (dmiou, "dmIoU"))):
+            ax = axes[row, col]
+            if len(values) == len(dg_arr):
+                ax.scatter(values, dg_arr, s=8, alpha=0.6)
+            ax.axhline(dg_arr.mean(), color="r", lw=1, label=f"mean dG {dg_arr.mean():.2f}")
+            ax.set_xlabel(label)
+            ax.set_ylabel("dG (nats)")
+            ax.set_title(key, fontsize=9)
+            ax.legend(fontsize=7)
+    report.figure("table2_scatter.png", _png(fig), "Table 2 scatter: per-image dG against the "
+                  "per-image MSE and mIoU differences; red line: mean dG")
+
+
+def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> None:
+    import torch
+
+    from datasets.torch_data import ImageDataset
+    from lds.figures import figure2
+    from lds.training.runs import load_run
+
+    report.heading("Figure 2: qualitative grids (first seed; control above LDS)")
+    pairs = _main_pairs(results, spec)
+    drew = False
+    for (model, store), seeds in pairs.items():
+        seed = min(seeds)
+        c, l = seeds[seed]
+        if not (c and l and c.eval and l.eval):
+            continue
+        dataset = ImageDataset(spec.stores[store].eval)
+        count = min(spec.figures.num_examples, len(dataset))
+        limit = spec.eval.max_images or len(dataset)
+        chosen = np.unique(np.linspace(0, min(limit, len(dataset)) - 1, num=count).round())
+        images = torch.stack([dataset[int(i)]["image"] for i in chosen])
+        models = {}
+        for name, r in (("control", c), ("LDS", l)):
+            models[f"{model} {name}"] = load_run(run_dir_of(study_dir, r.run))[0]
+        name = f"figure2_{model}_{store}.png"
+        path = report.out_dir / name
+        figure2(models, images, path)
+        report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): Obs | "
+                      "Rec | each component alone | Seg; control rows above LDS rows")
+        drew = True
+    if not drew:
+        report.paragraph("No finished control/LDS pair to draw.")
+
+
+def ablations(report: Report, results, spec, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["sim", "dup_gt", "dup_nogt", "mse", "miou"]
+    first = spec.seeds[0]
+    summary["ablations"] = {}
+    if spec.ablations.sigma:
+        report.heading("Ablation: the prior's sigma (first seed)")
+        for model in spec.models:
+            for store in spec.stores:
+                points = []
+                for r in results:
+                    rr = r.run
+                    if (rr.model, rr.store, rr.seed) != (model, store, first) or rr.num_slots is not None:
+                        continue
+                    if not r.eval:
+                        continue
+                    if rr.lds:
+                        points.append((rr.sigma if rr.sigma is not None else spec.lds.sigma, r))
+                control = next((r for r in results if r.run.is_main and not r.run.lds and
+                                (r.run.model, r.run.store, r.run.seed) == (model, store, first)
+                                and r.eval), None)
+                points.sort(key=lambda p: p[0])
+                if not points:
+                    continue
+                rows = [["control (no LDS)"] + [_fmt(m, control.mean(m)) for m in metrics]] if control else []
+                rows += [[f"sigma = {s:g}"] + [_fmt(m, r.mean(m)) for m in metrics] for s, r in points]
+                report.paragraph(f"{model} on {store}:")
+                report.table(["setting"] + [LABELS[m] for m in metrics], rows)
+                summary["ablations"][f"sigma/{model}/{store}"] = {
+                    f"{s:g}": {m: r.mean(m) for m in metrics} for s, r in points}
+                if len(points) > 1:
+                    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+                    sig = [p[0] for p in points]
+                    for ax, m in zip(axes, ("sim", "dup_nogt", "miou")):
+                        ax.plot(sig, [p[1].mean(m) for p in points], "o-", label="LDS")
+                        if control:
+                            ax.axhline(control.mean(m), color="gray", ls="--", label="control")
+                        ax.set_xscale("log")
+                        ax.set_xlabel("sigma")
+                        ax.set_title(LABELS[m])
+                        ax.legend(fontsize=7)
+                    report.figure(f"ablation_sigma_{model}_{store}.png", _png(fig),
+                                  f"sigma sweep ({model}, {store}, seed {first})")
+    if spec.ablations.test_k or spec.ablations.train_k:
+        report.heading("Ablation: K at training time vs K at test time (first seed)")
+        report.paragraph("Each row is a trained model (its training K); each column evaluates the "
+                         "same weights built with another number of slots (MONet's weights do not "
+                         "depend on K).")
+        for model in spec.models:
+            for store in spec.stores:
+                for lds in (False, True):
+                    runs = [r for r in results if r.run.sigma is None and r.run.lds == lds and
+                            (r.run.model, r.run.store, r.run.seed) == (model, store, first) and r.eval]
+                    if not runs:
+                        continue
+                    grid = {}
+                    for r in runs:
+                        train_k = r.run.num_slots or int(r.eval["meta"].get("num_slots") or 0)
+                        grid[train_k] = {train_k: r}
+                        for k, data in r.eval_k.items():
+                            grid[train_k][k] = RunResult(r.run, data)
+                    test_ks = sorted({k for row in grid.values() for k in row})
+                    for metric in ("miou", "dup_nogt", "sim"):
+                        rows = [[f"train K={tk}"] + [_fmt(metric, grid[tk][k].mean(metric))
+                                                     if k in grid[tk] else "-" for k in test_ks]
+                                for tk in sorted(grid)]
+                        report.paragraph(f"{model} {'LDS' if lds else 'control'} on {store}: "
+                                         f"{LABELS[metric]}")
+                        report.table(["trained \\ tested"] + [f"K={k}" for k in test_ks], rows)
+                        summary["ablations"][f"K/{model}/{store}/{'lds' if lds else 'control'}/{metric}"] = {
+                            str(tk): {str(k): grid[tk][k].mean(metric) for k in grid[tk]} for tk in grid}
+
+
+def build_report(study_dir: str | Path, out: str | Path | None = None,
+                 draw_grids: bool = True) -> list[Path]:
+    """Read every run's eval/gap files and write report.md, report.html, PNGs, summary.json."""
+    study_dir = Path(study_dir)
+    if not (study_dir / RUNS_DIR).is_dir():
+        raise UserError(f"{study_dir} holds no runs (run `ldsrig experiment run SPEC --out {study_dir}`)")
+    spec = study_spec(study_dir)
+    out_dir = Path(out) if out is not None else study_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = collect(study_dir, spec)
+    report = Report(out_dir, f"Experiment report: {spec.name}")
+    finished = [r for r in results if r.eval]
+    report.paragraph(f"{len(finished)} of {len(results)} runs evaluated; {spec.train.steps} "
+                     f"training steps per run; seeds {spec.seeds}; LDS weight {spec.lds.weight}, "
+                     f"sigma {spec.lds.sigma}; evaluation on the first "
+                     f"{spec.eval.max_images or 'all'} images of each store's eval split.")
+    summary: dict[str, Any] = {"spec": spec.name, "runs": len(results), "evaluated": len(finished)}
+    table1(report, results, spec, summary)
+    figure3(report, results, spec, summary)
+    table2(report, results, spec, summary)
+    if draw_grids:
+        figure2_grids(report, results, spec, study_dir, summary)
+    ablations(report, results, spec, summary)
+    missing = [r.run.run_id for r in results if not r.eval]
+    if missing:
+        report.heading("Missing")
+        report.paragraph("Not evaluated yet: " + ", ".join(missing))
+    summary["missing"] = missing
+    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=1, allow_nan=False,
+                                                     default=_json_default))
+    return report.write() + [out_dir / "summary.json"]
+
+
+def _clean(value):
+    """NaN/inf -> null (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(type(value))

@@ -1,0 +1,142 @@
+"""Experiment specs, the resumable study runner and the report, end to end on tiny runs."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lds.experiments.runner import is_finished, load_run_with_slots, run_dir_of
+from lds.experiments.spec import (RunSpec, SpecError, expand_runs, load_spec, parse_slice,
+                                  select_slice)
+from tests.test_eval_cli import make_store
+
+TINY_MODEL = ["model.height=16", "model.width=16", "model.num_slots=3", "model.latent_dim=4",
+              "model.unet_channels=[8,8,8]", "model.unet_mlp_hidden=16",
+              "model.encoder_channels=[8,8]", "model.encoder_hidden=16",
+              "model.decoder_channels=[8,8]"]
+
+
+def write_spec(path, store, **extra):
+    spec = {"name": "tiny", "stores": {"toy": {"train": str(store)}},
+            "models": {"monet": TINY_MODEL}, "seeds": [0],
+            "train": {"steps": 2, "overrides": ["optim.batch_size=2", "log.every=1",
+                                                "log.checkpoint_every=1", "log.tensorboard=false"]},
+            "eval": {"batch_size": 4},
+            "gap": {"enabled": True, "samples": 8, "max_images": 3, "chunk": 4, "batch_size": 2},
+            "figures": {"num_examples": 2},
+            "ablations": {"test_k": [2, 4]}}
+    spec.update(extra)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_spec_expands_to_main_runs_then_ablations(tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", tmp_path / "store", seeds=[0, 1],
+                           ablations={"sigma": [0.1, 0.3], "train_k": [5], "test_k": []})
+    spec = load_spec(spec_path)
+    runs = expand_runs(spec)
+    assert [r.run_id for r in runs] == [
+        "monet__toy__control__seed0", "monet__toy__lds__seed0",
+        "monet__toy__control__seed1", "monet__toy__lds__seed1",
+        "monet__toy__lds-sigma0.3__seed0",          # sigma 0.1 is the main LDS run already
+        "monet__toy__control-K5__seed0", "monet__toy__lds-K5__seed0"]
+    assert spec.stores["toy"].eval == spec.stores["toy"].train == str(tmp_path / "store")
+    assert parse_slice("1/3") == (1, 3)
+    slices = [select_slice(runs, i, 3) for i in range(3)]
+    assert sorted(r.run_id for s in slices for r in s) == sorted(r.run_id for r in runs)
+    assert all(not (set(a) & set(b)) for a in slices for b in slices if a is not b)
+
+
+def test_bad_specs_are_user_errors(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="unknown model"):
+        load_spec(write_spec(tmp_path / "a.yaml", "s", models={"vae9000": []}))
+    with pytest.raises(SpecError, match="unknown config key"):
+        load_spec(write_spec(tmp_path / "b.yaml", "s", trian={"steps": 3}))
+    with pytest.raises(SpecError, match="slice"):
+        parse_slice("3/2")
+
+
+def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
+    from cli import app
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    spec_path = write_spec(tmp_path / "spec.yaml", store)
+    study = tmp_path / "study"
+    runner = CliRunner()
+
+    # A half-finished study: only slice 0 of 2 (the control run) has been run.
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--slice", "0/2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(spec_path)
+    control, lds = expand_runs(spec)
+    assert is_finished(run_dir_of(study, control), 2)
+    assert not run_dir_of(study, lds).exists()
+    checkpoint = run_dir_of(study, control) / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+
+    # The whole study: the finished control run is not retrained, the LDS run is trained.
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 trained now, 1 already trained" in result.output
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == before
+    rows = [json.loads(line) for line in (study / "status.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows if r["run"] == control.run_id].count("train") == 1
+    assert is_finished(run_dir_of(study, lds), 2)
+    for run in (control, lds):
+        run_dir = run_dir_of(study, run)
+        for name in ("eval.json", "eval_K2.json", "eval_K4.json"):
+            assert (run_dir / "eval" / name).is_file()
+        gap = json.loads((run_dir / "gap" / "gap.json").read_text())
+        assert gap["meta"]["num_images"] == 3 and all(r["gap"] >= 0 for r in gap["records"])
+    lds_eval = json.loads((run_dir_of(study, lds) / "eval" / "eval.json").read_text())
+    assert lds_eval["meta"]["lds"]["enabled"] is True and lds_eval["meta"]["num_slots"] == 3
+    assert json.loads((run_dir_of(study, lds) / "eval" / "eval_K4.json").read_text())["meta"]["num_slots"] == 4
+
+    # A third run does nothing at all.
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--no-progress"])
+    assert result.exit_code == 0 and "0 trained now, 2 already trained" in result.output
+    assert len((study / "status.jsonl").read_text().splitlines()) == len(rows)
+
+    # The report: tables, figures embedded in the HTML, summary numbers.
+    result = runner.invoke(app, ["experiment", "report", str(study)])
+    assert result.exit_code == 0, result.output
+    report_dir = study / "report"
+    md = (report_dir / "report.md").read_text()
+    for heading in ("Table 1", "Figure 3", "Table 2", "Figure 2", "K at training time"):
+        assert heading in md
+    html = (report_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
+    summary = json.loads((report_dir / "summary.json").read_text())
+    table1 = summary["table1"]["monet/toy"]
+    assert table1["control"]["mse"]["n"] == 1 and 0 <= table1["lds"]["miou"]["mean"] <= 1
+    assert summary["table2"]["monet/toy"]["n"] == 3
+    dsim = summary["figure3"]["monet/toy"]["dSim"]["mean"]
+    assert dsim == pytest.approx(table1["control"]["sim"]["mean"] - table1["lds"]["sim"]["mean"])
+    assert (report_dir / "figure3.png").stat().st_size > 1000
+
+
+def test_run_dir_without_checkpoint_restarts_and_other_k_loads_same_weights(tmp_path):
+    from lds.experiments.runner import execute_run
+
+    store = tmp_path / "store"
+    make_store(store, scenes=1)
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", store, gap={"enabled": False},
+                                ablations={}))
+    run = RunSpec("monet", "toy", 0, lds=True)
+    run_dir = run_dir_of(tmp_path / "study", run)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("left: by a run killed before its first checkpoint\n")
+    happened = execute_run(spec, run, tmp_path / "study", progress=False)
+    assert happened == {"train": "done", "eval": "done"}
+    model3, _ = load_run_with_slots(run_dir)
+    model6, cfg6 = load_run_with_slots(run_dir, 6)
+    assert model6.num_slots == 6 and cfg6.model.num_slots == 6
+    for (name, a), (_, b) in zip(model3.state_dict().items(), model6.state_dict().items()):
+        assert a.shape == b.shape and bool((a == b).all()), name
