@@ -24,6 +24,7 @@ from rich.console import Console
 
 from common.config import load_config
 from common.errors import UserError
+from lds import distributed
 from lds.evaluation import EvalResult, comparison_table, compare, evaluate, print_result
 from lds.metrics import MetricsConfig
 
@@ -77,7 +78,18 @@ def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int
                  max_images: int | None = None, device: str = "cpu", figure: int = 0,
                  metric_overrides: list[str] | None = None, progress: bool = True,
                  console: Console | None = None) -> EvalResult:
-    """Evaluate the run's latest checkpoint on ``data``; write eval.json (and figure2.png)."""
+    """Evaluate the run's latest checkpoint on ``data``; write eval.json (and figure2.png).
+
+    Under torchrun the images are sharded over the ranks and gathered; rank 0 writes the files.
+    """
+    with distributed.session(device):
+        return _evaluate_run(run, data, out, batch_size, max_images,
+                             str(distributed.local_device(device)), figure, metric_overrides,
+                             progress, console)
+
+
+def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric_overrides,
+                  progress, console) -> EvalResult:
     console = console or Console()
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
@@ -90,6 +102,8 @@ def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int
     result = evaluate(model, dataset, batch_size=batch_size, device=device, max_images=max_images,
                       progress=progress, config=config, meta=_run_meta(run, train_cfg, data))
     out = Path(out) if out is not None else run / EVAL_DIR / EVAL_FILE
+    if not distributed.is_main():      # every rank holds the gathered result; rank 0 writes it
+        return result
     result.save(out)
     print_result(result, console, title=f"{run.name}: {result.meta['num_images']} images")
     console.print(f"wrote {out}")
@@ -170,10 +184,18 @@ def compare_command(
                       f"({control.meta.get('data')}, {control.meta.get('num_images')} images vs "
                       f"{lds.meta.get('data')}, {lds.meta.get('num_images')} images)[/]")
     console.print(comparison_table(control, lds, Path(run_control).name, Path(run_lds).name))
+    # Table 2 when both runs have RUN/gap/gap.json (`ldsrig gap`): dG per image and correlations.
+    from lds.gap import gap_difference, gap_table, load_gap
+
+    gaps = load_gap(run_control), load_gap(run_lds)
+    gap_rows = None
+    if all(gaps):
+        gap_rows = gap_difference(gaps[0], gaps[1], control.records, lds.records)
+        console.print(gap_table(gap_rows))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"control": str(run_control), "lds": str(run_lds),
-                                         "rows": compare(control, lds)}, indent=1))
+                                         "rows": compare(control, lds), "gap": gap_rows}, indent=1))
         console.print(f"wrote {out}")
     if figure > 0:
         if data is None:

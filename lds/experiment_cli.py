@@ -1,6 +1,6 @@
 """`ldsrig experiment run|report|list` and `ldsrig gap` (mounted by root cli.py).
 
-    ldsrig experiment run SPEC.yaml --out DIR [--slice i/n] [key=value ...]
+    ldsrig experiment run SPEC.yaml --out DIR [--slice i/n] [--only GLOB] [key=value ...]
     ldsrig experiment list SPEC.yaml [--out DIR] [--slice i/n]
     ldsrig experiment report DIR [--out REPORT_DIR]
     ldsrig gap RUN --data STORE [--samples 500] [--max-images 64] [--chunk 50]
@@ -22,6 +22,7 @@ def run_command(
     spec_path: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     out: Path = typer.Option(..., "--out", help="Study directory (created; rerun to resume)."),
     slice_: Optional[str] = typer.Option(None, "--slice", help="Run only slice i of n (i/n, 0-based), e.g. 0/2."),
+    only: Optional[str] = typer.Option(None, "--only", help="Only runs whose id matches this glob, e.g. '*__seed0' or '*__lds__*'."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: the runs' own setting)."),
     show_progress: bool = typer.Option(True, "--progress/--no-progress"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Spec overrides, e.g. gap.enabled=true train.steps=200."),
@@ -32,7 +33,7 @@ def run_command(
 
     spec = load_spec(spec_path, list(overrides or []))
     done = run_study(spec, out, parse_slice(slice_), progress=show_progress, echo=typer.echo,
-                     threads=threads or None)
+                     threads=threads or None, only=only)
     trained = sum(1 for _, h in done if h.get("train") == "done")
     typer.echo(f"{len(done)} runs up to date in {out} ({trained} trained now, "
                f"{len(done) - trained} already trained)")

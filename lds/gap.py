@@ -215,7 +215,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from datasets.torch_data import ImageDataset
+    from lds.eval_cli import _open_dataset
     from lds.training.runs import latest_checkpoint_step, load_run
 
     run = Path(run)
@@ -223,7 +223,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
         raise UserError(f"data store {data} does not exist")
     model, cfg = load_run(run, map_location=device)
     adapter = adapter_for(model)
-    dataset = ImageDataset(data)
+    dataset = _open_dataset(Path(data), cfg.model)      # scene-view items for view models
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise UserError(f"data store {data} has no images")
@@ -282,7 +282,8 @@ def load_gap(run: str | Path) -> dict | None:
 __all__ = ["GaussianPosterior", "GapAdapter", "GAP_ADAPTERS", "register_gap_adapter",
            "adapter_for", "importance_weights", "gap_from_log_weights", "estimate_gap",
            "MONetGapAdapter", "gap_for_run", "load_gap", "GAP_DIR", "GAP_FILE",
-           "diagonal_gaussian_log_density", "standard_normal_log_density", "gap_difference"]
+           "diagonal_gaussian_log_density", "standard_normal_log_density", "gap_difference",
+           "gap_table"]
 
 
 def gap_difference(control_gap: dict, lds_gap: dict, control_records: list[dict] | None = None,
@@ -320,3 +321,23 @@ def gap_difference(control_gap: dict, lds_gap: dict, control_records: list[dict]
         out[f"pearson_dG_{key}"] = r
         out[f"pearson_p_dG_{key}"] = p
     return out
+
+
+def gap_table(diff: dict):
+    """A rich table of :func:`gap_difference` (what `ldsrig compare` prints)."""
+    from rich.table import Table
+
+    def number(value, fmt="{:.3f}"):
+        return "-" if value is None else fmt.format(value)
+
+    table = Table(title=f"inference gap (Table 2): {diff['n']} images")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("mean dG = G(control) − G(LDS) (nats)", number(diff["mean_dG"]))
+    table.add_row("± s.e.", number(diff["stderr_dG"]))
+    for key, label in (("dMSE", "MSE(control) − MSE(LDS)"), ("dmIoU", "mIoU(LDS) − mIoU(control)")):
+        if f"pearson_dG_{key}" in diff:
+            r, p = diff[f"pearson_dG_{key}"], diff[f"pearson_p_dG_{key}"]
+            table.add_row(f"Pearson r(dG, {label})",
+                          "-" if r is None else f"{r:.3f} (p={p:.2g})")
+    return table

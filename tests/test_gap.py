@@ -175,3 +175,18 @@ def test_gap_command_on_a_trained_run(tmp_path):
         assert 1 <= record["ess"] <= 40
     missing = CliRunner().invoke(app, ["gap", str(tmp_path / "nope"), "--data", str(store)])
     assert missing.exit_code != 0
+
+
+def test_gap_difference_joins_on_image_index_and_correlates():
+    from lds.gap import gap_difference
+
+    control = {"records": [{"image_index": i, "gap": 10.0 + i} for i in range(6)]}
+    lds = {"records": [{"image_index": i, "gap": 10.0} for i in (5, 4, 3, 2, 1, 0)]}
+    control_eval = [{"image_index": i, "mse": 0.02 + 0.001 * i, "miou": 0.5} for i in range(6)]
+    lds_eval = [{"image_index": i, "mse": 0.02, "miou": 0.5 + 0.01 * (i % 2)} for i in range(6)]
+    diff = gap_difference(control, lds, control_eval, lds_eval)
+    assert diff["image_index"] == list(range(6)) and diff["dG"] == [0, 1, 2, 3, 4, 5]
+    assert diff["mean_dG"] == pytest.approx(2.5)
+    assert diff["dMSE"] == pytest.approx([0.001 * i for i in range(6)])
+    assert diff["pearson_dG_dMSE"] == pytest.approx(1.0)       # dMSE grows exactly with dG
+    assert -1 < diff["pearson_dG_dmIoU"] < 1

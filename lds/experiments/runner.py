@@ -18,6 +18,7 @@ missing work.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import time
@@ -127,7 +128,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     from lds.evaluation import evaluate
     from lds.metrics import MetricsConfig
     from common.config import load_config
-    from datasets.torch_data import ImageDataset
+    from lds.eval_cli import _open_dataset
     from lds.training.loop import train
 
     log = log or StageLog(study_dir, print)
@@ -160,8 +161,8 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         if _eval_file_current(path, steps, max_images=spec.eval.max_images):
             happened[stage] = "skipped"
             continue
-        dataset = dataset or ImageDataset(store)
         model, cfg = load_run_with_slots(run_dir, num_slots, spec.device)
+        dataset = dataset or _open_dataset(Path(store), cfg.model)   # views for MulMON
         started = time.perf_counter()
         meta = {"run": str(run_dir), "run_id": run.run_id, "data": str(Path(store).resolve()),
                 "model": cfg.model.name, "num_slots": cfg.model.num_slots,
@@ -214,8 +215,10 @@ def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
 
 def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, int] = (0, 1),
               progress: bool = True, echo: Callable[[str], None] = print,
-              threads: int | None = None) -> list[tuple[RunSpec, dict[str, str]]]:
-    """Execute this slice of the study's runs in order; returns what each run did."""
+              threads: int | None = None, only: str | None = None
+              ) -> list[tuple[RunSpec, dict[str, str]]]:
+    """Execute this slice of the study's runs in order (``only``: a glob on the run ids, for
+    example to add the gap to finished runs while others still train); returns what each run did."""
     study_dir = Path(study_dir)
     for name, paths in spec.stores.items():
         for p in {paths.train, paths.eval}:
@@ -225,6 +228,10 @@ def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, in
     if threads:
         torch.set_num_threads(threads)
     runs = select_slice(expand_runs(spec), *slice_)
+    if only:
+        runs = [run for run in runs if fnmatch.fnmatchcase(run.run_id, only)]
+        if not runs:
+            raise UserError(f"--only {only!r} matches none of the study's runs")
     log = StageLog(study_dir, echo)
     done = []
     for i, run in enumerate(runs, 1):
