@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.config import to_dict
 from common.errors import UserError
+from lds import distributed
 from lds.contract import ModelOutput
 from lds.metrics import HIGHER_IS_BETTER, MetricsConfig, batch_metrics
 
@@ -154,20 +155,26 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     num_images = len(dataset) if max_images is None else min(len(dataset), max_images)
     if num_images == 0:
         raise UserError("nothing to evaluate: the dataset has no images")
-    subset = dataset if num_images == len(dataset) else Subset(dataset, range(num_images))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # Under torchrun whole batches go round-robin to the ranks (one process: all of them), and
+    # each batch's random draws (iterative models sample during inference) are seeded by its
+    # number, so the gathered records equal a one-process run's whatever the world size.
+    shards = distributed.shard_batches(num_images, batch_size)
+    mine = [i for _, indices in shards for i in indices]
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=0)
     device = torch.device(device)
     model = model.to(device).eval()
 
-    records: list[dict[str, Any]] = []
+    per_batch: list[tuple[int, list[dict[str, Any]]]] = []
     has_gt: bool | None = None
     started = time.perf_counter()
     bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("images"), TimeRemainingColumn(), disable=not progress,
-                   transient=True)
-    with bar:
-        task = bar.add_task("eval", total=num_images)
-        for batch in loader:
+                   TextColumn("images"), TimeRemainingColumn(),
+                   disable=not progress or not distributed.is_main(), transient=True)
+    rng_devices = [device] if device.type == "cuda" else []
+    with bar, torch.random.fork_rng(devices=rng_devices):
+        task = bar.add_task("eval", total=len(mine))
+        for (batch_number, indices), batch in zip(shards, loader):
+            torch.manual_seed(batch_number)
             batch = _to_device(batch, device)
             output: ModelOutput = model(batch)
             batch = _flatten_views(batch)
@@ -175,8 +182,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
             has_gt = labels is not None if has_gt is None else has_gt
             values = batch_metrics(output, batch["image"], labels, config)
             size = batch["image"].shape[0]
+            rows_per_item = size // len(indices)        # views per scene for multi-view data
+            records: list[dict[str, Any]] = []
             for i in range(size):
-                index = len(records)
+                index = indices[0] * rows_per_item + i
                 record: dict[str, Any] = {
                     "image_index": int(batch["image_index"][i]) if "image_index" in batch else index,
                 }
@@ -187,7 +196,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                 for name, value in values.items():
                     record[name] = _json_number(float(value[i]))
                 records.append(record)
-            bar.advance(task, size)
+            per_batch.append((batch_number, records))
+            bar.advance(task, len(indices))
+    records = [record for part in distributed.gather_batches(per_batch) for record in part]
+    has_gt = any(distributed.all_gather_objects(bool(has_gt)))
     seconds = time.perf_counter() - started
 
     names = [n for n in DISPLAY if n in records[0]]

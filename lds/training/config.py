@@ -82,6 +82,11 @@ class TrainConfig:
     threads: int = 0                        # torch CPU threads; 0 leaves torch's default
     device: str = "cpu"
     compile: bool = False                   # torch.compile the model (eager when false)
+    # GPU speed flags (docs/distributed.md). "bf16": the forward pass runs under CUDA autocast
+    # to bfloat16 (convs/matmuls in bf16; autocast keeps log/exp/softmax/sums in fp32, and the
+    # loss is cast to fp32 before backward; no loss scaling is needed for bf16). CUDA only.
+    amp: Literal["off", "bf16"] = "off"
+    pin_memory: bool = True                 # page-locked host batches when training on CUDA
 
     def sync_model_lds(self) -> None:
         """The model reads LDS from its own config; the run's ``lds`` section is the source."""

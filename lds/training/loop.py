@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.config import save_config
+from lds import distributed
 from common.errors import ConfigError, UserError
 from lds.models import build_model
 from lds.training.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
@@ -81,6 +82,29 @@ class StepBatchSampler(Sampler[list[int]]):
                     epoch, offset = epoch + 1, 0
                     order = self._epoch(epoch)
             yield batch
+
+
+class RankBatchSampler(StepBatchSampler):
+    """Rank ``rank``'s slice of each global batch of :class:`StepBatchSampler`.
+
+    With N processes and a global batch of N*b, rank r takes positions r*b .. r*b+b-1 of every
+    global batch, so together the ranks see exactly the images one process with batch N*b
+    would (each epoch's permutation is still covered once: no image twice per epoch), and the
+    order stays a pure function of (seed, step): resuming onto another world size replays the
+    same global batches, split differently.
+    """
+
+    def __init__(self, num_items: int, global_batch: int, seed: int, start_step: int,
+                 end_step: int, rank: int = 0, world_size: int = 1):
+        super().__init__(num_items, global_batch, seed, start_step, end_step)
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+        self.per_rank = global_batch // world_size
+        self.first = rank * self.per_rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            yield batch[self.first: self.first + self.per_rank]
 
 
 class KeyCollate:
@@ -198,13 +222,28 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     ``dataset``: any map-style dataset of dicts holding the model's inputs (default: the scene
     store ``cfg.data`` through ``datasets.torch_data.ImageDataset``). ``resume``: continue from
     the latest checkpoint in ``run_dir`` up to ``cfg.optim.steps``.
+
+    Under ``torchrun`` (or inside an initialised process group) this is data-parallel training
+    (lds/distributed.py, docs/distributed.md): ``optim.batch_size`` is the global batch, each
+    rank takes its slice of every global batch, gradients are averaged by
+    DistributedDataParallel, and rank 0 alone writes the config, logs and checkpoints.
     """
-    run_dir = Path(run_dir)
+    with distributed.session(cfg.device):
+        return _train(cfg, run_dir, dataset=dataset, resume=resume, progress=progress)
+
+
+def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
+           resume: bool, progress: bool) -> TrainResult:
+    # Every rank writes into rank 0's run directory (a default name holds a timestamp).
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     cfg.sync_model_lds()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
-    device = torch.device(cfg.device)
+    device = distributed.local_device(cfg.device)
+    if cfg.amp != "off" and device.type != "cuda":
+        raise ConfigError(f"amp={cfg.amp} is for CUDA devices; this run is on {device} (set amp=off)")
 
     if dataset is None:
         dataset = open_store_dataset(cfg.data, cfg.model)
@@ -217,7 +256,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
             f"{cfg.model.height}x{cfg.model.width}; set model.height and model.width (and "
             f"model.unet_channels: one block per halving down to 4x4)")
 
-    _prepare_run_dir(run_dir, resume)  # only once the data is known to be usable
+    # only once the data is known to be usable; rank 0's verdict reaches every rank
+    distributed.on_main(lambda: _prepare_run_dir(run_dir, resume))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, cfg.model).to(device)
@@ -231,19 +271,33 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         start_step = checkpoint.step
-    save_config(cfg, run_dir / CONFIG_NAME)
+    distributed.on_main(lambda: save_config(cfg, run_dir / CONFIG_NAME))
     end_step = cfg.optim.steps
-    forward = torch.compile(model) if cfg.compile else model
+    wrapped = model
+    if world_size > 1:
+        # Parameters start equal (same seed or the same checkpoint on every rank; DDP also
+        # broadcasts rank 0's); gradients are averaged over the ranks during backward.
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
 
+    # optim.batch_size is the global batch (the paper's); each rank computes its share of it.
     batch_size, num_slots = cfg.optim.batch_size, model.num_slots
+    local_batch = distributed.split_global_batch(batch_size)
     height, width = cfg.model.height, cfg.model.width
     loader = DataLoader(
         dataset,
-        batch_sampler=StepBatchSampler(len(dataset), batch_size, cfg.seed, start_step, end_step),
+        batch_sampler=RankBatchSampler(len(dataset), batch_size, cfg.seed, start_step, end_step,
+                                       rank, world_size),
         collate_fn=KeyCollate(tuple(getattr(model, "input_keys", ("image",)))),
         num_workers=cfg.workers,
         persistent_workers=False,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
     )
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp == "bf16"
+                else contextlib.nullcontext())
+    # Each rank draws its own reparameterisation noise (rank 0's equals a one-process run's).
+    rank_seed = cfg.seed + rank * _SEED_STRIDE
     params = [p for p in model.parameters() if p.requires_grad]
     last_checkpoint: Path | None = None
     last_values: dict[str, float] = {}
@@ -251,35 +305,44 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     window_steps, window_start = 0, time.perf_counter()
 
     def checkpoint_now(step: int) -> Path:
-        path = save_checkpoint(ckpt_dir, step, model, optimizer,
-                               {"seed": cfg.seed, "model": cfg.model.name})
-        prune_checkpoints(ckpt_dir, cfg.log.keep_checkpoints)
-        return path
+        def write() -> Path:
+            path = save_checkpoint(ckpt_dir, step, model, optimizer,
+                                   {"seed": cfg.seed, "model": cfg.model.name,
+                                    "world_size": world_size})
+            prune_checkpoints(ckpt_dir, cfg.log.keep_checkpoints)
+            return path
+        return distributed.on_main(write)     # rank 0 writes; the others wait for its path
 
     description = f"{cfg.model.name}{'+LDS' if cfg.lds.enabled else ''}"
-    with RunLogger(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None) as log, \
-            _progress_bar(progress, end_step, start_step, description) as advance:
+    logger = (RunLogger(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None)
+              if main else contextlib.nullcontext())
+    with logger as log, _progress_bar(progress and main, end_step, start_step, description) as advance:
         step = start_step
         for batch in loader:
-            torch.manual_seed(step_seed(cfg.seed, step))
+            torch.manual_seed(step_seed(rank_seed, step))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            out = forward(batch)
+            with autocast:
+                out = forward(batch)
             # multi-view models flatten views into the batch axis (B = scenes * views)
-            out_rows = model.output_batch_size(batch) if hasattr(model, "output_batch_size") else batch_size
+            out_rows = model.output_batch_size(batch) if hasattr(model, "output_batch_size") else local_batch
             out.check(out_rows, num_slots, height, width)
             terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
             loss = float(out.loss.detach())
             bad = not math.isfinite(loss)
             grad_norm = math.nan
-            if not bad:
-                out.loss.backward()
+            # Under DDP every rank runs backward even after a bad loss (a rank that skipped it
+            # would leave the others waiting in the gradient all-reduce); NaNs spread through
+            # the averaged gradients, and any_rank makes the stop decision the same everywhere.
+            if not bad or world_size > 1:
+                out.loss.float().backward()
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                bad = not math.isfinite(grad_norm)
+                bad = bad or not math.isfinite(grad_norm)
+            bad = distributed.any_rank(bad)
             if bad:
                 # The update was not applied: the parameters are still those after `step` steps.
                 optimizer.zero_grad(set_to_none=True)
@@ -300,14 +363,18 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
             advance(1, _format_terms({"loss": loss, **terms}))
             if step % cfg.log.every == 0 or step == end_step:
                 elapsed = time.perf_counter() - window_start
-                last_values = {k: v / window_steps for k, v in window.items()}
+                # logged values: the mean over the ranks (= over the global batch)
+                last_values = distributed.mean_across_ranks(
+                    {k: v / window_steps for k, v in window.items()})
                 last_values["lr"] = lr
                 last_values["images_per_s"] = window_steps * batch_size / max(elapsed, 1e-9)
-                log.log(step, last_values)
+                if main:
+                    log.log(step, last_values)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if step % cfg.log.checkpoint_every == 0 or step == end_step:
                 last_checkpoint = checkpoint_now(step)
 
+    distributed.barrier()
     if last_checkpoint is None and resume:      # nothing left to do: report where it stands
         last_checkpoint = load_checkpoint(ckpt_dir).path
     return TrainResult(run_dir, max(start_step, end_step), last_checkpoint, last_values)
