@@ -85,11 +85,15 @@ def gap_command(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Inference gap per image: G = log p(x) (importance-weighted, B samples) - ELBO (unit weights)."""
+    from lds import distributed
     from lds.gap import gap_for_run
 
-    result = gap_for_run(run, data, num_samples=samples, max_images=max_images, chunk=chunk,
-                         batch_size=batch_size, device=device, progress=not no_progress, out=out,
-                         seed=seed)
+    with distributed.session(device):     # under torchrun: images sharded, rank 0 writes
+        result = gap_for_run(run, data, num_samples=samples, max_images=max_images, chunk=chunk,
+                             batch_size=batch_size, device=str(distributed.local_device(device)),
+                             progress=not no_progress, out=out, seed=seed)
+        if not distributed.is_main():
+            return
     agg = result["aggregates"]
     typer.echo(f"{result['meta']['num_images']} images, B={samples}: "
                f"log p(x) {agg['log_px']['mean']:.2f}, ELBO {agg['elbo']['mean']:.2f}, "

@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from common.errors import UserError
+from lds import distributed
 
 GAP_DIR = "gap"
 GAP_FILE = "gap.json"
@@ -227,27 +228,36 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise UserError(f"data store {data} has no images")
-    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, shuffle=False)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    records = []
+    # Under torchrun whole batches go round-robin to the ranks (lds/distributed.py) and each
+    # batch's samples are seeded by (seed, batch number): the gathered records are those of a
+    # one-process run with the same seed and batch size, whatever the number of processes.
+    shards = distributed.shard_batches(count, batch_size)
+    loader = DataLoader(Subset(dataset, [i for _, indices in shards for i in indices]),
+                        batch_size=batch_size, shuffle=False)
+    generator = torch.Generator(device=device)
+    per_batch = []
     started = time.perf_counter()
     bar = Progress(TextColumn("inference gap"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("images"), TimeRemainingColumn(), disable=not progress,
-                   transient=True)
+                   TextColumn("images"), TimeRemainingColumn(),
+                   disable=not progress or not distributed.is_main(), transient=True)
     with bar:
-        task = bar.add_task("gap", total=count)
-        for batch in loader:
+        task = bar.add_task("gap", total=sum(len(indices) for _, indices in shards))
+        for (batch_number, indices), batch in zip(shards, loader):
+            generator.manual_seed(seed * 1_000_003 + batch_number)
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             values = estimate_gap(model, batch, num_samples, chunk, generator, adapter)
+            records = []
             for i in range(batch["image"].shape[0]):
                 record = {"image_index": int(batch["image_index"][i]) if "image_index" in batch
-                          else len(records)}
+                          else indices[0] + i}
                 if "scene_index" in batch:
                     record["scene_index"] = int(batch["scene_index"][i])
                 for key, value in values.items():
                     record[key] = float(value[i])
                 records.append(record)
+            per_batch.append((batch_number, records))
             bar.advance(task, batch["image"].shape[0])
+    records = [record for part in distributed.gather_batches(per_batch) for record in part]
     aggregates = {key: _aggregate(np.array([r[key] for r in records]))
                   for key in ("log_px", "elbo", "gap", "ess")}
     meta = {"run": str(run), "data": str(Path(data).resolve()), "model": cfg.model.name,
@@ -260,11 +270,13 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     meta.update(extra_meta or {})
     result = {"meta": meta, "aggregates": aggregates, "records": records}
     path = Path(out) if out is not None else run / GAP_DIR / GAP_FILE
+    result["path"] = str(path)
+    if not distributed.is_main():          # every rank holds the gathered records; rank 0 writes
+        return result
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
+    tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "path"}, indent=1))
     tmp.replace(path)
-    result["path"] = str(path)
     return result
 
 

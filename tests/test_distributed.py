@@ -33,6 +33,7 @@ from tests.test_monet import TINY_OVERRIDES
 
 WORLD = 2
 GLOBAL_BATCH = 4
+GAP_ARGS = dict(num_samples=6, max_images=5, chunk=3, batch_size=2, progress=False, seed=3)
 
 
 def _deterministic_monet() -> None:
@@ -103,6 +104,10 @@ def _scenarios(rank: int, root: Path) -> dict:
     evaluate_run(root / "ddp_2steps", store, out=root / ("eval_ddp.json" if rank == 0 else
                                                          "eval_r1.json"),
                  batch_size=2, progress=False)
+    from lds.gap import gap_for_run
+
+    gap_for_run(root / "ddp_2steps", store, out=root / ("gap_ddp.json" if rank == 0 else
+                                                        "gap_r1.json"), **GAP_ARGS)
     return report
 
 
@@ -156,10 +161,26 @@ def runs(tmp_path_factory):
 
         model, _ = load_run(root / "ddp_2steps", step=2)
         single_eval = evaluate(model, ImageDataset(root / "store"), batch_size=2, progress=False)
+        from lds.gap import gap_for_run
+
+        single_gap = _gap_at_step_2(root, gap_for_run)
     finally:
         monet.reparameterize = original
-    return {"root": root, "reports": reports, "single_eval": single_eval,
+    return {"root": root, "reports": reports, "single_eval": single_eval, "single_gap": single_gap,
             "reference_sampled": reference_sampled}
+
+
+def _gap_at_step_2(root: Path, gap_for_run) -> dict:
+    """The one-process gap under the step-2 checkpoint (the run has since been resumed to 4):
+    a copy of the run holding only that checkpoint."""
+    import shutil
+
+    copy = root / "gap_single_run"
+    shutil.copytree(root / "ddp_2steps", copy)
+    for path in (copy / "checkpoints").iterdir():
+        if "0000002" not in path.name:
+            path.unlink()
+    return gap_for_run(copy, root / "store", out=root / "gap_single.json", **GAP_ARGS)
 
 
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -266,3 +287,16 @@ def test_sharded_evaluation_equals_one_process(runs):
     for name, agg in single.aggregates.items():
         assert sharded["aggregates"][name]["n"] == agg["n"]
         assert sharded["aggregates"][name]["mean"] == pytest.approx(agg["mean"])
+
+
+def test_sharded_gap_equals_one_process(runs):
+    root, single = runs["root"], runs["single_gap"]
+    assert not (root / "gap_r1.json").exists()
+    sharded = json.loads((root / "gap_ddp.json").read_text())
+    assert [r["image_index"] for r in sharded["records"]] == list(range(5))
+    assert len(single["records"]) == 5
+    for a, b in zip(sharded["records"], single["records"]):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), name
+    assert sharded["aggregates"]["gap"]["mean"] == pytest.approx(single["aggregates"]["gap"]["mean"])
