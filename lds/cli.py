@@ -68,6 +68,10 @@ def _make_train_command(model_name: str):
             cfg.optim.steps = steps
         run_dir = out if out is not None else _default_run_dir(model_name, cfg.lds.enabled)
         result = train(cfg, run_dir, resume=resume, progress=show_progress)
+        from lds.distributed import launched_rank
+
+        if launched_rank() != 0:      # under torchrun: one summary, from rank 0
+            return
         typer.echo(f"trained {model_name}{' with LDS' if cfg.lds.enabled else ''} to step {result.step}")
         if result.last_values:
             typer.echo("last logged: " + ", ".join(f"{k} {v:.4g}" for k, v in result.last_values.items()))

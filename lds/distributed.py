@@ -63,6 +63,12 @@ def launched_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def launched_rank() -> int:
+    """RANK as torchrun set it (0 when not launched that way); valid outside a process group,
+    e.g. to print a command's summary once after the group is gone."""
+    return _env_int("RANK", 0)
+
+
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -243,6 +249,6 @@ def gather_batches(per_batch: list[tuple[int, T]]) -> list[T]:
 
 
 __all__ = ["DistInfo", "DistributedError", "session", "is_distributed", "rank", "world_size",
-           "is_main", "choose_backend", "local_device", "launched_world_size", "barrier",
+           "is_main", "choose_backend", "local_device", "launched_world_size", "launched_rank", "barrier",
            "broadcast_object", "all_gather_objects", "any_rank", "mean_across_ranks", "on_main",
            "split_global_batch", "shard_batches", "gather_batches"]

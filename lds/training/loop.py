@@ -244,6 +244,7 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     device = distributed.local_device(cfg.device)
     if cfg.amp != "off" and device.type != "cuda":
         raise ConfigError(f"amp={cfg.amp} is for CUDA devices; this run is on {device} (set amp=off)")
+    distributed.split_global_batch(cfg.optim.batch_size)    # fails before the run dir exists
 
     if dataset is None:
         dataset = open_store_dataset(cfg.data, cfg.model)
