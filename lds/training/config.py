@@ -85,8 +85,13 @@ class TrainConfig:
     # GPU speed flags (docs/distributed.md). "bf16": the forward pass runs under CUDA autocast
     # to bfloat16 (convs/matmuls in bf16; autocast keeps log/exp/softmax/sums in fp32, and the
     # loss is cast to fp32 before backward; no loss scaling is needed for bf16). CUDA only.
-    amp: Literal["off", "bf16"] = "off"
+    # (YAML 1.1 reads an unquoted `off` as false, so amp=off on the command line arrives as False.)
+    amp: Literal["off", "bf16", False] = "off"
     pin_memory: bool = True                 # page-locked host batches when training on CUDA
+
+    def __post_init__(self) -> None:
+        if self.amp is False:
+            self.amp = "off"
 
     def sync_model_lds(self) -> None:
         """The model reads LDS from its own config; the run's ``lds`` section is the source."""
