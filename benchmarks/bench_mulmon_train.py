@@ -12,8 +12,8 @@ backward); the fp32 matmul rate is measured in the same run (a 2048^2 torch.mm l
 after, the higher one used). Utilisation = achieved FLOP/s / matmul FLOP/s.
 
 Peak memory: the process's resident-set high-water mark (VmHWM) is reset (clear_refs 5) before
-a step and read after it; the figure minus the resident size before the step is the step's peak
-working memory.
+the first step and read after the timed steps; minus the resident size before the first step it
+is the peak working memory of a step.
 
 The machine is shared (2 cores, other helpers' jobs): absolute numbers move by tens of percent;
 the load average is printed at the end.
@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from lds.models import MulMONConfig, build_model  # noqa: E402
+from lds.prior import lds_prior  # noqa: E402
 from lds.training.loop import keep_freed_memory  # noqa: E402
 
 
@@ -96,9 +97,11 @@ def main() -> None:
         return float(out.loss.detach())
 
     rate_before = matmul_rate()
-    step()                                                             # warm-up
+    # Freed memory stays in the heap (keep_freed_memory, as in training), so the high-water
+    # mark above the resident size before the first step is the peak working memory of a step.
     rss_before = _status_kib("VmRSS")
     can_reset = reset_peak_rss()
+    step()                                                             # warm-up
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -112,6 +115,14 @@ def main() -> None:
             step()
         flops = counter.get_total_flops()
     rate_after = matmul_rate()
+    # LDS overhead: the prior's forward + backward for every refinement iteration of a step,
+    # timed on its own (a whole-step difference drowns in the shared machine's noise).
+    z = torch.randn(s, cfg.num_slots, cfg.latent_dim, requires_grad=True)
+    lds_calls = args.observed * cfg.num_iterations
+    start = time.perf_counter()
+    for _ in range(lds_calls):
+        lds_prior(z).mean().backward()
+    lds_seconds = time.perf_counter() - start
     rate = max(rate_before, rate_after)
 
     median = statistics.median(times)
@@ -129,7 +140,10 @@ def main() -> None:
               f"   utilisation {100 * achieved / rate:.0f}% of the matmul rate")
     if can_reset:
         print(f"  peak memory per step: {(peak_kib - rss_before) / 2**20:.2f} GiB above the "
-              f"{rss_before / 2**20:.2f} GiB resident before it (high-water {peak_kib / 2**20:.2f} GiB)")
+              f"{rss_before / 2**20:.2f} GiB resident before the first step "
+              f"(process high-water {peak_kib / 2**20:.2f} GiB)")
+    print(f"  LDS prior fwd+bwd, {lds_calls} iterations: {1e3 * lds_seconds:.2f} ms per step "
+          f"({100 * lds_seconds / median:.3f}% of the step)")
     print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

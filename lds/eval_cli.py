@@ -94,8 +94,8 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device))
-    if figure > 0 and hasattr(model, "output_batch_size"):
-        raise UserError("--figure is not supported for multi-view models (MulMON) yet")
+    if figure > 0 and hasattr(model, "output_batch_size"):   # before the (long) evaluation
+        raise UserError("Figure 2 is not supported for multi-view models (MulMON) yet")
     dataset = _open_dataset(data, train_cfg.model)
     if len(dataset) == 0:
         raise UserError(f"data store {data} has no images to evaluate")
@@ -119,6 +119,8 @@ def write_figure(models: list, dataset, num_examples: int, path: Path, limit: in
     """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images."""
     from lds.figures import figure2
 
+    if any(hasattr(m, "output_batch_size") for m in models):
+        raise UserError("Figure 2 is not supported for multi-view models (MulMON) yet")
     available = len(dataset) if limit is None else min(limit, len(dataset))
     chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
     images = torch.stack([dataset[int(i)]["image"] for i in chosen])
