@@ -96,11 +96,17 @@ def _scenarios(rank: int, root: Path) -> dict:
         report["nan"] = "no error"
     except NonFiniteLossError as exc:
         report["nan"] = str(exc)
-    # 3. deterministic MONet from here on
+    # 3. a global batch the ranks cannot split: a clear error before anything is written
+    try:
+        train(_cfg(store, "optim.steps=1", "optim.batch_size=3"), root / "odd", progress=False)
+        report["odd"] = "no error"
+    except distributed.DistributedError as exc:
+        report["odd"] = str(exc)
+    # 4. deterministic MONet from here on
     _deterministic_monet()
     train(_cfg(store, "optim.steps=2"), root / "ddp_2steps", progress=False)
     train(_cfg(store, "optim.steps=4"), root / "one_then_two", resume=True, progress=False)
-    # 4. sharded evaluation through the CLI path; rank 1's --out must stay unused
+    # 5. sharded evaluation through the CLI path; rank 1's --out must stay unused
     evaluate_run(root / "ddp_2steps", store, out=root / ("eval_ddp.json" if rank == 0 else
                                                          "eval_r1.json"),
                  batch_size=2, progress=False)
@@ -300,3 +306,31 @@ def test_sharded_gap_equals_one_process(runs):
         for name in a:
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), name
     assert sharded["aggregates"]["gap"]["mean"] == pytest.approx(single["aggregates"]["gap"]["mean"])
+
+
+def test_ldsrig_train_and_eval_under_torchrun(tmp_path):
+    """The commands unchanged under `python -m torch.distributed.run --nproc-per-node 2`."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    make_store(tmp_path / "store", scenes=2, views=2)
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("optim.batch_size")]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc-per-node=2", str(root / "cli.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = subprocess.run(launch + ["train", "monet", "--data", str(tmp_path / "store"),
+                                     "--out", str(tmp_path / "run"), "--steps", "2",
+                                     "--no-progress", "optim.batch_size=4",
+                                     "log.tensorboard=false", *overrides],
+                           capture_output=True, text=True, cwd=root, env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert train.stdout.count("trained monet to step 2") == 1       # one summary, rank 0's
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == [2]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints").state["world_size"] == 2
+
+
+def test_a_global_batch_the_ranks_cannot_split_is_refused(runs):
+    root, reports = runs["root"], runs["reports"]
+    assert all("not divisible by the 2 processes" in r["odd"] for r in reports)
+    assert not (root / "odd").exists()
