@@ -334,3 +334,18 @@ def test_a_global_batch_the_ranks_cannot_split_is_refused(runs):
     root, reports = runs["root"], runs["reports"]
     assert all("not divisible by the 2 processes" in r["odd"] for r in reports)
     assert not (root / "odd").exists()
+
+
+def test_gpu_flags_are_validated_on_cpu(tmp_path):
+    from common.errors import ConfigError
+    from lds.training.config import load_train_config
+    from lds.training.loop import train
+
+    assert load_train_config("monet", overrides=["amp=off"]).amp == "off"   # YAML's off == false
+    assert load_train_config("monet", overrides=["amp=bf16"]).amp == "bf16"
+    with pytest.raises(ConfigError, match="amp"):
+        load_train_config("monet", overrides=["amp=fp16"])
+    make_store(tmp_path / "store", scenes=1, views=2)
+    with pytest.raises(ConfigError, match="CUDA"):
+        train(_cfg(tmp_path / "store", "amp=bf16"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
