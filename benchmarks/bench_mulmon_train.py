@@ -13,7 +13,7 @@ after, the higher one used). Utilisation = achieved FLOP/s / matmul FLOP/s.
 
 Peak memory: the process's resident-set high-water mark (VmHWM) is reset (clear_refs 5) before
 the first step and read after the timed steps; minus the resident size before the first step it
-is the peak working memory of a step.
+is the peak working memory of a step. ``--checkpoint-iterations`` turns on the memory knob.
 
 The machine is shared (2 cores, other helpers' jobs): absolute numbers move by tens of percent;
 the load average is printed at the end.
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--no-lds", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-flops", action="store_true", help="skip the (slow) FLOP count")
+    parser.add_argument("--checkpoint-iterations", action="store_true",
+                        help="model.checkpoint_iterations=true (the memory knob)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +83,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     cfg = MulMONConfig(height=args.size, width=args.size, viewpoint="clevr-mv",
-                       lds_weight=0.0 if args.no_lds else 1.0)
+                       lds_weight=0.0 if args.no_lds else 1.0,
+                       checkpoint_iterations=args.checkpoint_iterations)
     model = build_model(cfg).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     s, v = args.scenes, args.views
@@ -129,7 +132,8 @@ def main() -> None:
     print(f"MulMON training step: {s} scenes x {v} views ({args.observed} observed + "
           f"{v - args.observed} query), {args.size}x{args.size}, K={cfg.num_slots}, "
           f"D={cfg.latent_dim}, T={cfg.num_iterations}, LDS {'off' if args.no_lds else 'on (1.0)'}, "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}"
+          f"{', checkpointed iterations' if args.checkpoint_iterations else ''}")
     print(f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}  median {median:.2f}")
     print(f"  scenes/s: {s / median:.3f}   images/s (all views): {s * v / median:.2f}")
     print(f"  fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s (before {rate_before / 1e9:.1f}, "

@@ -112,7 +112,7 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
         assert torch.equal(off.loss_terms[key], on.loss_terms[key]), key
         assert torch.equal(off.loss_terms[key], half.loss_terms[key]), key
     assert float(off.loss_terms["lds"]) == 0.0
-    lds = on.loss_terms["lds"]
+    lds = on.loss_terms["lds"].detach()
     assert float(lds) < 0
     assert torch.allclose(off.loss - on.loss, lds, rtol=1e-5, atol=1e-3)
     assert torch.allclose(off.loss - half.loss, 0.5 * half.loss_terms["lds"], rtol=1e-5, atol=1e-3)
@@ -154,6 +154,21 @@ def test_fused_decoder_equals_the_plain_broadcast_decoder():
     for a, b in zip(grads, plain_grads):
         # sums over thousands of pixels in float32: compare relative to the gradient's scale
         assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max())
+
+
+def test_checkpointed_iterations_give_the_same_loss_and_gradients():
+    batch = scenes_batch(scenes=2, views=5)
+    results = []
+    for flag in (False, True):
+        model = tiny_model(checkpoint_iterations=flag, lds_weight=1.0).train()
+        torch.manual_seed(5)
+        out = model(batch, num_observed=2)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-4), name
 
 
 def test_iteration_and_view_weights_are_linear_and_normalised():

@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
@@ -85,6 +86,9 @@ class MulMONConfig:
     # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
     lds_weight: float = 0.0
     lds_sigma: float = 0.1
+    # Memory knob: gradient checkpointing of every refinement iteration (activations are
+    # recomputed when needed; same values, more compute). See docs/mulmon.md for the figures.
+    checkpoint_iterations: bool = False
     # Speed only: NHWC input for the refinement network's convs (the decoder is always NHWC).
     channels_last: bool = True
 
@@ -346,6 +350,40 @@ class MulMON(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
 
+    def _iteration(self, x, view_embedding, coordinate_features, lam, prior, h_state, c_state):
+        """One refinement iteration on one observed view x (S, 3, H, W).
+
+        Returns the scene-mean NLL, KL and LDS prior of this iteration, its rendering and
+        latents, and the refined posterior and LSTM state.
+        """
+        cfg = self.cfg
+        s, k = lam.shape[:2]
+        d = cfg.latent_dim
+        mean, logvar = lam.chunk(2, dim=-1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        means, log_masks, logits = (t.squeeze(1) for t in self.render(z, view_embedding,
+                                                                      coordinate_features))
+        log_comp = self._log_components(x[:, None], means[:, None]).squeeze(1)
+        nll = self._nll(log_comp[:, None], log_masks[:, None]).squeeze(1)             # (S,)
+        prior_mean, prior_logvar = prior.chunk(2, dim=-1)
+        kl = (_gaussian_log_prob(z, mean, logvar)
+              - _gaussian_log_prob(z, prior_mean, prior_logvar)).flatten(1).sum(1)
+        if cfg.lds_weight > 0:
+            lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
+        else:
+            lds = x.new_zeros(())
+        # Refinement: one autograd.grad over the ELBO terms (not LDS: inference is the same with
+        # and without the prior), reusing this iteration's forward graph.
+        d_means, d_log_masks, d_lam = torch.autograd.grad(
+            (nll + kl).sum(), [means, log_masks, lam], retain_graph=self.training)
+        aux = self._refinement_inputs(x, means, log_masks, logits, log_comp, d_means, d_log_masks)
+        vector = torch.cat([lam, _standardize(d_lam, 2)], dim=-1).reshape(s * k, 4 * d)
+        state = None if h_state is None else (h_state, c_state)
+        delta, (h_state, c_state) = self.refine(aux, vector, state)
+        new_lam = lam + delta.view(s, k, 2 * d)
+        return (nll.mean(), kl.mean(), lds, means, log_masks, logits, z, mean, logvar, new_lam,
+                h_state, c_state)
+
     def forward(self, batch: dict, num_observed: int | None = None) -> ModelOutput:
         cfg = self.cfg
         image, viewpoint = batch["image"], batch["viewpoint"]
@@ -393,34 +431,26 @@ class MulMON(nn.Module):
             for t in range(steps):
                 if not training:                   # no graph across iterations at evaluation
                     lam = lam.detach().requires_grad_()
-                mean, logvar = lam.chunk(2, dim=-1)
-                z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
-                means, log_masks, logits = (t.squeeze(1) for t in self.render(
-                    z, view_embedding[:, view: view + 1], coordinate_features))
-                log_comp = self._log_components(x[:, None], means[:, None]).squeeze(1)
-                nll = self._nll(log_comp[:, None], log_masks[:, None]).squeeze(1)     # (S,)
-                prior_mean, prior_logvar = prior.chunk(2, dim=-1)
-                kl = (_gaussian_log_prob(z, mean, logvar)
-                      - _gaussian_log_prob(z, prior_mean, prior_logvar)).flatten(1).sum(1)
+                h_state, c_state = state if state is not None else (None, None)
+                args = (image[:, view], view_embedding[:, view: view + 1], coordinate_features,
+                        lam, prior, h_state, c_state)
+                if training and cfg.checkpoint_iterations:
+                    # Memory knob: keep only each iteration's inputs and outputs; recompute
+                    # its activations when they are needed (the same values: RNG preserved).
+                    result = checkpoint(self._iteration, *args, use_reentrant=False)
+                else:
+                    result = self._iteration(*args)
+                nll, kl, lds, means, log_masks, logits, z, mean, logvar, lam, h_state, c_state = result
+                state = (h_state, c_state)
                 weight = view_weights[view] * iteration_weights[t]
-                nll_total = nll_total + weight * nll.mean()
-                kl_total = kl_total + weight * kl.mean()
+                nll_total = nll_total + weight * nll
+                kl_total = kl_total + weight * kl
                 if cfg.lds_weight > 0:
-                    lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
                     lds_total = lds_total + weight * lds
                     lds_values.append(lds.detach())
                     lds_latents.append(z.detach())
                 if t == steps - 1:
                     observed_fields.append((means, log_masks, logits, z, mean, logvar))
-                # Refinement: one autograd.grad over the ELBO terms (not LDS: inference is the
-                # same with and without the prior), reusing this iteration's forward graph.
-                d_means, d_log_masks, d_lam = torch.autograd.grad(
-                    (nll + kl).sum(), [means, log_masks, lam], retain_graph=training)
-                aux = self._refinement_inputs(x, means, log_masks, logits, log_comp,
-                                              d_means, d_log_masks)
-                vector = torch.cat([lam, _standardize(d_lam, 2)], dim=-1).reshape(s * k, 4 * d)
-                delta, state = self.refine(aux, vector, state)
-                lam = lam + delta.view(s, k, 2 * d)
                 # MulMON asserts a finite posterior after every refinement step; here the step
                 # is recorded and the loss made non-finite so the trainer's NaN guard stops the
                 # run with the last good checkpoint.
