@@ -197,8 +197,8 @@ def table1(report: Report, results, spec, summary) -> None:
             row = [model, store, name, str(stats[name]["mse"][2])]
             for j, m in enumerate(TABLE1_METRICS):
                 mean, std, _ = stats[name][m]
-                row.append("-" if not math.isfinite(mean) else
-                           f"{_fmt(m, mean)} ± {_fmt(m, std)}")
+                row.append("-" if not math.isfinite(mean) else _fmt(m, mean) if not
+                           math.isfinite(std) else f"{_fmt(m, mean)} ± {_fmt(m, std)}")
                 other = stats["lds" if name == "control" else "control"][m][0]
                 hib = _higher_is_better(m)
                 if hib is not None and math.isfinite(mean) and math.isfinite(other) and mean != other:
