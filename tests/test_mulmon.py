@@ -190,7 +190,7 @@ def test_overfits_two_scenes():
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     start, end = np.mean(losses[:3]), np.mean(losses[-5:])
     assert np.isfinite(losses).all()
     assert end < 0.3 * start, (start, end)
