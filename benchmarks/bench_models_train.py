@@ -16,7 +16,8 @@ LDS overhead is reported twice: the step-time difference (noisy on a shared mach
 LDS prior's own forward+backward at the model's shape, timed directly (T times for IODINE).
 
 Peak memory per step: on CUDA torch.cuda.max_memory_allocated; on the CPU the child's peak RSS
-(ru_maxrss) minus its RSS before the first step (model, data and libraries excluded).
+during its first step (VmHWM, reset just before) minus its RSS before it (model, data and
+libraries excluded).
 """
 
 from __future__ import annotations
@@ -61,8 +62,26 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size: int,
-             steps: int, device: str) -> dict:
+             steps: int, device: str, threads: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lds.models import MODEL_CONFIGS, build_model
@@ -70,6 +89,8 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
     from lds.training.loop import keep_freed_memory
 
     keep_freed_memory()                       # as the training loop runs
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     changes = dict(height=size, width=size, lds_weight=1.0 if lds else 0.0)
     if grad_checkpoint:
@@ -87,10 +108,17 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
         optimizer.step()
         return out
 
+    # Peak memory of one step: the first one (the heap grows to what a step needs, and the
+    # training loop's malloc settings keep it for later steps).
     rss_before = rss_mib()
+    reset_peak_rss()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     out = step()                                              # warm-up
+    if device.startswith("cuda"):
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = peak_rss_mib() - rss_before
     latent_shape = tuple(out.slot_latents.shape)
     with FlopCounterMode(display=False) as counter:
         step()
@@ -102,10 +130,6 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
         step()
         sync(device)
         times.append(time.perf_counter() - start)
-    if device.startswith("cuda"):
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
 
     # The LDS prior alone (forward + backward) at this shape, as often as the model applies it.
     applications = getattr(cfg, "num_iterations", 1)
@@ -130,6 +154,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="override the paper batch size")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default). 1 by default: on a machine shared "
+                             "with other jobs, OpenMP barriers across threads make 2-thread timings "
+                             "swing by 3x; the utilisation is against the matmul rate at the same "
+                             "thread count")
     parser.add_argument("--no-checkpoint-case", action="store_true")
     parser.add_argument("--case", help=argparse.SUPPRESS)       # child mode: JSON arguments
     args = parser.parse_args()
@@ -138,6 +167,8 @@ def main() -> None:
         print(json.dumps(run_case(**json.loads(args.case))))
         return
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     rate_before = matmul_rate(args.device)
     results = []
     for name in args.models:
@@ -147,7 +178,8 @@ def main() -> None:
             cases.append((True, True))
         for lds, ckpt in cases:
             spec = dict(model_name=name, lds=lds, grad_checkpoint=ckpt, batch=batch,
-                        size=args.size, steps=args.steps, device=args.device)
+                        size=args.size, steps=args.steps, device=args.device,
+                        threads=args.threads)
             proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

@@ -37,8 +37,10 @@ code does); on a non-finite value refinement stops, a warning names the iteratio
 made NaN, so the training loop's NaN guard stops the run with the last good checkpoint.
 
 Memory: the graph of all T iterations is kept for the backward pass. ``grad_checkpoint=True``
-recomputes each iteration in the backward pass instead (torch.utils.checkpoint), trading one
-extra decoder forward per iteration for storing only the iteration boundaries.
+recomputes each refining iteration in the backward pass instead (torch.utils.checkpoint) and
+stores only the iteration boundaries: dL/dlambda then comes from a separate decode of a detached
+copy of lambda whose graph is freed at once, so each refining iteration costs two extra decoder
+forwards (same values, same gradients; tested).
 
 Evaluation (``model.eval()``): the refinement iterations still sample z (all slots start from the
 same lambda_0, and only the sampling noise breaks their symmetry); the last iteration decodes the
@@ -236,13 +238,25 @@ class IODINE(nn.Module):
         vector = torch.cat([posterior, standardize(grad_posterior, (2,))], dim=2)
         return inputs, vector.reshape(b * k, -1)
 
-    def _iteration(self, image, posterior, state, noise, refine: bool, need_grad: bool):
+    def _posterior_gradient(self, image, posterior, noise) -> torch.Tensor:
+        """dL/dlambda from a decode of a detached copy of lambda (its graph is freed at once).
+
+        The gradient-checkpointed path uses this so that the checkpointed function is free of
+        autograd calls; the plain path takes the same gradient from its own graph instead.
+        """
+        posterior = posterior.detach().requires_grad_()
+        r = self._render(image, self._sample(posterior, noise))
+        loss = (-r["log_pixel"].flatten(1).sum(1) + self.cfg.beta * self._kl(posterior)).sum()
+        return torch.autograd.grad(loss, posterior)[0]
+
+    def _iteration(self, image, posterior, state, noise, refine: bool, need_grad: bool,
+                   grad_posterior: torch.Tensor | None = None):
         """Decode lambda_t, score it, and (``refine``) compute lambda_{t+1}.
 
         Returns (nll (B,), kl (B,), z, render dict, next posterior or None, next state or None).
         """
         b, k, _ = posterior.shape
-        if need_grad and not posterior.requires_grad:
+        if need_grad and grad_posterior is None and not posterior.requires_grad:
             posterior = posterior.detach().requires_grad_()
         z = self._sample(posterior, noise)
         r = self._render(image, z)
@@ -250,11 +264,12 @@ class IODINE(nn.Module):
         kl = self._kl(posterior)
         if not refine:
             return nll, kl, z, r, None, None
-        # dL/dlambda for the refinement inputs: one input-gradient pass through the decoder, no
-        # weight gradients, no graph of its own (create_graph=False); the summed loss keeps each
-        # image's gradient independent of the batch size. LDS is not part of it (docstring).
-        (grad_posterior,) = torch.autograd.grad((nll + self.cfg.beta * kl).sum(), posterior,
-                                                retain_graph=True)
+        if grad_posterior is None:
+            # dL/dlambda for the refinement inputs: one input-gradient pass through the decoder,
+            # no weight gradients, no graph of its own (create_graph=False); the summed loss
+            # keeps each image's gradient independent of the batch size. LDS is not part of it.
+            (grad_posterior,) = torch.autograd.grad((nll + self.cfg.beta * kl).sum(), posterior,
+                                                    retain_graph=True)
         image_inputs, vector_inputs = self._refinement_inputs(image, r, posterior, grad_posterior)
         if state is None:
             zeros = image.new_zeros(b * k, self.cfg.lstm_hidden)
@@ -262,10 +277,11 @@ class IODINE(nn.Module):
         delta, state = self.refine(image_inputs, vector_inputs, state)
         return nll, kl, z, r, posterior + delta.view(b, k, -1), state
 
-    def _checkpointed_iteration(self, image, posterior, h, c, noise):
+    def _checkpointed_iteration(self, image, posterior, h, c, noise, grad_posterior):
         """The refining iteration as a pure function of tensors, for torch.utils.checkpoint."""
         nll, kl, z, r, posterior_next, (h, c) = self._iteration(
-            image, posterior, (h, c), noise, refine=True, need_grad=True)
+            image, posterior, (h, c), noise, refine=True, need_grad=True,
+            grad_posterior=grad_posterior)
         return nll, kl, z, posterior_next, h, c
 
     # ---- forward -----------------------------------------------------------------------
@@ -304,8 +320,9 @@ class IODINE(nn.Module):
                 if state is None:
                     zeros = image.new_zeros(b * k, cfg.lstm_hidden)
                     state = (zeros, zeros)
+                grad_posterior = self._posterior_gradient(image, posterior, noise)
                 nll, kl, z, posterior_next, hs, cs = checkpoint(
-                    self._checkpointed_iteration, image, posterior, *state, noise,
+                    self._checkpointed_iteration, image, posterior, *state, noise, grad_posterior,
                     use_reentrant=False)
                 state_next, r = (hs, cs), None
             nlls.append(nll.mean())
