@@ -261,6 +261,11 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
     assert {"loss", "nll", "kl", "query_nll", "lds", "grad_norm"} <= set(rows[0])
     assert rows[0]["lds"] < 0
 
+    resumed = runner.invoke(app, ["train", "mulmon", "--out", str(run), "--resume", "--steps", "3",
+                                  "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert "to step 3" in resumed.output
+
     evaluated = runner.invoke(app, ["eval", str(run), "--data", str(store), "--no-progress"])
     assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
     assert "MSE, query views" in evaluated.output   # the table has the query-view rows
