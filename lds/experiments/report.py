@@ -453,6 +453,44 @@ def ablations(report: Report, results, spec, summary) -> None:
                             str(tk): {str(k): grid[tk][k].mean(metric) for k in grid[tk]} for tk in grid}
 
 
+def training_curves(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """Loss terms over training for the main runs (from each run's metrics.jsonl)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for r in results:
+        if not r.run.is_main:
+            continue
+        path = run_dir_of(study_dir, r.run) / "metrics.jsonl"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            curves[r.run] = rows
+    if not curves:
+        return
+    report.heading("Training curves (main runs)")
+    terms = [t for t in ("loss", "nll", "kl_z", "kl_mask", "lds") if any(t in row for rows in
+                                                                      curves.values() for row in rows)]
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for run, rows in curves.items():
+            steps = [row["step"] for row in rows if term in row]
+            values = [row[term] for row in rows if term in row]
+            if term == "lds" and not run.lds:
+                continue                       # the control run does not compute the prior
+            ax.plot(steps, values, color="#d9534f" if run.lds else "#3a7dc9", alpha=0.7, lw=1,
+                    label=f"{run.group} s{run.seed}")
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    report.figure("training_curves.png", _png(fig), "Training loss terms per logged window "
+                  "(blue: control, red: LDS; lds is the prior value, Eq. 3, LDS runs only)")
+    summary["training_final"] = {run.run_id: rows[-1] for run, rows in curves.items() if rows}
+
+
 def build_report(study_dir: str | Path, out: str | Path | None = None,
                  draw_grids: bool = True) -> list[Path]:
     """Read every run's eval/gap files and write report.md, report.html, PNGs, summary.json."""
@@ -476,6 +514,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
     if draw_grids:
         figure2_grids(report, results, spec, study_dir, summary)
     ablations(report, results, spec, summary)
+    training_curves(report, results, spec, study_dir, summary)
     missing = [r.run.run_id for r in results if not r.eval]
     if missing:
         report.heading("Missing")
