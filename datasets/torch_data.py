@@ -103,7 +103,14 @@ class SceneViewsDataset(_StoreBacked):
     trainer draws that split per step, so it is not fixed here.  Scenes with fewer views than
     ``num_views`` are left out (and counted in ``skipped_scenes``).  ``shuffle_views=False``
     keeps store view order (for evaluation).
+
+    An item key may be ``(index, seed)``: the views are then drawn from a generator seeded with
+    ``seed``, so a training loop that derives the seed from its step replays the same views on
+    resume (the training loop's sampler does; see ``takes_item_seeds``).  A plain index draws
+    from torch's global RNG.
     """
+
+    takes_item_seeds = True
 
     def __init__(self, store_path, num_views: int | None = None, scene_ids=None,
                  in_memory: bool | str = "auto", viewpoint: str | None = None, shuffle_views: bool = True):
@@ -123,11 +130,14 @@ class SceneViewsDataset(_StoreBacked):
     def __len__(self) -> int:
         return len(self.scene_ids)
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        generator = None
+        if isinstance(item, tuple):
+            item, seed = item
+            generator = torch.Generator().manual_seed(int(seed))
         views = self.scene_images[item]
         if self.shuffle_views:
-            # torch's RNG: the DataLoader seeds it per worker, so runs are reproducible.
-            views = views[torch.randperm(len(views))[: self.num_views].numpy()]
+            views = views[torch.randperm(len(views), generator=generator)[: self.num_views].numpy()]
         else:
             views = views[: self.num_views]
         return self._to_tensors(self._read(views), views)

@@ -53,13 +53,20 @@ class StepBatchSampler(Sampler[list[int]]):
     s*B .. s*B+B-1 of the concatenated epochs (batches may straddle an epoch boundary, and a
     dataset smaller than a batch simply spans several epochs). Stateless, so resuming at any
     step gives the same batches.
+
+    ``item_seeds``: yield ``(index, seed)`` pairs instead of indices, the seed a pure function
+    of (seed, step, position in the global batch), for datasets that draw something per item
+    (``SceneViewsDataset`` picks views): their draws then replay exactly on resume, whatever
+    the number of workers or processes.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int):
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 item_seeds: bool = False):
         if num_items < 1:
             raise ValueError("cannot sample from an empty dataset")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.end_step = start_step, end_step
+        self.item_seeds = item_seeds
 
     def __len__(self) -> int:
         return max(0, self.end_step - self.start_step)
@@ -72,7 +79,7 @@ class StepBatchSampler(Sampler[list[int]]):
         position = self.start_step * self.batch_size
         epoch, offset = divmod(position, self.num_items)
         order = self._epoch(epoch)
-        for _ in range(len(self)):
+        for step in range(self.start_step, self.end_step):
             batch = []
             while len(batch) < self.batch_size:
                 take = min(self.batch_size - len(batch), self.num_items - offset)
@@ -81,6 +88,9 @@ class StepBatchSampler(Sampler[list[int]]):
                 if offset == self.num_items:
                     epoch, offset = epoch + 1, 0
                     order = self._epoch(epoch)
+            if self.item_seeds:
+                base = step_seed(self.seed + 104729, step) * self.batch_size
+                batch = [(index, (base + j) % (2**63 - 1)) for j, index in enumerate(batch)]
             yield batch
 
 
@@ -95,8 +105,8 @@ class RankBatchSampler(StepBatchSampler):
     """
 
     def __init__(self, num_items: int, global_batch: int, seed: int, start_step: int,
-                 end_step: int, rank: int = 0, world_size: int = 1):
-        super().__init__(num_items, global_batch, seed, start_step, end_step)
+                 end_step: int, rank: int = 0, world_size: int = 1, item_seeds: bool = False):
+        super().__init__(num_items, global_batch, seed, start_step, end_step, item_seeds)
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
         self.per_rank = global_batch // world_size
@@ -289,7 +299,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     loader = DataLoader(
         dataset,
         batch_sampler=RankBatchSampler(len(dataset), batch_size, cfg.seed, start_step, end_step,
-                                       rank, world_size),
+                                       rank, world_size,
+                                       item_seeds=getattr(dataset, "takes_item_seeds", False)),
         collate_fn=KeyCollate(tuple(getattr(model, "input_keys", ("image",)))),
         num_workers=cfg.workers,
         persistent_workers=False,
