@@ -8,8 +8,9 @@ paper settings (64x64, K=7; IODINE T=5, D=16, batch 8; GENESIS batch 32, GECO), 
 step, one step under torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, forward,
 backward and IODINE's input-gradient passes), then ``--steps`` timed training steps (forward,
 backward, gradient-norm clip 5.0, Adam). The fp32 matrix-multiply rate (4096^2 torch.mm, best of
-4) is measured in the parent before and after the cases; the higher one is the reference, and
-utilisation = FLOPs per step / seconds per step / matmul rate.
+4) is measured in the parent before and after the cases and in every case's process before and
+after its steps; the highest is the reference, and utilisation = FLOPs per step / fastest step
+time / matmul rate (both "best of" figures: other jobs on a shared machine only slow things down).
 
 Cases: <model> with LDS, <model> without (control), and IODINE with gradient checkpointing.
 LDS overhead is reported twice: the step-time difference (noisy on a shared machine) and the
@@ -110,6 +111,7 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
 
     # Peak memory of one step: the first one (the heap grows to what a step needs, and the
     # training loop's malloc settings keep it for later steps).
+    rate_start = matmul_rate(device)          # sampled in every child too: the machine is shared
     rss_before = rss_mib()
     reset_peak_rss()
     if device.startswith("cuda"):
@@ -144,7 +146,8 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
         prior_times.append(time.perf_counter() - start)
     return {"model": model_name, "lds": lds, "grad_checkpoint": grad_checkpoint, "batch": batch,
             "step_s": min(times), "step_times": times, "flops": flops, "peak_mib": peak_mib,
-            "lds_prior_s": min(prior_times), "threads": torch.get_num_threads()}
+            "lds_prior_s": min(prior_times), "threads": torch.get_num_threads(),
+            "matmul_rate": max(rate_start, matmul_rate(device))}
 
 
 def main() -> None:
@@ -186,7 +189,7 @@ def main() -> None:
                 print(proc.stderr, file=sys.stderr)
                 raise SystemExit(f"case {spec} failed")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    rate = max(rate_before, matmul_rate(args.device))
+    rate = max([rate_before, matmul_rate(args.device)] + [r["matmul_rate"] for r in results])
 
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.size}x{args.size}, timed steps per case: {args.steps}")
