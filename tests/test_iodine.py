@@ -149,18 +149,9 @@ def test_non_finite_refinement_is_caught_and_stops_training(tmp_path):
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == [0]
 
 
-def reconstruction_mse(model: IODINE, images: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        mse = (run(model, images).reconstruction - images).pow(2).mean().item()
-    model.train()
-    return mse
-
-
 def test_overfits_two_images():
     model = tiny_model(seed=0).train()
     images = two_images()
-    mse_before = reconstruction_mse(model, images)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for step in range(60):
@@ -174,11 +165,12 @@ def test_overfits_two_images():
     # The loss is a negative log-density (plus KL) summed over 16x16x3 values and weighted over
     # 3 iterations, so it is not scale-free: the untrained model (sigmoid(0) = 0.5 on a grey
     # background) starts near -2e2 and a fit within sigma = 0.1 reaches about -1.2e3. Require
-    # a fall of 600 nats per image, and a lower reconstruction error of the posterior mean.
-    first, last = losses[0], sum(losses[-3:]) / 3
+    # a fall of 600 nats per image (the mean of the last ten steps against the first step).
+    first, last = losses[0], sum(losses[-10:]) / 10
     assert last < first - 600, (first, last)
-    mse_after = reconstruction_mse(model, images)
-    assert mse_after < 0.8 * mse_before, (mse_before, mse_after)
+    # The learned refinement improves the fit from the first iteration to the last.
+    nll = out.extras["nll_per_iteration"]
+    assert nll[-1] < nll[0], nll
 
 
 def test_paper_settings_and_cli_train_with_resume(tmp_path):
@@ -216,3 +208,27 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
     assert (run_dir / "eval" / "eval.json").is_file()
     model, cfg = load_run(run_dir)
     assert isinstance(model, IODINE) and cfg.model.num_iterations == 3
+
+
+def test_evaluation_is_reproducible_and_the_inference_gap_adapter_works():
+    from lds.gap import estimate_gap, standard_normal_log_density
+
+    model = tiny_model().eval()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        a, b = model({"image": images}), model({"image": images})
+    torch.testing.assert_close(a.posterior_mean, b.posterior_mean)   # seeded eval noise
+    torch.testing.assert_close(a.reconstruction, b.reconstruction)
+    # log p~(x, z) of the adapter is the mixture likelihood plus the standard normal prior.
+    adapter = model.gap_adapter
+    posterior = adapter.posterior(model, {"image": images})
+    torch.testing.assert_close(posterior.mean, a.posterior_mean)
+    z = torch.randn(3, 2, 3, 4)
+    with torch.no_grad():
+        got = adapter.log_joint(model, {"image": images}, posterior, z)
+        expected = torch.stack([-model._render(images, z[i])["log_pixel"].flatten(1).sum(1).neg()
+                                for i in range(3)]) + standard_normal_log_density(z)
+    torch.testing.assert_close(got, expected)
+    gap = estimate_gap(model, {"image": images}, num_samples=16, chunk=8,
+                       generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(gap["log_px"]).all()) and bool((gap["gap"] >= 0).all())

@@ -43,9 +43,14 @@ copy of lambda whose graph is freed at once, so each refining iteration costs tw
 forwards (same values, same gradients; tested).
 
 Evaluation (``model.eval()``): the refinement iterations still sample z (all slots start from the
-same lambda_0, and only the sampling noise breaks their symmetry); the last iteration decodes the
-posterior mean, so ``slot_latents == posterior_mean``. Under ``torch.no_grad()`` the model turns
-autograd on internally for dL/dlambda and detaches lambda between iterations.
+same lambda_0, and only the sampling noise breaks their symmetry), from a generator seeded with
+0 on every call so an evaluation is reproducible; the last iteration decodes the posterior mean,
+so ``slot_latents == posterior_mean``. Under ``torch.no_grad()`` the model turns autograd on
+internally for dL/dlambda and detaches lambda between iterations.
+
+Inference gap (lds.gap): ``model.gap_adapter`` takes q = the posterior after the last refinement
+step (eval mode) and log p~(x, z) = log sum_k m_k(z) N(x; mu_k(z), sigma^2) + log N(z; 0, I), so
+its ELBO is the final iteration's -(NLL + KL) at unit weights.
 
 Departures from the original (documented in docs/models.md): the spatial broadcast decoder is
 the shared one (ReLU, fused first conv) rather than ELU; pixels are Gaussian with a fixed sigma
@@ -54,6 +59,7 @@ the shared one (ReLU, fused first conv) rather than ELU; pixels are Gaussian wit
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -306,13 +312,22 @@ class IODINE(nn.Module):
         state = None
         nlls, kls, ldss = [], [], []
         diverged_at = None
+        eval_noise = None
         use_checkpoint = cfg.grad_checkpoint and keep_graph
         for t in range(iterations):
             last = t == iterations - 1
             if not keep_graph:                       # evaluation: no graph across iterations
                 posterior = posterior.detach()
             # Every iteration samples; in eval mode the last one decodes the posterior mean.
-            noise = None if (last and not self.training) else torch.randn_like(posterior[..., :d])
+            if self.training:
+                noise = torch.randn_like(posterior[..., :d])
+            elif last:
+                noise = None
+            else:
+                if eval_noise is None:
+                    eval_noise = torch.Generator(device=image.device).manual_seed(0)
+                noise = torch.randn(posterior[..., :d].shape, generator=eval_noise,
+                                    device=image.device, dtype=posterior.dtype)
             if last or not use_checkpoint:
                 nll, kl, z, r, posterior_next, state_next = self._iteration(
                     image, posterior, state, noise, refine=not last, need_grad=True)
@@ -372,6 +387,41 @@ class IODINE(nn.Module):
         if not keep_graph:
             out = _detach_output(out)
         return out
+
+
+    @property
+    def gap_adapter(self):
+        """The inference-gap adapter for lds.gap (module docstring)."""
+        return _gap_adapter()
+
+
+@functools.cache
+def _gap_adapter():
+    # Imported lazily: lds.gap is an application module above the models.
+    from lds.gap import GapAdapter, GaussianPosterior, standard_normal_log_density
+
+    class IODINEGapAdapter(GapAdapter):
+        """z = the K slot latents; q = the posterior after the last refinement step."""
+
+        def posterior(self, model, batch) -> GaussianPosterior:
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out = model({"image": batch["image"]})
+            finally:
+                model.train(was_training)
+            return GaussianPosterior(out.posterior_mean, out.posterior_logvar)
+
+        def log_joint(self, model, batch, posterior, z) -> torch.Tensor:
+            image = batch["image"]
+            s, n, k, d = z.shape
+            images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
+            r = model._render(images, z.reshape(s * n, k, d))
+            log_likelihood = r["log_pixel"].flatten(1).sum(1).view(s, n)
+            return log_likelihood + standard_normal_log_density(z)
+
+    return IODINEGapAdapter()
 
 
 def _detach_output(out: ModelOutput) -> ModelOutput:
