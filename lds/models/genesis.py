@@ -258,7 +258,11 @@ class GENESIS(nn.Module):
         beta = self.geco_beta.clone()
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
-                err = nll.detach()
+                err = nll.detach().clone()
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    # Data-parallel: GECO follows the global batch's error, the same on every rank.
+                    torch.distributed.all_reduce(err)
+                    err /= torch.distributed.get_world_size()
                 if torch.isfinite(err):
                     ema = self.geco_err_ema
                     ema = err if torch.isnan(ema) else cfg.geco_alpha * ema + (1 - cfg.geco_alpha) * err
