@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import yaml
 
+from common.config import read_yaml_mapping
 from common.errors import UserError
 
 
@@ -288,16 +289,7 @@ def solve_hand_eye(T_base_flange: list[np.ndarray], T_cam_board: list[np.ndarray
 # -- the rig calibration file --------------------------------------------------------------------
 
 def load_calibration(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"calibration file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"calibration file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise CalibrationError(f"calibration file {path} must hold a mapping")
-    return data
+    return read_yaml_mapping(path, "calibration file", CalibrationError)
 
 
 def save_calibration_section(path: str | Path, section: str, values: dict) -> None:

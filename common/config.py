@@ -158,18 +158,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Defaults of ``cls`` (or ``base``), then the YAML file, then the overrides."""
     data = to_dict(base if base is not None else cls())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        _merge(data, loaded, "")
+        _merge(data, read_yaml_mapping(path), "")
     apply_overrides(data, overrides or [])
     return from_dict(cls, data)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      error: type[Exception] = ConfigError) -> dict:
+    """A YAML file holding a mapping, or one clear ``error`` saying why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {path} must hold a mapping at the top level")
+    return loaded
 
 
 def _merge(into: dict, new: dict, prefix: str) -> None:

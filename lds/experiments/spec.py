@@ -27,9 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from common.config import _merge, apply_overrides, from_dict, to_dict
+from common.config import _merge, apply_overrides, from_dict, read_yaml_mapping, to_dict
 from common.errors import ConfigError, UserError
 
 
@@ -132,14 +131,7 @@ class RunSpec:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
     """Read and validate a spec; store paths become absolute (relative ones: to the spec file)."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"experiment spec {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise SpecError(f"{path} must hold a mapping at the top level")
+    loaded = read_yaml_mapping(path, "experiment spec", SpecError)
     try:
         # stores/models are open-ended mappings: taken whole, the rest merged over the defaults.
         data = to_dict(ExperimentSpec())
