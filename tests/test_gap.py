@@ -176,6 +176,22 @@ def test_gap_command_on_a_trained_run(tmp_path):
     missing = CliRunner().invoke(app, ["gap", str(tmp_path / "nope"), "--data", str(store)])
     assert missing.exit_code != 0
 
+    # `ldsrig compare` adds Table 2 once both runs have gap.json.
+    cfg = load_train_config("monet", None, TINY_MONET + [f"data={store}"])
+    cfg.lds.enabled = True
+    train(cfg, tmp_path / "lds", progress=False)
+    assert CliRunner().invoke(app, ["gap", str(tmp_path / "lds"), "--data", str(store), "--samples",
+                                    "40", "--max-images", "3", "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "run"), str(tmp_path / "lds"),
+                                      "--data", str(store), "--out", str(tmp_path / "cmp.json")],
+                                env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "inference gap (Table 2): 3 images" in result.output
+    table2 = json.loads((tmp_path / "cmp.json").read_text())["gap"]
+    assert table2["n"] == 3 and len(table2["dG"]) == len(table2["dMSE"]) == 3
+    lds_gap = json.loads((tmp_path / "lds" / "gap" / "gap.json").read_text())
+    assert table2["dG"][0] == pytest.approx(data["records"][0]["gap"] - lds_gap["records"][0]["gap"])
+
 
 def test_gap_difference_joins_on_image_index_and_correlates():
     from lds.gap import gap_difference

@@ -263,7 +263,9 @@ def figure3(report: Report, results, spec, summary) -> None:
     axes[1].legend(fontsize=7)
     report.figure("figure3.png", _png(fig), "Figure 3: dSim per model (mean ± std over seeds, "
                   "positive: LDS made slots less similar) and duplicate percentages")
-    rows = [[n, _fmt("sim", dsim_mean[i]) + " ± " + _fmt("sim", dsim_std[i])] +
+    stds = [summary["figure3"][n]["dSim"]["std"] for n in names]
+    rows = [[n, _fmt("sim", dsim_mean[i]) + ("" if not math.isfinite(stds[i]) else
+                                             " ± " + _fmt("sim", stds[i]))] +
             [_fmt("dup_gt", dup[n][k][0]) for k in colours] for i, n in enumerate(names)]
     report.table(["model/store", "dSim"] + [k.replace("dup_gt", "dup GT %").replace("dup_nogt", "dup no-GT %")
                                             for k in colours], rows)
