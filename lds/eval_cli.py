@@ -94,8 +94,6 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device))
-    if figure > 0 and hasattr(model, "output_batch_size"):   # before the (long) evaluation
-        raise UserError("Figure 2 is not supported for multi-view models (MulMON) yet")
     dataset = _open_dataset(data, train_cfg.model)
     if len(dataset) == 0:
         raise UserError(f"data store {data} has no images to evaluate")
@@ -108,22 +106,30 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     print_result(result, console, title=f"{run.name}: {result.meta['num_images']} images")
     console.print(f"wrote {out}")
     if figure > 0:
+        # The evaluated items: images, or scenes for multi-view models (their records are views).
+        evaluated = result.meta.get("views", {}).get("scenes", result.meta["num_images"])
         path = write_figure([model], dataset, figure, out.parent / FIGURE_FILE,
-                            limit=result.meta["num_images"], labels=[run.name])
+                            limit=evaluated, labels=[run.name])
         console.print(f"wrote {path}")
     return result
 
 
 def write_figure(models: list, dataset, num_examples: int, path: Path, limit: int | None = None,
                  labels: list[str] | None = None) -> Path:
-    """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images."""
+    """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images.
+
+    For multi-view models (MulMON) the dataset items are scenes: ``num_examples`` scenes are
+    drawn, each as one row per view (observed views, then query views).
+    """
     from lds.figures import figure2
 
-    if any(hasattr(m, "output_batch_size") for m in models):
-        raise UserError("Figure 2 is not supported for multi-view models (MulMON) yet")
     available = len(dataset) if limit is None else min(limit, len(dataset))
     chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
-    images = torch.stack([dataset[int(i)]["image"] for i in chosen])
+    items = [dataset[int(i)] for i in chosen]
+    images = torch.stack([item["image"] for item in items])
+    if any(hasattr(m, "output_batch_size") for m in models):     # scenes x views
+        keys = {key for m in models for key in getattr(m, "input_keys", ("image",))}
+        images = {key: torch.stack([item[key] for item in items]) for key in keys}
     sources = dict(zip(labels, models)) if labels and len(models) > 1 else models[0]
     return figure2(sources, images, path)
 
@@ -202,9 +208,10 @@ def compare_command(
     if figure > 0:
         if data is None:
             raise UserError("--figure needs --data (the images to draw)")
-        control_model, _ = _load_run(Path(run_control), _check_device(device))
+        control_model, control_cfg = _load_run(Path(run_control), _check_device(device))
         lds_model, _ = _load_run(Path(run_lds), _check_device(device))
-        path = write_figure([control_model, lds_model], _open_dataset(data), figure,
+        path = write_figure([control_model, lds_model], _open_dataset(data, control_cfg.model),
+                            figure,
                             Path(run_lds) / EVAL_DIR / "figure2_vs_control.png", limit=max_images,
                             labels=[f"{Path(run_control).name} (control)",
                                     f"{Path(run_lds).name} (LDS)"])

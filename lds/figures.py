@@ -11,6 +11,12 @@ Rendering follows the supplement (section B):
 
     figure2(output, images, "fig.png")                                 # one run
     figure2({"MONet0": control_model, "MONet+": lds_model}, images, "fig.png")   # stacked
+    figure2(mulmon_model, {"image": (S, V, 3, H, W), "viewpoint": (S, V, v)}, "fig.png")
+
+Multi-view models (MulMON) take a batch of scenes instead of an image tensor: every view of
+every scene is a row, observed views first and then the query views the model predicted from
+the final posterior, each row labelled as such. MulMON's RGB means are unbounded; every image
+tile is clamped to [0, 1] for display, and the figure says so when anything was clamped.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def segmentation_rgb(masks: torch.Tensor) -> np.ndarray:
     return PALETTE[labels % len(PALETTE)]
 
 
-def _as_output(source: Source, images: torch.Tensor) -> ModelOutput:
+def _as_output(source: Source, batch: dict) -> ModelOutput:
     if isinstance(source, ModelOutput):
         return source
     if isinstance(source, (str, Path)):
@@ -62,10 +68,15 @@ def _as_output(source: Source, images: torch.Tensor) -> ModelOutput:
         source, _ = load_run(source, map_location="cpu")
     if isinstance(source, nn.Module):
         device = next(source.parameters(), torch.empty(0)).device
+        keys = getattr(source, "input_keys", ("image",))
+        missing = [key for key in keys if key not in batch]
+        if missing:
+            raise ValueError(f"{type(source).__name__} needs batch keys {missing} for Figure 2 "
+                             "(pass a dict batch of scenes for multi-view models)")
         was_training = source.training
         source.eval()
         with torch.no_grad():
-            output = source({"image": images.to(device)})
+            output = source({key: batch[key].to(device) for key in keys})
         source.train(was_training)
         return output
     raise TypeError(f"figure2 needs ModelOutputs, models or run directories, got {type(source)}")
@@ -75,15 +86,43 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
     return image.detach().float().cpu().clamp(0.0, 1.0).permute(1, 2, 0).numpy()
 
 
+def _outside_unit_range(t: torch.Tensor) -> bool:
+    t = t.detach()
+    return bool((t < 0).any() or (t > 1).any())
+
+
+def _view_labels(output: ModelOutput, views_per_scene: int) -> list[str]:
+    """Row labels for multi-view outputs: scene number and observed / query view number."""
+    query = output.extras.get("query_view")
+    if query is None:
+        return [""] * output.masks.shape[0]
+    labels, seen, asked = [], 0, 0
+    for row, is_query in enumerate(query.tolist()):
+        if row % views_per_scene == 0:
+            seen = asked = 0
+        scene = row // views_per_scene + 1
+        if is_query:
+            asked += 1
+            labels.append(f"scene {scene}\nquery {asked}")
+        else:
+            seen += 1
+            labels.append(f"scene {scene}\nobserved {seen}")
+    return labels
+
+
 def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
-            images: torch.Tensor, path: str | Path, background: str = "white",
-            tile_inches: float = 1.1, dpi: int = 100) -> Path:
+            images: torch.Tensor | Mapping[str, torch.Tensor], path: str | Path,
+            background: str = "white", tile_inches: float = 1.1, dpi: int = 100) -> Path:
     """Write the Figure 2 layout for ``images`` (N, 3, H, W) in [0, 1] to ``path`` (PNG).
 
     ``outputs_or_runs``: one source, a list of sources (stacked in order, e.g. control first),
     or a mapping row label -> source (e.g. {"MONet0": ..., "MONet+": ...}). A source is a
     ModelOutput computed on ``images``, a model (run on ``images`` in eval mode), or a run
     directory (loaded with lds.training.runs.load_run). Returns the path written.
+
+    ``images`` may instead be a batch dict; for multi-view models (MulMON) a batch of scenes,
+    "image" (S, V, 3, H, W) and "viewpoint" (S, V, v): the rows are then the S x V views
+    (observed first, then queries, as the model orders them), labelled per row.
     """
     import matplotlib
 
@@ -97,9 +136,15 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
                  for i, s in enumerate(outputs_or_runs)]
     else:
         named = [("", outputs_or_runs)]
+    batch = dict(images) if isinstance(images, Mapping) else {"image": images}
+    images = batch["image"]
+    views_per_scene = 1
+    if images.dim() == 5 and images.shape[2] == 3:        # scenes x views: one row per view
+        views_per_scene = images.shape[1]
+        images = images.flatten(0, 1)
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-    outputs = [(label, _as_output(source, images)) for label, source in named]
+        raise ValueError(f"images must be (N, 3, H, W) or (S, V, 3, H, W), got {tuple(images.shape)}")
+    outputs = [(label, _as_output(source, batch)) for label, source in named]
     num_images = images.shape[0]
     for label, output in outputs:
         if output.masks.shape[0] != num_images:
@@ -115,6 +160,7 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
     for block, (label, output) in enumerate(outputs):
         alone = render_components_alone(output, background)
         seg = segmentation_rgb(output.masks)
+        view_labels = _view_labels(output, views_per_scene)
         for i in range(num_images):
             row = axes[block * num_images + i]
             tiles = [_to_hwc(images[i]), _to_hwc(output.reconstruction[i])]
@@ -129,10 +175,20 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
                     ax.imshow(tile, interpolation="nearest")
                 if block * num_images + i == 0:        # column titles once, on top
                     ax.set_title(titles[col], fontsize=9)
-            if label:
+            if view_labels[i]:
+                row[0].set_ylabel(f"{label}\n{view_labels[i]}" if label else view_labels[i],
+                                  fontsize=7)
+            elif label:
                 row[0].set_ylabel(f"{label}\n#{i}", fontsize=8)
-    fig.subplots_adjust(left=0.06 if any(l for l, _ in outputs) else 0.01, right=0.99,
-                        top=1 - 0.25 / num_rows, bottom=0.01, wspace=0.04, hspace=0.04)
+    # Unbounded RGB (MulMON's means) is clamped for display: say so under the grid.
+    clamped = any(_outside_unit_range(o.appearance) or _outside_unit_range(o.reconstruction)
+                  for _, o in outputs)
+    left = 0.09 if views_per_scene > 1 else 0.06 if any(l for l, _ in outputs) else 0.01
+    fig.subplots_adjust(left=left, right=0.99, top=1 - 0.25 / num_rows,
+                        bottom=0.25 / num_rows if clamped else 0.01, wspace=0.04, hspace=0.04)
+    if clamped:
+        fig.text(0.5, 0.05 / num_rows, "RGB outside [0, 1] (unbounded appearance) is clamped "
+                 "to [0, 1] for display", ha="center", va="bottom", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
