@@ -93,6 +93,19 @@ class GapAdapter:
         return diagonal_gaussian_log_density(z, posterior.mean.unsqueeze(0),
                                              posterior.logvar.unsqueeze(0))
 
+    def sample(self, model: torch.nn.Module, batch: dict, posterior: GaussianPosterior,
+               num_samples: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_samples`` draws z ~ q and their log q(z | x): ((S, N, ...), (S, N)).
+
+        Default: the fixed diagonal Gaussian ``posterior``. Override for a q that is not one
+        Gaussian given x (GENESIS: z^c's proposal depends on the sampled z^m)."""
+        mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
+        noise = torch.randn((num_samples, *mean.shape), generator=generator, device=mean.device,
+                            dtype=mean.dtype)
+        z = mean.unsqueeze(0) + std.unsqueeze(0) * noise
+        return z, self.log_q(posterior, z)
+
 
 GAP_ADAPTERS: dict[str, GapAdapter] = {}
 
@@ -131,15 +144,12 @@ def importance_weights(model: torch.nn.Module, batch: dict, num_samples: int, ch
         raise UserError("the number of samples and the chunk size must be at least 1")
     adapter = adapter or adapter_for(model)
     posterior = adapter.posterior(model, batch)
-    mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
     chunks = []
     for start in range(0, num_samples, chunk):
         size = min(chunk, num_samples - start)
-        noise = torch.randn((size, *mean.shape), generator=generator, device=mean.device,
-                            dtype=mean.dtype)
-        z = mean.unsqueeze(0) + std.unsqueeze(0) * noise
+        z, log_q = adapter.sample(model, batch, posterior, size, generator)
         log_joint = adapter.log_joint(model, batch, posterior, z)
-        chunks.append((log_joint - adapter.log_q(posterior, z)).double())
+        chunks.append((log_joint - log_q).double())
     return torch.cat(chunks, dim=0)
 
 
@@ -199,6 +209,189 @@ class MONetGapAdapter(GapAdapter):
         return (log_lik - kl_mask).view(s, n) + standard_normal_log_density(z)
 
 
+# ---- MulMON ---------------------------------------------------------------------------------
+
+@register_gap_adapter("mulmon")
+class MulMONGapAdapter(GapAdapter):
+    """MulMON: one item is a scene; x = its observed views, z = the K slot latents.
+
+    Observed views: the model's evaluation split, the first min(eval_observed, V - 1) views of
+    the item (all of them when V = 1); the query views are not part of x. q = the posterior after
+    the last refinement step on the last observed view. The joint is MulMON's ELBO at unit
+    weights over those views, with the learned initial prior lambda_0 = p(z) (the prior of the
+    first view, where the sequence of per-view KLs starts):
+
+        log p~(x, z) = sum_v log p(x_v | z, v) + log N(z; lambda_0)
+
+    with the per-colour-channel mixture likelihood at pixel sigma (0.1), so ELBO = E_q[sum_v
+    log p(x_v | z, v)] - KL(q || lambda_0). MulMON's training loss instead weights its views and
+    iterations (w_v, w_t, each summing to 1) and takes each view's KL against the previous
+    view's posterior; those weights and the query NLL are training devices, not part of the
+    bound on log p(x_observed) (docs/experiments.md).
+    """
+
+    @staticmethod
+    def num_observed(model, num_views: int) -> int:
+        return min(model.cfg.eval_observed, num_views - 1) if num_views > 1 else 1
+
+    def posterior(self, model, batch) -> GaussianPosterior:
+        image, viewpoint = batch["image"], batch["viewpoint"]
+        s, v = image.shape[:2]
+        observed = self.num_observed(model, v)
+        if observed == v:
+            # One view only: repeat it as a query so the forward returns the final posterior
+            # (the query rows carry it); the query's rendering is not used.
+            image = torch.cat([image, image[:, -1:]], dim=1)
+            viewpoint = torch.cat([viewpoint, viewpoint[:, -1:]], dim=1)
+        was_training = model.training
+        model.eval()
+        try:
+            out = model({"image": image, "viewpoint": viewpoint}, num_observed=observed)
+            view_embedding = model.view_encoder(viewpoint[:, :observed])   # no noise at eval
+        finally:
+            model.train(was_training)
+        k, d = model.cfg.num_slots, model.cfg.latent_dim
+        mean = out.posterior_mean.view(s, image.shape[1], k, d)[:, -1]      # a query row: final q
+        logvar = out.posterior_logvar.view(s, image.shape[1], k, d)[:, -1]
+        return GaussianPosterior(mean.detach(), logvar.detach(),
+                                 {"num_observed": observed, "view_embedding": view_embedding})
+
+    def log_likelihood(self, model, batch, posterior, z) -> torch.Tensor:
+        """sum over the observed views of log p(x_v | z, v): (S, N). One decoder pass per view
+        (memory: S x N x K slot images, as for the single-image models)."""
+        s, n, k, d = z.shape
+        embedding = posterior.context["view_embedding"]                     # (N, V_obs, E)
+        flat_z = z.reshape(s * n, k, d)
+        coordinate_features = model.decoder.coordinate_features()
+        total = z.new_zeros(s * n)
+        for view in range(posterior.context["num_observed"]):
+            view_embedding = embedding[:, view: view + 1]
+            view_embedding = view_embedding.unsqueeze(0).expand(s, *view_embedding.shape)
+            means, log_masks, _ = model.render(flat_z, view_embedding.reshape(s * n, 1, -1),
+                                               coordinate_features)
+            x = batch["image"][:, view: view + 1]
+            x = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
+            total = total + model._nll(model._log_components(x, means), log_masks)[:, 0]
+        return -total.view(s, n)
+
+    def log_joint(self, model, batch, posterior, z) -> torch.Tensor:
+        prior_mean, prior_logvar = model.initial_posterior.chunk(2, dim=-1)   # (1, 1, D)
+        return (self.log_likelihood(model, batch, posterior, z)
+                + diagonal_gaussian_log_density(z, prior_mean, prior_logvar))
+
+
+# ---- GENESIS --------------------------------------------------------------------------------
+
+@register_gap_adapter("genesis")
+class GENESISGapAdapter(GapAdapter):
+    """GENESIS: z_k = [z^m_k, z^c_k] (the slot latents), q sequential as in the model.
+
+    q(z | x) = q(z^m_{1:K} | x) prod_k q(z^c_k | x, pi_k(z^m)): the mask posterior is a fixed
+    diagonal Gaussian given x (its LSTM runs on the image encoding, not on sampled latents), the
+    component posterior is re-encoded from (x, log pi_k) for every sampled z^m. So
+    :meth:`sample` draws z^m, decodes its masks, encodes and draws z^c, and returns
+    log q = log q(z^m) + log q(z^c | x, pi(z^m)). The joint is GENESIS's generative model:
+
+        log p~(x, z) = sum_pixels log sum_k pi_k(z^m) N(x; mu_k(z^c_k), sigma_x^2 I)
+                       + log p(z^m_{1:K}) (autoregressive) + sum_k log p(z^c_k | z^m_k)
+
+    so ELBO = -(nll + kl_mask + kl_comp), GENESIS's loss at beta = 1 (no GECO) and lambda = 0.
+    """
+
+    def posterior(self, model, batch) -> GaussianPosterior:
+        image = batch["image"]
+        b, k = image.shape[0], model.num_slots
+        features = model.image_encoder(model._memory_format(image))
+        hidden, _ = model.posterior_lstm(features.unsqueeze(1).expand(b, k, features.shape[1]))
+        mask_mean, mask_raw = model.posterior_head(hidden).chunk(2, dim=-1)
+        return GaussianPosterior(mask_mean, 2.0 * torch.log(_genesis().std_from_raw(mask_raw)))
+
+    @staticmethod
+    def _log_masks(model, z_mask: torch.Tensor) -> torch.Tensor:
+        """z^m (S, N, K, Dm) -> log pi (S*N, K, 1, H, W)."""
+        s, n, k, dm = z_mask.shape
+        cfg = model.cfg
+        alpha = model.mask_decoder(z_mask.reshape(s * n * k, dm)).view(s * n, k, 1, cfg.height,
+                                                                       cfg.width)
+        return model.stick_breaking(alpha)
+
+    @staticmethod
+    def _component_posterior(model, image, log_masks, s):
+        """q(z^c | x, log pi): mean and std (S, N, K, Dc) for log pi (S*N, K, 1, H, W)."""
+        n, c, h, w = image.shape
+        k, dc = model.num_slots, model.cfg.comp_latent_dim
+        images = image.unsqueeze(0).expand(s, n, c, h, w).reshape(s * n, 1, c, h, w)
+        enc_in = torch.cat([images.expand(s * n, k, c, h, w), log_masks], dim=2)
+        out = model.comp_encoder(model._memory_format(enc_in.reshape(s * n * k, c + 1, h, w)))
+        mean, raw = out.view(s, n, k, 2 * dc).chunk(2, dim=-1)
+        return mean, _genesis().std_from_raw(raw)
+
+    def _log_q_parts(self, model, batch, posterior, z_mask, z_comp=None, generator=None):
+        genesis = _genesis()
+        s = z_mask.shape[0]
+        log_masks = self._log_masks(model, z_mask)
+        comp_mean, comp_std = self._component_posterior(model, batch["image"], log_masks, s)
+        if z_comp is None:
+            noise = torch.randn(comp_mean.shape, generator=generator, device=comp_mean.device,
+                                dtype=comp_mean.dtype)
+            z_comp = comp_mean + comp_std * noise
+        mask_std = torch.exp(0.5 * posterior.logvar).unsqueeze(0)
+        log_q = (genesis.normal_log_density(z_mask, posterior.mean.unsqueeze(0), mask_std)
+                 + genesis.normal_log_density(z_comp, comp_mean, comp_std)).sum(-1)
+        z = torch.cat([z_mask, z_comp], dim=-1)
+        posterior.context["decoded"] = (z, log_masks)      # log_joint reuses these masks
+        return z, log_q
+
+    def sample(self, model, batch, posterior, num_samples, generator=None):
+        mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
+        noise = torch.randn((num_samples, *mean.shape), generator=generator, device=mean.device,
+                            dtype=mean.dtype)
+        return self._log_q_parts(model, batch, posterior, mean.unsqueeze(0) + std.unsqueeze(0) * noise,
+                                 generator=generator)
+
+    def log_q_at(self, model, batch, posterior, z) -> torch.Tensor:
+        """log q(z | x) for given z = [z^m, z^c] (S, N, K, Dm + Dc): (S, N)."""
+        z_mask, z_comp = z.split([model.cfg.mask_latent_dim, model.cfg.comp_latent_dim], dim=-1)
+        return self._log_q_parts(model, batch, posterior, z_mask, z_comp)[1]
+
+    def log_q(self, posterior, z):
+        raise NotImplementedError("GENESIS's q needs the model: use sample() or log_q_at()")
+
+    def log_joint(self, model, batch, posterior, z) -> torch.Tensor:
+        genesis = _genesis()
+        cfg = model.cfg
+        image = batch["image"]
+        s, n, k, _ = z.shape
+        z_mask, z_comp = z.split([cfg.mask_latent_dim, cfg.comp_latent_dim], dim=-1)
+        decoded = posterior.context.get("decoded")
+        log_masks = decoded[1] if decoded is not None and decoded[0] is z \
+            else self._log_masks(model, z_mask)
+        flat_mask = z_mask.reshape(s * n, k, cfg.mask_latent_dim)
+        # Autoregressive mask prior, teacher-forced as in the model: p(z^m_1) = N(0, I).
+        prior_hidden, _ = model.prior_lstm(flat_mask[:, :-1])
+        prior_mean, prior_raw = model.prior_head(prior_hidden).chunk(2, dim=-1)
+        prior_mean = torch.cat([torch.zeros_like(flat_mask[:, :1]), prior_mean], dim=1)
+        prior_std = torch.cat([torch.ones_like(flat_mask[:, :1]), genesis.std_from_raw(prior_raw)], 1)
+        log_p_mask = genesis.normal_log_density(flat_mask, prior_mean, prior_std).sum(1)
+        comp_prior_mean, comp_prior_raw = model.comp_prior(z_mask).chunk(2, dim=-1)
+        log_p_comp = genesis.normal_log_density(z_comp, comp_prior_mean,
+                                                genesis.std_from_raw(comp_prior_raw)).sum(-1)
+        appearance = torch.sigmoid(model.comp_decoder(z_comp.reshape(s * n * k, -1)))
+        appearance = appearance.view(s * n, k, 3, cfg.height, cfg.width)
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, 1, *image.shape[1:])
+        sigma = cfg.pixel_std
+        log_comp = (-0.5 / sigma ** 2) * (images - appearance).pow(2).sum(2, keepdim=True) \
+            - 3 * (math.log(sigma) + 0.5 * _LOG_2PI)
+        log_lik = torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1)
+        return (log_lik + log_p_mask).view(s, n) + log_p_comp
+
+
+def _genesis():
+    # Imported lazily, as the model modules are (lds.gap must import without them).
+    from lds.models import genesis
+    return genesis
+
+
 # ---- running it on a trained run ------------------------------------------------------------
 
 def _aggregate(values: np.ndarray) -> dict[str, float | int | None]:
@@ -248,10 +441,19 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
             values = estimate_gap(model, batch, num_samples, chunk, generator, adapter)
             records = []
             for i in range(batch["image"].shape[0]):
-                record = {"image_index": int(batch["image_index"][i]) if "image_index" in batch
-                          else indices[0] + i}
+                record = {"image_index": indices[0] + i}
+                if "image_index" in batch:
+                    # A scene item (MulMON) has one image index per view: the record is the
+                    # scene's, keyed by its first view's image and listing the observed views.
+                    image_index = batch["image_index"][i].reshape(-1)
+                    record["image_index"] = int(image_index[0])
+                    if image_index.numel() > 1:
+                        observed = getattr(adapter, "num_observed", None)
+                        count_observed = (observed(model, image_index.numel()) if observed
+                                          else image_index.numel())
+                        record["observed_image_indices"] = image_index[:count_observed].tolist()
                 if "scene_index" in batch:
-                    record["scene_index"] = int(batch["scene_index"][i])
+                    record["scene_index"] = int(batch["scene_index"][i].reshape(-1)[0])
                 for key, value in values.items():
                     record[key] = float(value[i])
                 records.append(record)
@@ -293,7 +495,7 @@ def load_gap(run: str | Path) -> dict | None:
 
 __all__ = ["GaussianPosterior", "GapAdapter", "GAP_ADAPTERS", "register_gap_adapter",
            "adapter_for", "importance_weights", "gap_from_log_weights", "estimate_gap",
-           "MONetGapAdapter", "gap_for_run", "load_gap", "GAP_DIR", "GAP_FILE",
+           "MONetGapAdapter", "MulMONGapAdapter", "GENESISGapAdapter", "gap_for_run", "load_gap", "GAP_DIR", "GAP_FILE",
            "diagonal_gaussian_log_density", "standard_normal_log_density", "gap_difference",
            "gap_table"]
 
