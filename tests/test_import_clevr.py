@@ -27,8 +27,7 @@ VIEWS = 10
 
 @pytest.fixture()
 def raw_sample(tmp_path) -> Path:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"fixture {FIXTURE} not present")
+    assert FIXTURE.is_dir(), f"fixture {FIXTURE} not present: shared/ must sit beside the repository"
     copy = tmp_path / "raw"
     shutil.copytree(FIXTURE, copy)
     for path in copy.rglob("*"):  # shared/ is read-only; the copy must be editable
