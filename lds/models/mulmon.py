@@ -52,6 +52,11 @@ from lds.prior import lds_prior
 
 _LOG_2PI = math.log(2.0 * math.pi)
 REFINE_INPUT_CHANNELS = 17
+# Query views per decoder call. One call over all query views (8 scenes x 7 views x 7 slots at
+# the paper setting) has ~250 MB activations whose backward ran ~3x slower per FLOP than the
+# observed iterations' calls (8 x 7 slot images); per-view calls are the same computation in
+# cache- and heap-friendlier pieces (docs/mulmon.md, "Speed and memory").
+QUERY_VIEWS_PER_DECODER_CALL = 1
 
 
 @dataclass
@@ -465,8 +470,11 @@ class MulMON(nn.Module):
         mean, logvar = lam.chunk(2, dim=-1)
         z_final = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
         if num_query:
-            q_means, q_log_masks, q_logits = self.render(z_final, view_embedding[:, num_observed:],
-                                                         coordinate_features)
+            chunk = max(1, QUERY_VIEWS_PER_DECODER_CALL)
+            parts = [self.render(z_final, view_embedding[:, start: start + chunk], coordinate_features)
+                     for start in range(num_observed, v_total, chunk)]
+            q_means, q_log_masks, q_logits = (torch.cat(p, dim=1) if len(parts) > 1 else p[0]
+                                              for p in zip(*parts))
             q_log_comp = self._log_components(image[:, num_observed:], q_means)
             query_nll = self._nll(q_log_comp, q_log_masks).mean()
         else:
