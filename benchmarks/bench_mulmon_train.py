@@ -17,6 +17,11 @@ is the peak working memory of a step. ``--checkpoint-iterations`` turns on the m
 
 The machine is shared (2 cores, other helpers' jobs): absolute numbers move by tens of percent;
 the load average is printed at the end.
+
+``--ab-query-views N``: side by side in one process, alternating steps, the default query
+decoding (lds.models.mulmon.QUERY_VIEWS_PER_DECODER_CALL views per decoder call) against N
+query views per call (e.g. 100: all query views in one call, the earlier code); prints the
+per-pair time ratios, which survive the shared machine's drifting load better than two runs.
 """
 
 from __future__ import annotations
@@ -64,6 +69,32 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def ab_query_views(step, args) -> None:
+    """Alternate steps: the default query decoding vs ``args.ab_query_views`` views per call."""
+    from lds.models import mulmon
+
+    default = mulmon.QUERY_VIEWS_PER_DECODER_CALL
+    variants = (("default", default), (f"{args.ab_query_views} per call", args.ab_query_views))
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for repeat in range(args.steps + 1):                               # the first pair warms up
+        for name, views in variants:
+            mulmon.QUERY_VIEWS_PER_DECODER_CALL = views
+            start = time.perf_counter()
+            step()
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+    mulmon.QUERY_VIEWS_PER_DECODER_CALL = default
+    (name_a, _), (name_b, _) = variants
+    print(f"A/B query decoding, {args.scenes} scenes x {args.views} views ({args.observed} observed),"
+          f" threads {torch.get_num_threads()}")
+    for name, _ in variants:
+        print(f"  {name} ({default if name == 'default' else args.ab_query_views} query views per "
+              f"decoder call): {', '.join(f'{t:.2f}' for t in times[name])} s")
+    ratios = [b / a for a, b in zip(times[name_a], times[name_b])]
+    print(f"  time({name_b}) / time({name_a}) per pair: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
@@ -76,6 +107,8 @@ def main() -> None:
     parser.add_argument("--skip-flops", action="store_true", help="skip the (slow) FLOP count")
     parser.add_argument("--checkpoint-iterations", action="store_true",
                         help="model.checkpoint_iterations=true (the memory knob)")
+    parser.add_argument("--ab-query-views", type=int, default=0,
+                        help="A/B: also time steps decoding N query views per call, alternating")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,6 +132,9 @@ def main() -> None:
         optimizer.step()
         return float(out.loss.detach())
 
+    if args.ab_query_views:
+        ab_query_views(step, args)
+        return
     rate_before = matmul_rate()
     # Freed memory stays in the heap (keep_freed_memory, as in training), so the high-water
     # mark above the resident size before the first step is the peak working memory of a step.
