@@ -33,29 +33,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flops import matmul_rate, sync  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 
 PAPER = {"iodine": {"batch": 8, "config": {}},
          "genesis": {"batch": 32, "config": {}}}
-
-
-def matmul_rate(device: str, n: int = 4096, reps: int = 4) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def rss_mib() -> float:

@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -49,17 +52,6 @@ def default_malloc() -> None:
         return
     libc.mallopt(-4, 65536)        # M_MMAP_MAX
     libc.mallopt(-1, 128 * 1024)   # M_TRIM_THRESHOLD
-
-
-def matmul_rate(n: int = 4096, reps: int = 4) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def make_step(model, forward, optimizer, images):

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -41,17 +44,6 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from lds.models import MulMONConfig, build_model  # noqa: E402
 from lds.prior import lds_prior  # noqa: E402
 from lds.training.loop import keep_freed_memory  # noqa: E402
-
-
-def matmul_rate(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
 
 
 def _status_kib(field: str) -> int:
