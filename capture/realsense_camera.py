@@ -59,6 +59,11 @@ class RealSenseCamera(Camera):
         rs_config.enable_stream(rs.stream.color, cfg.width, cfg.height, rs.format.rgb8, int(round(cfg.fps)))
         pipeline = rs.pipeline()
         try:
+            if self._recording:
+                # Non-real-time playback must be set before streaming starts: set after start,
+                # a busy machine lets the recording run on at its real pace and drop frames.
+                resolved = rs_config.resolve(rs.pipeline_wrapper(pipeline))
+                resolved.get_device().as_playback().set_real_time(False)
             profile = pipeline.start(rs_config)
         except RuntimeError as exc:
             raise CameraError(f"cannot start {self.describe()} at {cfg.width}x{cfg.height} "
