@@ -39,6 +39,7 @@ lambda = 0, and "log p(x)" is log of the integral of p~ over z: the quantity MON
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import time
@@ -79,15 +80,17 @@ def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (z ** 2 + _LOG_2PI)).flatten(2).sum(-1)
 
 
-class GapAdapter:
+class GapAdapter(abc.ABC):
     """How the gap estimator talks to one model family (see the module docstring)."""
 
+    @abc.abstractmethod
     def posterior(self, model: torch.nn.Module, batch: dict) -> GaussianPosterior:
-        raise NotImplementedError
+        """q(z | x) of the batch (after the last refinement step for iterative models)."""
 
+    @abc.abstractmethod
     def log_joint(self, model: torch.nn.Module, batch: dict, posterior: GaussianPosterior,
                   z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """log p(x, z) for each sample z."""
 
     def log_q(self, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
         return diagonal_gaussian_log_density(z, posterior.mean.unsqueeze(0),

@@ -14,6 +14,8 @@ logs the state the arm stopped in.
 
 from __future__ import annotations
 
+import abc
+
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -58,7 +60,7 @@ class MovePlan:
         return float(sum(t.duration for t in self.trajectories))
 
 
-class BaseArm:
+class BaseArm(abc.ABC):
     """Shared kinematics and safety; back ends implement ``_execute``, ``stop``, ``joint_positions``,
     ``is_settled`` and connection handling."""
 
@@ -140,17 +142,21 @@ class BaseArm:
             log.warning("motion interrupted by %s: stop sent, arm %s", type(exc).__name__, state)
 
     # back-end hooks
+    @abc.abstractmethod
     def _execute(self, plan: MovePlan, wait: bool) -> None:
-        raise NotImplementedError
+        """Send the planned motion to the arm (and wait for it when ``wait``)."""
 
+    @abc.abstractmethod
     def joint_positions(self) -> np.ndarray:
-        raise NotImplementedError
+        """The arm's current joint angles (radians)."""
 
+    @abc.abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop any motion now."""
 
+    @abc.abstractmethod
     def is_settled(self) -> bool:
-        raise NotImplementedError
+        """True once the arm has stopped moving."""
 
 
 def open_arm(rig: RigConfig, backend: str = "sim", host: str | None = None, fast: bool = True) -> BaseArm:
