@@ -11,6 +11,7 @@ resumed scene follows that stored plan, never a re-planned one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import datetime
 import hashlib
 import time
@@ -412,8 +413,8 @@ def _record_run(store, scene_id: str, summary: SceneSummary, started: float, out
                      "seconds": round(summary.seconds, 3), "timing": summary.timing(),
                      "views": [dict(dataclasses.asdict(v), software_s=v.software_s) for v in summary.views]})
         store.update_scene_metadata(scene_id, {"capture_runs": _jsonable(runs)})
-    except Exception:  # diagnostics must never mask the real outcome
-        pass
+    except Exception as exc:  # diagnostics must never mask the real outcome, but say they failed
+        logging.getLogger(__name__).warning("scene %s: capture diagnostics not recorded: %s", scene_id, exc)
 
 
 # -- a session of scenes with operator prompts ---------------------------------------------------

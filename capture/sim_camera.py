@@ -41,7 +41,7 @@ class SimulatedCamera(Camera):
             raise CameraError("the simulated camera needs the simulated arm it is mounted on")
 
     def _close_device(self) -> None:
-        pass
+        """Nothing to release: the renderer holds no device and the arm belongs to the rig."""
 
     def intrinsics(self) -> np.ndarray:
         K = self.config.intrinsics_matrix()

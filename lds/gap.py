@@ -53,10 +53,10 @@ from torch.utils.data import DataLoader, Subset
 
 from common.errors import UserError
 from lds import distributed
+from lds.models.base import LOG_2PI
 
 GAP_DIR = "gap"
 GAP_FILE = "gap.json"
-_LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
@@ -71,13 +71,13 @@ class GaussianPosterior:
 def diagonal_gaussian_log_density(z: torch.Tensor, mean: torch.Tensor,
                                   logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, diag(exp(logvar))) summed over every axis after the first two: (S, N)."""
-    log_density = -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + _LOG_2PI)
+    log_density = -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
     return log_density.flatten(2).sum(-1)
 
 
 def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over every axis after the first two: (S, N)."""
-    return (-0.5 * (z ** 2 + _LOG_2PI)).flatten(2).sum(-1)
+    return (-0.5 * (z ** 2 + LOG_2PI)).flatten(2).sum(-1)
 
 
 class GapAdapter(abc.ABC):
@@ -384,7 +384,7 @@ class GENESISGapAdapter(GapAdapter):
         images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, 1, *image.shape[1:])
         sigma = cfg.pixel_std
         log_comp = (-0.5 / sigma ** 2) * (images - appearance).pow(2).sum(2, keepdim=True) \
-            - 3 * (math.log(sigma) + 0.5 * _LOG_2PI)
+            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)
         log_lik = torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1)
         return (log_lik + log_p_mask).view(s, n) + log_p_comp
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
@@ -180,7 +180,7 @@ def gaussian_kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> tor
 
 def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, sigma^2) elementwise; ``sigma`` broadcasts (e.g. one value per slot)."""
-    return -0.5 * ((x - mean) / sigma).pow(2) - torch.log(sigma) - 0.5 * _LOG_2PI
+    return -0.5 * ((x - mean) / sigma).pow(2) - torch.log(sigma) - 0.5 * LOG_2PI
 
 
 def mixture_log_likelihood(image: torch.Tensor, means: torch.Tensor, log_weights: torch.Tensor,

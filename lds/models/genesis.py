@@ -44,10 +44,8 @@ from torch.nn import functional as F
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
-from lds.models.base import SpatialBroadcastDecoder, conv_output_size
+from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, gaussian_log_density
 from lds.prior import lds_prior
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass
@@ -120,7 +118,7 @@ def std_from_raw(raw: torch.Tensor) -> torch.Tensor:
 
 def normal_log_density(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, std^2) summed over the last dim."""
-    return (-0.5 * ((z - mean) / std).pow(2) - torch.log(std) - 0.5 * _LOG_2PI).sum(-1)
+    return gaussian_log_density(z, mean, std).sum(-1)
 
 
 class GENESIS(nn.Module):
@@ -214,7 +212,7 @@ class GENESIS(nn.Module):
         # Likelihood: Eq. 1 with one pixel std for every slot.
         sigma = cfg.pixel_std
         log_comp = (-0.5 / sigma**2) * (image.unsqueeze(1) - appearance).pow(2).sum(2, keepdim=True) \
-            - 3 * (math.log(sigma) + 0.5 * _LOG_2PI)
+            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)
         nll = -torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1).mean()
         kl_mask = (normal_log_density(z_mask, mask_mean, mask_std)
                    - normal_log_density(z_mask, prior_mean, prior_std)).sum(1).mean()

@@ -72,10 +72,9 @@ from torch.utils.checkpoint import checkpoint
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
-from lds.models.base import SpatialBroadcastDecoder, conv_output_size, coordinate_grid
+from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, coordinate_grid
 from lds.prior import lds_prior
 
-_LOG_2PI = math.log(2.0 * math.pi)
 REFINE_IMAGE_CHANNELS = 17
 
 
@@ -189,7 +188,7 @@ class IODINE(nn.Module):
         sigma = self.cfg.pixel_sigma
         diff = image.unsqueeze(1) - appearance                               # (B, K, 3, H, W)
         log_comp = (-0.5 / sigma**2) * diff.pow(2).sum(2, keepdim=True) \
-            - 3 * (math.log(sigma) + 0.5 * _LOG_2PI)                          # (B, K, 1, H, W)
+            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)                          # (B, K, 1, H, W)
         log_joint = log_masks + log_comp
         log_pixel = torch.logsumexp(log_joint, dim=1, keepdim=True)          # (B, 1, 1, H, W)
         return {"appearance": appearance, "mask_logits": mask_logits, "log_masks": log_masks,

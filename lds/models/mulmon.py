@@ -47,10 +47,9 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
-from lds.models.base import conv_output_size, coordinate_grid
+from lds.models.base import LOG_2PI, conv_output_size, coordinate_grid
 from lds.prior import lds_prior
 
-_LOG_2PI = math.log(2.0 * math.pi)
 REFINE_INPUT_CHANNELS = 17
 # Query views per decoder call. One call over all query views (8 scenes x 7 views x 7 slots at
 # the paper setting) has ~250 MB activations whose backward ran ~3x slower per FLOP than the
@@ -219,7 +218,9 @@ class BroadcastDecoder(nn.Module):
 
 
 def _standardize(t: torch.Tensor, start_dim: int) -> torch.Tensor:
-    """Parameter-free layer norm over the dims from ``start_dim`` on, detached (MulMON/IODINE)."""
+    """Parameter-free layer norm over the dims from ``start_dim`` on, detached, as MulMON's code
+    computes it: (x - mean) / (unbiased std + 1e-5).  IODINE's ``standardize`` puts eps inside the
+    square root of the biased variance, as its reference does; they are kept apart on purpose."""
     t = t.detach()
     flat = t.flatten(start_dim)
     mean = flat.mean(-1, keepdim=True)
@@ -260,7 +261,7 @@ class RefinementNetwork(nn.Module):
 
 
 def _gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI)
+    return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
 
 
 def _normalised_linear_weights(n: int) -> list[float]:
@@ -322,7 +323,7 @@ class MulMON(nn.Module):
     def _log_components(self, image: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         """log N(x_c; mu_kc, sigma^2) per slot and colour channel; image (S, N, 3, H, W)."""
         sigma = self.cfg.pixel_sigma
-        return -0.5 * ((image.unsqueeze(2) - means) / sigma).pow(2) - math.log(sigma) - 0.5 * _LOG_2PI
+        return -0.5 * ((image.unsqueeze(2) - means) / sigma).pow(2) - math.log(sigma) - 0.5 * LOG_2PI
 
     def _nll(self, log_comp: torch.Tensor, log_masks: torch.Tensor) -> torch.Tensor:
         """Per-colour-channel mixture NLL, summed over C, H, W -> (S, N)."""
