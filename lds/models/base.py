@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -101,9 +103,12 @@ class SpatialBroadcastDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, height: int, width: int,
                  channels: Sequence[int] = (32, 32, 64, 64), out_channels: int = 4,
-                 fused_broadcast: bool = True, channels_last: bool = False):
+                 fused_broadcast: bool = True, channels_last: bool = False, fused_trunk: bool = True):
         super().__init__()
         self.channels_last = channels_last
+        # With fused_broadcast and channels_last, on the CPU the conv trunk runs as one chunked,
+        # ReLU-fused op (lds/models/fused_decoder.py): same function, same parameters.
+        self.fused_trunk = fused_trunk
         if len(channels) < 1:
             raise ValueError("the decoder needs at least one conv layer")
         self.latent_dim = latent_dim
@@ -127,7 +132,11 @@ class SpatialBroadcastDecoder(nn.Module):
         if self.fused_broadcast:
             weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))      # (C1, D)
             coord_part = F.conv2d(self.coords, first.weight[:, self.latent_dim:], first.bias)
-            h = _BroadcastAddReLU.apply(z @ weight_z.t(), coord_part, self.channels_last)
+            per_item = z @ weight_z.t()
+            if self.fused_trunk and self.channels_last and fused_trunk_supported(per_item):
+                return broadcast_decoder_trunk(per_item, coord_part, self.convs[1:], self.head,
+                                               (self.head.out_channels,))[0]
+            h = _BroadcastAddReLU.apply(per_item, coord_part, self.channels_last)
         else:
             tiled = z[:, :, None, None].expand(-1, -1, *self.coords.shape[-2:])
             inputs = torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], dim=1)

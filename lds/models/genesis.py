@@ -81,6 +81,8 @@ class GENESISConfig:
     lds_sigma: float = 0.1
     channels_last: bool = True
     fused_broadcast: bool = True
+    # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
+    fused_decoder: bool = True
 
     def __post_init__(self) -> None:
         for key in ("encoder_channels", "mask_decoder_channels", "comp_encoder_channels",
@@ -142,7 +144,8 @@ class GENESIS(nn.Module):
         self.prior_head = nn.Linear(cfg.lstm_hidden, 2 * dm)
         self.mask_decoder = SpatialBroadcastDecoder(dm, cfg.height, cfg.width,
                                                     cfg.mask_decoder_channels, 1,
-                                                    cfg.fused_broadcast, cfg.channels_last)
+                                                    cfg.fused_broadcast, cfg.channels_last,
+                                                    cfg.fused_decoder)
         # Component VAE conditioned on the mask: q(z^c_k | x, log pi_k), p(z^c_k | z^m_k).
         convs, flat = conv_stack(4, cfg.comp_encoder_channels, cfg.height, cfg.width)
         self.comp_encoder = nn.Sequential(convs, nn.Linear(flat, cfg.comp_encoder_hidden),
@@ -152,7 +155,8 @@ class GENESIS(nn.Module):
                                         nn.Linear(cfg.comp_prior_hidden, 2 * dc))
         self.comp_decoder = SpatialBroadcastDecoder(dc, cfg.height, cfg.width,
                                                     cfg.comp_decoder_channels, 3,
-                                                    cfg.fused_broadcast, cfg.channels_last)
+                                                    cfg.fused_broadcast, cfg.channels_last,
+                                                    cfg.fused_decoder)
         # GECO state (persistent: a resumed run continues the same beta); NaN = no average yet.
         self.register_buffer("geco_beta", torch.tensor(float(cfg.geco_beta_init)))
         self.register_buffer("geco_err_ema", torch.tensor(float("nan")))

@@ -102,6 +102,8 @@ class IODINEConfig:
     # Speed only (same function, same parameters).
     channels_last: bool = True
     fused_broadcast: bool = True
+    # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
+    fused_decoder: bool = True
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -166,7 +168,8 @@ class IODINE(nn.Module):
         self.num_slots = cfg.num_slots
         d = cfg.latent_dim
         self.decoder = SpatialBroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels, 4,
-                                               cfg.fused_broadcast, cfg.channels_last)
+                                               cfg.fused_broadcast, cfg.channels_last,
+                                               cfg.fused_decoder)
         self.refine = RefinementNetwork(d, cfg.height, cfg.width, cfg.refine_channels,
                                         cfg.refine_hidden, cfg.lstm_hidden)
         # lambda_0 = [mean, logvar], shared by all slots; starts at N(0, I).

@@ -71,6 +71,8 @@ class MONetConfig:
     # decoder's first conv computed without materialising the broadcast grid.
     channels_last: bool = True
     fused_broadcast: bool = True
+    # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
+    fused_decoder: bool = True
 
     def __post_init__(self) -> None:
         self.unet_channels = tuple(self.unet_channels)
@@ -184,7 +186,7 @@ class MONet(nn.Module):
                                         cfg.encoder_channels, cfg.encoder_hidden)
         self.decoder = SpatialBroadcastDecoder(cfg.latent_dim, cfg.height, cfg.width,
                                                cfg.decoder_channels, 4, cfg.fused_broadcast,
-                                               cfg.channels_last)
+                                               cfg.channels_last, cfg.fused_decoder)
         sigma = torch.full((cfg.num_slots,), cfg.sigma_fg)
         sigma[0] = cfg.sigma_bg
         self.register_buffer("pixel_sigma", sigma, persistent=False)

@@ -48,6 +48,7 @@ from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
 from lds.models.base import LOG_2PI, conv_output_size, coordinate_grid
+from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
 from lds.prior import lds_prior
 
 REFINE_INPUT_CHANNELS = 17
@@ -95,6 +96,9 @@ class MulMONConfig:
     checkpoint_iterations: bool = False
     # Speed only: NHWC input for the refinement network's convs (the decoder is always NHWC).
     channels_last: bool = True
+    # Speed only: on the CPU, run the decoder's conv trunk as one chunked, ReLU-fused op
+    # (lds/models/fused_decoder.py). Same parameters and values; off = plain layer-by-layer.
+    fused_decoder: bool = True
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -179,9 +183,11 @@ class BroadcastDecoder(nn.Module):
     backward would zero-fill and copy full-size gradients).
     """
 
-    def __init__(self, latent_dim: int, height: int, width: int, channels=(32, 32, 32, 32)):
+    def __init__(self, latent_dim: int, height: int, width: int, channels=(32, 32, 32, 32),
+                 fused: bool = True):
         super().__init__()
         self.latent_dim, self.height, self.width = latent_dim, height, width
+        self.fused = fused
         self.pad = len(channels)
         self.convs = nn.ModuleList()
         in_ch = latent_dim + 2
@@ -204,7 +210,12 @@ class BroadcastDecoder(nn.Module):
         if coordinate_features is None:
             coordinate_features = self.coordinate_features()
         weight_z = self.convs[0].weight[:, : self.latent_dim].sum(dim=(2, 3))  # (C1, D)
-        h = _BroadcastAddReLU.apply(z @ weight_z.t(), coordinate_features)
+        per_item = z @ weight_z.t()
+        if self.fused and fused_trunk_supported(per_item):
+            # The same function, chunked and fused on the CPU (lds/models/fused_decoder.py).
+            return broadcast_decoder_trunk(per_item, coordinate_features, self.convs[1:],
+                                           self.head, (3, 1))
+        h = _BroadcastAddReLU.apply(per_item, coordinate_features)
         for conv in self.convs[1:]:
             h = F.relu_(conv(h))
         n, c = h.shape[:2]
@@ -294,7 +305,8 @@ class MulMON(nn.Module):
                                           nn.Linear(cfg.view_hidden, v_dim))
         self.projector = nn.Sequential(nn.Linear(d + v_dim, cfg.projector_hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.projector_hidden, d))
-        self.decoder = BroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels)
+        self.decoder = BroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels,
+                                        fused=cfg.fused_decoder)
         self.refine = RefinementNetwork(cfg)
         self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
         self.last_nonfinite: tuple[int, int] | None = None
@@ -349,12 +361,15 @@ class MulMON(nn.Module):
             leave_one_out = total + torch.log1p(-own.exp()) \
                 - torch.log1p(-log_masks.exp().clamp(max=1 - 1e-6))
             leave_one_out = _standardize(leave_one_out, 2)
-        aux = torch.cat([
+        pieces = [
             image[:, None].expand(s, k, 3, h, w), means, log_masks.exp(), logits,
             _standardize(d_means, 2), _standardize(d_log_masks, 2),
             responsibility, pixel_ll, leave_one_out,
             self.coords[:, None].expand(s, k, 2, h, w),
-        ], dim=2)
+        ]
+        # Concatenated channels-last: (S, K, H, W, 17) memory, which the refinement convs read
+        # directly (a channel-dim cat of mixed layouts then an NHWC copy cost twice as much).
+        aux = torch.cat([p.movedim(2, -1) for p in pieces], dim=-1).movedim(-1, 2)
         return aux.flatten(0, 1)
 
     # ---- forward ---------------------------------------------------------------------------
@@ -421,6 +436,9 @@ class MulMON(nn.Module):
         training = self.training
         s, v_total = image.shape[:2]
         k, d, steps = cfg.num_slots, cfg.latent_dim, cfg.num_iterations
+        # Images in NHWC memory, the layout of the decoder's outputs: the likelihood terms then
+        # run as vectorised streams (mixed layouts made each elementwise op ~10x slower).
+        image = image.movedim(2, -1).contiguous().movedim(-1, 2)
         if training and cfg.viewpoint_noise > 0:
             viewpoint = viewpoint + cfg.viewpoint_noise * torch.randn_like(viewpoint)
         view_embedding = self.view_encoder(viewpoint)                      # (S, V, v_dim)
