@@ -82,9 +82,13 @@ class TrainConfig:
     threads: int = 0                        # torch CPU threads; 0 leaves torch's default
     device: str = "cpu"
     compile: bool = False                   # torch.compile the model (eager when false)
-    # GPU speed flags (docs/distributed.md). "bf16": the forward pass runs under CUDA autocast
-    # to bfloat16 (convs/matmuls in bf16; autocast keeps log/exp/softmax/sums in fp32, and the
-    # loss is cast to fp32 before backward; no loss scaling is needed for bf16). CUDA only.
+    # Mixed precision (docs/training.md, docs/distributed.md). "bf16": the training forward runs
+    # under autocast to bfloat16 on the run's device, CUDA or a CPU with native bf16 (AMX or
+    # AVX512-BF16; refused elsewhere, where emulated bf16 is slower than fp32). Convs and
+    # matmuls run in bf16, parameters and optimiser state stay fp32, the loss is cast to fp32
+    # before backward (no loss scaling needed for bf16). CUDA autocast also keeps log/exp/
+    # softmax/sums in fp32; CPU autocast does not (what that means per model: docs/training.md).
+    # Evaluation always runs in fp32.
     # (YAML 1.1 reads an unquoted `off` as false, so amp=off on the command line arrives as False.)
     amp: Literal["off", "bf16", False] = "off"
     pin_memory: bool = True                 # page-locked host batches when training on CUDA

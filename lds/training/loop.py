@@ -186,6 +186,36 @@ def open_store_dataset(path: str, model_cfg=None, training: bool = True) -> Data
     return ImageDataset(path)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16) through oneDNN.
+
+    On x86 torch's own ``mkldnn._is_mkldnn_bf16_supported()`` also says yes for plain AVX512,
+    where oneDNN emulates bf16 with fp32 arithmetic plus conversions: slower than fp32, so the
+    instruction-set flags decide there.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    if capabilities.get("architecture") == "x86_64":
+        return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_amp_supported(amp: str, device: torch.device) -> None:
+    """``amp=bf16`` needs a CUDA device or a CPU with native bf16 (docs/training.md)."""
+    if amp != "bf16":
+        raise ConfigError(f"unknown amp mode {amp!r}; use off or bf16")
+    if device.type == "cuda":
+        return
+    if device.type != "cpu":
+        raise ConfigError(f"amp=bf16 runs on CUDA or the CPU, not on {device} (set amp=off)")
+    if not cpu_has_native_bf16():
+        raise ConfigError(
+            "amp=bf16 on the CPU needs native bfloat16 instructions (AMX-BF16 or AVX512-BF16, "
+            "with oneDNN), which this CPU does not report; without them bf16 is emulated and "
+            "slower than fp32. Set amp=off.")
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -252,8 +282,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
     device = distributed.local_device(cfg.device)
-    if cfg.amp != "off" and device.type != "cuda":
-        raise ConfigError(f"amp={cfg.amp} is for CUDA devices; this run is on {device} (set amp=off)")
+    if cfg.amp != "off":
+        check_amp_supported(cfg.amp, device)
     distributed.split_global_batch(cfg.optim.batch_size)    # fails before the run dir exists
 
     if dataset is None:
@@ -306,7 +336,9 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
         persistent_workers=False,
         pin_memory=cfg.pin_memory and device.type == "cuda",
     )
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp == "bf16"
+    # The forward (MulMON's and IODINE's refinement gradients included) runs under autocast;
+    # the parameters, their gradients and the optimiser state stay fp32.
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
                 else contextlib.nullcontext())
     # Each rank draws its own reparameterisation noise (rank 0's equals a one-process run's).
     rank_seed = cfg.seed + rank * _SEED_STRIDE
