@@ -16,6 +16,8 @@ Variants (same parameters, same function; tests/test_monet.py checks they agree)
   reference     NCHW, broadcast grid materialised, glibc's default malloc behaviour
   malloc        + keep freed memory in the heap (lds.training.loop.keep_freed_memory)
   optimised     + channels-last convs, 1x1 convs as matmuls, fused broadcast conv
+  fused         + the decoder's conv trunk as one chunked, ReLU-fused op (the default;
+                  lds/models/fused_decoder.py)
   compiled      + torch.compile (only with --compile; compiling takes a minute or two)
 
 The machine is shared: other processes' load moves absolute numbers by tens of percent, so
@@ -104,11 +106,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     mm_rates = [matmul_rate()]
     plain = MONetConfig(channels_last=False, fused_broadcast=False, lds_weight=0.5)
-    fast = MONetConfig(channels_last=True, fused_broadcast=True, lds_weight=0.5)
+    fast = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=False, lds_weight=0.5)
+    fused = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=True, lds_weight=0.5)
     variants = [("reference", plain, False, default_malloc), ("malloc", plain, False, keep_freed_memory),
-                ("optimised", fast, False, keep_freed_memory)]
+                ("optimised", fast, False, keep_freed_memory), ("fused", fused, False, keep_freed_memory)]
     if args.compile:
-        variants.append(("compiled", fast, True, keep_freed_memory))
+        variants.append(("compiled", fused, True, keep_freed_memory))
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v[0] in keep]

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lds.models import build_model
 from lds.models.base import SpatialBroadcastDecoder
-from lds.models.fused_decoder import CHUNK_SLOT_IMAGES, fused_trunk_supported
+from lds.models.fused_decoder import chunk_size, fused_trunk_supported
 from lds.models.mulmon import BroadcastDecoder, MulMONConfig
 
 pytestmark = pytest.mark.skipif(not fused_trunk_supported(torch.zeros(1)),
@@ -44,7 +44,7 @@ def _outputs(decoder, z):
 @pytest.mark.parametrize("kind", ["mulmon", "spatial"])
 def test_values_and_gradients_match_the_plain_layers(kind):
     fused, plain = _decoders(kind)
-    n = 2 * CHUNK_SLOT_IMAGES + 3                                  # a ragged last chunk
+    n = 2 * chunk_size() + 3                                  # a ragged last chunk
     z = torch.randn(n, 8)
     results = []
     for decoder in (fused, plain):
@@ -69,7 +69,7 @@ def test_input_gradients_alone_do_not_compute_weight_gradients():
     """MulMON/IODINE refinement gradients ask for dL/dz only: the fused backward then does the
     same conv work as aten's (FLOPs equal) and leaves the parameters' .grad untouched."""
     fused, plain = _decoders("mulmon")
-    z = torch.randn(CHUNK_SLOT_IMAGES + 1, 8)
+    z = torch.randn(chunk_size() + 1, 8)
     flops = []
     for decoder in (fused, plain):
         zz = z.clone().requires_grad_()
@@ -86,7 +86,7 @@ def test_every_activation_is_saved_through_save_for_backward():
     """So torch.utils.checkpoint (MulMON's checkpoint_iterations, IODINE's grad_checkpoint) can
     drop and recompute them: nothing full-size may hide on the autograd context."""
     fused, _ = _decoders("mulmon")
-    n = CHUNK_SLOT_IMAGES + 2
+    n = chunk_size() + 2
     packed: list[torch.Size] = []
 
     def pack(t):
@@ -133,3 +133,11 @@ def test_falls_back_to_the_plain_layers_where_it_cannot_run():
         out = fused(z)
     assert out.dtype == torch.bfloat16                             # the plain layers ran
     torch.testing.assert_close(fused.double()(z.double()), plain.double()(z.double()))
+
+
+def test_without_autograd_it_computes_the_same_values():
+    fused, plain = _decoders("mulmon")
+    z = torch.randn(chunk_size() + 3, 8)
+    with torch.no_grad():
+        for a, b in zip(fused(z), plain(z)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ batch ran at ~70% of the fp32 matmul rate here against ~86% on 8 slot images
 from memory (17% of a MulMON step).
 
 :func:`broadcast_decoder_trunk` computes the same function in chunks of
-:data:`CHUNK_SLOT_IMAGES` slot images: forward with the ReLU fused into the conv (oneDNN post-op,
+:data:`CHUNK_SLOT_IMAGES` slot images per CPU thread: forward with the ReLU fused into the conv (oneDNN post-op,
 ``mkldnn._convolution_pointwise``), backward chunk by chunk through all layers, so the gradient a
 conv backward has just written is masked by the ReLU while it is still in cache, and no
 full-size gradient is ever allocated. It saves exactly the activations the layer-by-layer
@@ -33,10 +33,17 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# Slot images per chunk. 8 fills the 2 MB L2 of this machine's cores with one chunk's
-# 32-channel 70x70 activation and its gradient; 4-14 measured within 2% of it, 28 and the whole
-# batch clearly slower (benchmarks/bench_decoder_trunk.py --chunks).
+# Slot images per chunk and CPU thread (oneDNN splits a conv's batch over the threads, so each
+# thread keeps about this many slot images' activations in its own core's cache). At 1 thread,
+# 2-28 measured within the machine's noise of each other and clearly faster than the whole
+# batch at once (benchmarks/bench_decoder_trunk.py --chunks); small chunks multiply the
+# threads' synchronisation points, which costs most where cores are shared.
 CHUNK_SLOT_IMAGES = 8
+
+
+def chunk_size() -> int:
+    """Slot images per chunk for the current torch thread count."""
+    return CHUNK_SLOT_IMAGES * max(1, torch.get_num_threads())
 
 _conv_relu = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
@@ -61,7 +68,8 @@ def fused_trunk_supported(x: torch.Tensor) -> bool:
     """Whether :func:`broadcast_decoder_trunk` can run on ``x``'s device and dtype."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and _conv_relu is not None
             and torch.backends.mkldnn.is_available()
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())          # inductor fuses the plain layers itself
 
 
 def _grad_node(t: torch.Tensor):
@@ -86,7 +94,7 @@ def _will_run(node) -> bool:
 
 class _BroadcastTrunk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, per_item, shared, head_weight, head_bias, splits, *conv_params):
+    def forward(ctx, per_item, shared, head_weight, head_bias, splits, keep, *conv_params):
         n, c1 = per_item.shape
         height, width = shared.shape[-2:]
         weights, biases = conv_params[0::2], conv_params[1::2]
@@ -96,16 +104,19 @@ class _BroadcastTrunk(torch.autograd.Function):
         heads = torch.split(head_weight, list(splits)), torch.split(head_bias, list(splits))
         shared_nhwc = shared.contiguous(memory_format=torch.channels_last)
         saved: list[torch.Tensor] = []
-        for start in range(0, n, CHUNK_SLOT_IMAGES):
-            stop = min(n, start + CHUNK_SLOT_IMAGES)
+        chunk = chunk_size()
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
             x = torch.empty((stop - start, c1, height, width), dtype=shared.dtype,
                             memory_format=torch.channels_last)
             torch.add(shared_nhwc, per_item[start:stop, :, None, None], out=x)
             x.relu_()
-            saved.append(x)
+            layers = [x]
             for weight, bias in zip(weights, biases):
                 x = _conv_relu(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "relu", [], None)
-                saved.append(x)
+                layers.append(x)
+            if keep:                                # without a backward, free them chunk by chunk
+                saved += layers
             rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])            # NHWC pixels: a view
             for out, w_part, b_part in zip(outs, *heads):
                 torch.addmm(b_part, rows, w_part.t(), out=out[start:stop].view(-1, out.shape[-1]))
@@ -125,7 +136,7 @@ class _BroadcastTrunk(torch.autograd.Function):
         conv_params, acts = rest[: 2 * num_conv], rest[2 * num_conv:]
         weights = conv_params[0::2]
         need = [ctx.needs_input_grad[i] and _will_run(node)
-                for i, node in zip((0, 1, 2, 3, *range(5, 5 + 2 * num_conv)), ctx.nodes)]
+                for i, node in zip((0, 1, 2, 3, *range(6, 6 + 2 * num_conv)), ctx.nodes)]
         need_item, need_shared, need_params = need[0], need[1], any(need[2:])
         n = ctx.num_items
         c1 = acts[0].shape[1]
@@ -183,7 +194,7 @@ class _BroadcastTrunk(torch.autograd.Function):
         if need_shared:
             grad_shared = grad_shared.view(1, height, width, c1).permute(0, 3, 1, 2)
         params = list(grad_conv) if need_params else [None] * (2 * num_conv)
-        return (grad_item, grad_shared, grad_head_w, grad_head_b, None, *params)
+        return (grad_item, grad_shared, grad_head_w, grad_head_b, None, None, *params)
 
 
 def broadcast_decoder_trunk(per_item: torch.Tensor, shared: torch.Tensor,
@@ -202,5 +213,7 @@ def broadcast_decoder_trunk(per_item: torch.Tensor, shared: torch.Tensor,
         params += [conv.weight, conv.bias]
     if sum(splits) != head.out_channels:
         raise ValueError(f"splits {tuple(splits)} must add up to the head's {head.out_channels} channels")
+    inputs = (per_item, shared, *params, head.weight, head.bias)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     return _BroadcastTrunk.apply(per_item, shared, head.weight.flatten(1), head.bias,
-                                 tuple(splits), *params)
+                                 tuple(splits), keep, *params)
