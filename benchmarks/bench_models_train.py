@@ -1,16 +1,26 @@
-"""IODINE and GENESIS training throughput at the paper settings, FLOP utilisation, peak memory.
+"""IODINE, GENESIS (and MONet) training throughput at the paper settings, FLOP utilisation, peak memory.
 
     .venv/bin/python benchmarks/bench_models_train.py [--models iodine genesis] [--steps 1]
                                                       [--batch N] [--size 64] [--device cpu]
+                                                      [--amp bf16 | --compare-amp]
 
 Each case runs in its own child process (so its peak memory is its own): build the model at the
-paper settings (64x64, K=7; IODINE T=5, D=16, batch 8; GENESIS batch 32, GECO), one warm-up
+paper settings (64x64, K=7; IODINE T=5, D=16, batch 8; GENESIS batch 32, GECO; MONet batch 40,
+only when named: ``--models monet``), one warm-up
 step, one step under torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, forward,
 backward and IODINE's input-gradient passes), then ``--steps`` timed training steps (forward,
 backward, gradient-norm clip 5.0, Adam). The fp32 matrix-multiply rate (4096^2 torch.mm, best of
 4) is measured in the parent before and after the cases and in every case's process before and
 after its steps; the highest is the reference, and utilisation = FLOPs per step / fastest step
 time / matmul rate (both "best of" figures: other jobs on a shared machine only slow things down).
+
+``--amp bf16``: the timed steps run under ``torch.autocast(device, bfloat16)`` as ``amp=bf16``
+training does (the loss cast to fp32 before backward). The FLOPs are still counted on an fp32
+step (the same model FLOPs), and utilisation is reported against both the fp32 matmul rate (the
+issue's definition) and a bf16 4096^3 matmul measured in the same processes. ``--compare-amp``:
+every case times fp32 and bf16 steps alternating in its process (``--steps`` pairs after one
+warm-up pair), with the bf16/fp32 time ratio per case. Peak memory is that of the first mode's
+warm-up step (fp32 under --compare-amp).
 
 Cases: <model> with LDS, <model> without (control), and IODINE with gradient checkpointing.
 LDS overhead is reported twice: the step-time difference (noisy on a shared machine) and the
@@ -24,6 +34,7 @@ libraries excluded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -40,7 +51,8 @@ from flops import matmul_rate, sync  # noqa: E402  (benchmarks/flops.py)
 import torch  # noqa: E402
 
 PAPER = {"iodine": {"batch": 8, "config": {}},
-         "genesis": {"batch": 32, "config": {}}}
+         "genesis": {"batch": 32, "config": {}},
+         "monet": {"batch": 40, "config": {}}}
 
 
 def rss_mib() -> float:
@@ -66,8 +78,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def autocast(device: str, amp: str):
+    """The forward's context for ``amp`` ("off" or "bf16"), as the training loop builds it."""
+    if amp == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size: int,
-             steps: int, device: str, threads: int) -> dict:
+             steps: int, device: str, threads: int, amps: list[str]) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lds.models import MODEL_CONFIGS, build_model
@@ -86,10 +105,11 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.rand(batch, 3, size, size, device=device)
 
-    def step():
+    def step(amp: str):
         optimizer.zero_grad(set_to_none=True)
-        out = model({"image": images})
-        out.loss.backward()
+        with autocast(device, amp):
+            out = model({"image": images})
+        out.loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         return out
@@ -97,26 +117,31 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
     # Peak memory of one step: the first one (the heap grows to what a step needs, and the
     # training loop's malloc settings keep it for later steps).
     rate_start = matmul_rate(device)          # sampled in every child too: the machine is shared
+    with_bf16 = "bf16" in amps
+    rate16_start = matmul_rate(device, dtype=torch.bfloat16) if with_bf16 else 0.0
     rss_before = rss_mib()
     reset_peak_rss()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    out = step()                                              # warm-up
+    out = step(amps[0])                                       # warm-up
     if device.startswith("cuda"):
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = peak_rss_mib() - rss_before
     latent_shape = tuple(out.slot_latents.shape)
+    for amp in amps[1:]:
+        step(amp)                                             # the other mode's warm-up
     with FlopCounterMode(display=False) as counter:
-        step()
+        step("off")                                           # model FLOPs: counted in fp32
     flops = counter.get_total_flops()
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times: dict[str, list[float]] = {amp: [] for amp in amps}
+    for _ in range(steps):                                    # alternating under --compare-amp
+        for amp in amps:
+            sync(device)
+            start = time.perf_counter()
+            step(amp)
+            sync(device)
+            times[amp].append(time.perf_counter() - start)
 
     # The LDS prior alone (forward + backward) at this shape, as often as the model applies it.
     applications = getattr(cfg, "num_iterations", 1)
@@ -130,9 +155,12 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
         sync(device)
         prior_times.append(time.perf_counter() - start)
     return {"model": model_name, "lds": lds, "grad_checkpoint": grad_checkpoint, "batch": batch,
-            "step_s": min(times), "step_times": times, "flops": flops, "peak_mib": peak_mib,
+            "step_s": {amp: min(t) for amp, t in times.items()}, "step_times": times,
+            "flops": flops, "peak_mib": peak_mib, "peak_amp": amps[0],
             "lds_prior_s": min(prior_times), "threads": torch.get_num_threads(),
-            "matmul_rate": max(rate_start, matmul_rate(device))}
+            "matmul_rate": max(rate_start, matmul_rate(device)),
+            "matmul_rate_bf16": (max(rate16_start, matmul_rate(device, dtype=torch.bfloat16))
+                                 if with_bf16 else 0.0)}
 
 
 def main() -> None:
@@ -148,6 +176,10 @@ def main() -> None:
                              "swing by 3x; the utilisation is against the matmul rate at the same "
                              "thread count")
     parser.add_argument("--no-checkpoint-case", action="store_true")
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off",
+                        help="bf16: timed steps under autocast to bfloat16 (as amp=bf16 training)")
+    parser.add_argument("--compare-amp", action="store_true",
+                        help="time fp32 and bf16 autocast steps alternating, side by side")
     parser.add_argument("--case", help=argparse.SUPPRESS)       # child mode: JSON arguments
     args = parser.parse_args()
 
@@ -157,7 +189,10 @@ def main() -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    amps = ["off", "bf16"] if args.compare_amp else [args.amp]
+    with_bf16 = "bf16" in amps
     rate_before = matmul_rate(args.device)
+    rate16_before = matmul_rate(args.device, dtype=torch.bfloat16) if with_bf16 else 0.0
     results = []
     for name in args.models:
         batch = args.batch or PAPER[name]["batch"]
@@ -167,7 +202,7 @@ def main() -> None:
         for lds, ckpt in cases:
             spec = dict(model_name=name, lds=lds, grad_checkpoint=ckpt, batch=batch,
                         size=args.size, steps=args.steps, device=args.device,
-                        threads=args.threads)
+                        threads=args.threads, amps=amps)
             proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -175,29 +210,50 @@ def main() -> None:
                 raise SystemExit(f"case {spec} failed")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     rate = max([rate_before, matmul_rate(args.device)] + [r["matmul_rate"] for r in results])
+    rate16 = (max([rate16_before, matmul_rate(args.device, dtype=torch.bfloat16)]
+                  + [r["matmul_rate_bf16"] for r in results]) if with_bf16 else 0.0)
 
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.size}x{args.size}, timed steps per case: {args.steps}")
-    print(f"fp32 matmul rate (4096^2 mm): {rate / 1e9:.1f} GFLOP/s")
-    header = (f"{'case':<26}{'batch':>6}{'s/step':>9}{'img/s':>8}{'GFLOP/step':>12}"
-              f"{'GFLOP/s':>9}{'util':>7}{'peak MiB':>10}")
+          f"{args.size}x{args.size}, timed steps per case: {args.steps}"
+          f"{' (fp32 and bf16 alternating)' if args.compare_amp else ''}")
+    print(f"fp32 matmul rate (4096^3 mm): {rate / 1e9:.1f} GFLOP/s" +
+          (f"; bf16: {rate16 / 1e9:.1f} GFLOP/s" if with_bf16 else ""))
+    print("util: achieved / fp32 mm rate (FLOPs counted in fp32); util16: achieved / bf16 mm rate")
+    header = (f"{'case':<31}{'batch':>6}{'s/step':>9}{'img/s':>8}{'GFLOP/step':>12}"
+              f"{'GFLOP/s':>9}{'util':>7}{'util16':>8}{'peak MiB':>10}")
     print(header)
     by_key = {}
     for r in results:
         label = f"{r['model']} {'LDS' if r['lds'] else 'control'}" + \
             (" +grad_checkpoint" if r["grad_checkpoint"] else "")
-        achieved = r["flops"] / r["step_s"]
-        print(f"{label:<26}{r['batch']:>6}{r['step_s']:>9.2f}{r['batch'] / r['step_s']:>8.2f}"
-              f"{r['flops'] / 1e9:>12.1f}{achieved / 1e9:>9.1f}{achieved / rate:>7.0%}"
-              f"{r['peak_mib']:>10.0f}")
+        for amp in amps:
+            step_s = r["step_s"][amp]
+            achieved = r["flops"] / step_s
+            util16 = f"{achieved / rate16:>8.0%}" if amp == "bf16" else f"{'-':>8}"
+            peak = f"{r['peak_mib']:>10.0f}" if amp == r["peak_amp"] else f"{'-':>10}"
+            name = label + (" bf16" if amp == "bf16" else "")
+            print(f"{name:<31}{r['batch']:>6}{step_s:>9.2f}{r['batch'] / step_s:>8.2f}"
+                  f"{r['flops'] / 1e9:>12.1f}{achieved / 1e9:>9.1f}{achieved / rate:>7.0%}"
+                  f"{util16}{peak}")
         by_key[(r["model"], r["lds"], r["grad_checkpoint"])] = r
+    if args.compare_amp:
+        for r in results:
+            label = f"{r['model']} {'LDS' if r['lds'] else 'control'}" + \
+                (" +grad_checkpoint" if r["grad_checkpoint"] else "")
+            pairs = [b / a for a, b in zip(r["step_times"]["off"], r["step_times"]["bf16"])]
+            print(f"{label}: time(bf16) / time(fp32) per pair: "
+                  f"{', '.join(f'{x:.3f}' for x in pairs)}; best-of: "
+                  f"{r['step_s']['bf16'] / r['step_s']['off']:.3f}")
     for name in args.models:
         on, off = by_key.get((name, True, False)), by_key.get((name, False, False))
         if on and off:
-            diff = on["step_s"] - off["step_s"]
-            print(f"{name}: LDS overhead per step: step-time difference {diff * 1e3:+.1f} ms "
-                  f"({diff / off['step_s']:+.1%}, noisy); the prior's own fwd+bwd "
-                  f"{on['lds_prior_s'] * 1e3:.2f} ms ({on['lds_prior_s'] / on['step_s']:.2%} of a step)")
+            first = amps[0]
+            diff = on["step_s"][first] - off["step_s"][first]
+            print(f"{name}: LDS overhead per step ({'fp32' if first == 'off' else 'bf16'}): "
+                  f"step-time difference {diff * 1e3:+.1f} ms "
+                  f"({diff / off['step_s'][first]:+.1%}, noisy); the prior's own fwd+bwd "
+                  f"{on['lds_prior_s'] * 1e3:.2f} ms "
+                  f"({on['lds_prior_s'] / on['step_s'][first]:.2%} of a step)")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine)")
 
 

@@ -1,15 +1,22 @@
 """MulMON training throughput at the paper's settings, FLOP utilisation and peak memory.
 
     .venv/bin/python benchmarks/bench_mulmon_train.py [--steps 2] [--scenes 8] [--views 10]
-        [--observed 3] [--size 64] [--no-lds] [--threads N]
+        [--observed 3] [--size 64] [--no-lds] [--threads N] [--amp bf16 | --compare-amp]
 
 Paper setting (the issue's "Speed" section): B = 8 scenes of 10 views, 3 observed + 7 query,
 64x64, K = 7, D = 16, T = 5, LDS weight 1.0 at every iteration. One full training step (forward
 with the 3 x 5 refinement iterations, backward, gradient-norm clip 5.0, Adam) is timed
 ``--steps`` times after one warm-up step. The FLOPs of one step are counted with
 torch.utils.flop_counter.FlopCounterMode (convs and matmuls, forward, refinement gradients and
-backward); the fp32 matmul rate is measured in the same run (a 2048^2 torch.mm loop before and
-after, the higher one used). Utilisation = achieved FLOP/s / matmul FLOP/s.
+backward; always counted on an fp32 step, so bf16 steps are credited with the same model
+FLOPs); the fp32 matmul rate is measured in the same run (benchmarks/flops.py: a 4096^3 torch.mm,
+best of 4, before and after, the higher one used). Utilisation = achieved FLOP/s / matmul FLOP/s.
+
+``--amp bf16``: the steps run under ``torch.autocast("cpu", bfloat16)`` as ``amp=bf16`` training
+does (the loss cast to fp32 before backward); utilisation is then reported against both the fp32
+matmul rate (the issue's definition) and a bf16 4096^3 matmul measured in the same run.
+``--compare-amp``: fp32 and bf16 steps alternating in one process (``--steps`` pairs after one
+warm-up pair), side by side with per-pair time ratios.
 
 Peak memory: the process's resident-set high-water mark (VmHWM) is reset (clear_refs 5) before
 the first step and read after the timed steps; minus the resident size before the first step it
@@ -40,6 +47,8 @@ from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import contextlib  # noqa: E402
 
 from lds.models import MulMONConfig, build_model  # noqa: E402
 from lds.prior import lds_prior  # noqa: E402
@@ -87,6 +96,54 @@ def ab_query_views(step, args) -> None:
     print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def autocast(amp: str):
+    """The forward's context for ``amp`` ("off" or "bf16"), as the training loop builds it."""
+    if amp == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def count_flops(step) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step("off")                                     # model FLOPs: counted in fp32
+    return counter.get_total_flops()
+
+
+def compare_amp(step, args, title: str) -> None:
+    """Alternate fp32 and bf16 steps; per-pair ratios survive the shared machine's drift."""
+    rate32, rate16 = matmul_rate(), matmul_rate(dtype=torch.bfloat16)
+    times: dict[str, list[float]] = {"off": [], "bf16": []}
+    for repeat in range(args.steps + 1):                               # the first pair warms up
+        for amp in ("off", "bf16"):
+            start = time.perf_counter()
+            step(amp)
+            if repeat:
+                times[amp].append(time.perf_counter() - start)
+    flops = 0 if args.skip_flops else count_flops(step)
+    rate32 = max(rate32, matmul_rate())
+    rate16 = max(rate16, matmul_rate(dtype=torch.bfloat16))
+    print(f"{title}, fp32 vs bf16 autocast, alternating")
+    print(f"  matmul rate (4096^3 mm): fp32 {rate32 / 1e9:.1f} GFLOP/s, bf16 {rate16 / 1e9:.1f} "
+          f"GFLOP/s (x{rate16 / rate32:.2f})")
+    for amp, label in (("off", "fp32"), ("bf16", "bf16")):
+        median = statistics.median(times[amp])
+        line = (f"  {label}: step times (s) {', '.join(f'{t:.2f}' for t in times[amp])}  median "
+                f"{median:.2f}   images/s {args.scenes * args.views / median:.2f}")
+        if flops:
+            achieved = flops / median
+            line += f"   {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / rate32:.0f}% of fp32 mm"
+            if amp == "bf16":
+                line += f", {100 * achieved / rate16:.0f}% of bf16 mm"
+        print(line)
+    ratios = [b / a for a, b in zip(times["off"], times["bf16"])]
+    print(f"  time(bf16) / time(fp32) per pair: {', '.join(f'{r:.3f}' for r in ratios)}  "
+          f"median {statistics.median(ratios):.3f}")
+    if flops:
+        print(f"  FLOPs per step (fp32 count): {flops / 1e9:.1f} GFLOP")
+    print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
@@ -101,6 +158,10 @@ def main() -> None:
                         help="model.checkpoint_iterations=true (the memory knob)")
     parser.add_argument("--ab-query-views", type=int, default=0,
                         help="A/B: also time steps decoding N query views per call, alternating")
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off",
+                        help="bf16: steps under CPU autocast to bfloat16 (as amp=bf16 training)")
+    parser.add_argument("--compare-amp", action="store_true",
+                        help="time fp32 and bf16 autocast steps alternating, side by side")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,18 +177,28 @@ def main() -> None:
     batch = {"image": torch.rand(s, v, 3, args.size, args.size),
              "viewpoint": torch.randn(s, v, cfg.viewpoint_size)}
 
-    def step() -> float:
+    def step(amp: str = args.amp) -> float:
         optimizer.zero_grad(set_to_none=True)
-        out = model(batch, num_observed=args.observed)
-        out.loss.backward()
+        with autocast(amp):
+            out = model(batch, num_observed=args.observed)
+        out.loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         return float(out.loss.detach())
 
+    title = (f"MulMON training step: {s} scenes x {v} views ({args.observed} observed + "
+             f"{v - args.observed} query), {args.size}x{args.size}, K={cfg.num_slots}, "
+             f"D={cfg.latent_dim}, T={cfg.num_iterations}, LDS {'off' if args.no_lds else 'on (1.0)'}, "
+             f"threads {torch.get_num_threads()}"
+             f"{', checkpointed iterations' if args.checkpoint_iterations else ''}")
     if args.ab_query_views:
         ab_query_views(step, args)
         return
+    if args.compare_amp:
+        compare_amp(step, args, title)
+        return
     rate_before = matmul_rate()
+    rate16_before = matmul_rate(dtype=torch.bfloat16) if args.amp == "bf16" else 0.0
     # Freed memory stays in the heap (keep_freed_memory, as in training), so the high-water
     # mark above the resident size before the first step is the peak working memory of a step.
     rss_before = _status_kib("VmRSS")
@@ -139,13 +210,9 @@ def main() -> None:
         step()
         times.append(time.perf_counter() - start)
     peak_kib = _status_kib("VmHWM")
-    flops = 0
-    if not args.skip_flops:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        flops = counter.get_total_flops()
+    flops = 0 if args.skip_flops else count_flops(step)
     rate_after = matmul_rate()
+    rate16 = max(rate16_before, matmul_rate(dtype=torch.bfloat16)) if args.amp == "bf16" else 0.0
     # LDS overhead: the prior's forward + backward for every refinement iteration of a step,
     # timed on its own (a whole-step difference drowns in the shared machine's noise).
     z = torch.randn(s, cfg.num_slots, cfg.latent_dim, requires_grad=True)
@@ -157,19 +224,18 @@ def main() -> None:
     rate = max(rate_before, rate_after)
 
     median = statistics.median(times)
-    print(f"MulMON training step: {s} scenes x {v} views ({args.observed} observed + "
-          f"{v - args.observed} query), {args.size}x{args.size}, K={cfg.num_slots}, "
-          f"D={cfg.latent_dim}, T={cfg.num_iterations}, LDS {'off' if args.no_lds else 'on (1.0)'}, "
-          f"threads {torch.get_num_threads()}"
-          f"{', checkpointed iterations' if args.checkpoint_iterations else ''}")
+    print(title + (", bf16 autocast" if args.amp == "bf16" else ""))
     print(f"  step times (s): {', '.join(f'{t:.2f}' for t in times)}  median {median:.2f}")
     print(f"  scenes/s: {s / median:.3f}   images/s (all views): {s * v / median:.2f}")
     print(f"  fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s (before {rate_before / 1e9:.1f}, "
           f"after {rate_after / 1e9:.1f})")
+    if rate16:
+        print(f"  bf16 matmul rate: {rate16 / 1e9:.1f} GFLOP/s")
     if flops:
         achieved = flops / median
-        print(f"  FLOPs per step: {flops / 1e9:.1f} GFLOP   achieved {achieved / 1e9:.1f} GFLOP/s"
-              f"   utilisation {100 * achieved / rate:.0f}% of the matmul rate")
+        print(f"  FLOPs per step (fp32 count): {flops / 1e9:.1f} GFLOP   achieved "
+              f"{achieved / 1e9:.1f} GFLOP/s   utilisation {100 * achieved / rate:.0f}% of the fp32 "
+              f"matmul rate" + (f", {100 * achieved / rate16:.0f}% of the bf16 rate" if rate16 else ""))
     if can_reset:
         print(f"  peak memory per step: {(peak_kib - rss_before) / 2**20:.2f} GiB above the "
               f"{rss_before / 2**20:.2f} GiB resident before the first step "
