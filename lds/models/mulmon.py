@@ -485,22 +485,23 @@ class MulMON(nn.Module):
                     self.last_nonfinite = (view, t)
             prior = lam                                    # posterior after this view
 
-        # Query views: all of them rendered from the final posterior in one decoder call.
+        # Query views, rendered from the final posterior (QUERY_VIEWS_PER_DECODER_CALL views per
+        # decoder call); each call's likelihood is computed on its own slice, while it is small.
         num_query = v_total - num_observed
         if not training:
             lam = lam.detach()
         mean, logvar = lam.chunk(2, dim=-1)
         z_final = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if training else mean
+        query_parts: list[tuple[torch.Tensor, ...]] = []
+        query_nll = image.new_zeros(())
+        chunk = max(1, QUERY_VIEWS_PER_DECODER_CALL)
+        for start in range(num_observed, v_total, chunk):
+            part = self.render(z_final, view_embedding[:, start: start + chunk], coordinate_features)
+            q_log_comp = self._log_components(image[:, start: start + chunk], part[0])
+            query_nll = query_nll + self._nll(q_log_comp, part[1]).sum(1).mean()
+            query_parts.append(part)
         if num_query:
-            chunk = max(1, QUERY_VIEWS_PER_DECODER_CALL)
-            parts = [self.render(z_final, view_embedding[:, start: start + chunk], coordinate_features)
-                     for start in range(num_observed, v_total, chunk)]
-            q_means, q_log_masks, q_logits = (torch.cat(p, dim=1) if len(parts) > 1 else p[0]
-                                              for p in zip(*parts))
-            q_log_comp = self._log_components(image[:, num_observed:], q_means)
-            query_nll = self._nll(q_log_comp, q_log_masks).mean()
-        else:
-            query_nll = image.new_zeros(())
+            query_nll = query_nll / num_query                  # mean over query views and scenes
 
         loss = nll_total + kl_total + query_nll - cfg.lds_weight * lds_total
         terms = {"nll": nll_total, "kl": kl_total, "query_nll": query_nll, "lds": lds_total}
@@ -510,18 +511,16 @@ class MulMON(nn.Module):
             terms["nonfinite_refinement_step"] = image.new_tensor(float(view * steps + t + 1))
 
         # Contract fields: (S, V, ...) with observed views first, flattened to (S*V, ...).
-        def per_view(index: int, query_value=None) -> torch.Tensor:
-            parts = [torch.stack([f[index] for f in observed_fields], dim=1)]
-            if num_query:
-                parts.append(query_value)
-            return torch.cat(parts, dim=1).flatten(0, 1)
+        def per_view(index: int, query_values=()) -> torch.Tensor:
+            parts = [f[index][:, None] for f in observed_fields]          # one copy, not two
+            return torch.cat([*parts, *query_values], dim=1).flatten(0, 1)
 
-        all_means = per_view(0, q_means if num_query else None)
-        log_masks_all = per_view(1, q_log_masks if num_query else None)
-        logits_all = per_view(2, q_logits if num_query else None)
+        all_means = per_view(0, [p[0] for p in query_parts])
+        log_masks_all = per_view(1, [p[1] for p in query_parts])
+        logits_all = per_view(2, [p[2] for p in query_parts])
 
         def latents(index: int, final: torch.Tensor) -> torch.Tensor:
-            return per_view(index, final[:, None].expand(s, num_query, k, d) if num_query else None)
+            return per_view(index, [final[:, None].expand(s, num_query, k, d)] if num_query else ())
 
         masks = log_masks_all.exp()
         query_view = torch.zeros(s, v_total, dtype=torch.bool, device=image.device)
