@@ -114,8 +114,9 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
     assert float(off.loss_terms["lds"]) == 0.0
     lds = on.loss_terms["lds"].detach()
     assert float(lds) < 0
-    assert torch.allclose(off.loss - on.loss, lds, rtol=1e-5, atol=1e-3)
-    assert torch.allclose(off.loss - half.loss, 0.5 * half.loss_terms["lds"], rtol=1e-5, atol=1e-3)
+    # (the losses are ~6e4 in float32, whose spacing there is ~0.004)
+    assert torch.allclose(off.loss - on.loss, lds, rtol=1e-5, atol=0.02)
+    assert torch.allclose(off.loss - half.loss, 0.5 * half.loss_terms["lds"], rtol=1e-5, atol=0.02)
     # one prior per refinement iteration per observed view, weighted (t+1)/T and (v+1)/V
     per_iteration = on.extras["lds_per_iteration"]
     latents = on.extras["lds_latents"]

@@ -2,13 +2,14 @@
 
 A scene is a set of K slot latents z_k ~ q(z_k) = N(mu_k, exp(logvar_k)), one posterior
 lambda = [mu, logvar] per slot shared by every view. The model sees the scene's observed views
-one after another; for each view it runs T refinement iterations (IODINE-style):
+one after another; for each view it runs T iterations (IODINE-style), refining between them
+(T - 1 updates per view; the last iteration is scored, not refined, as in MulMON's code):
 
     z ~ q_lambda                            (the mean at evaluation)
     z_v = projector([z, view_encoder(v)])   (viewpoint-conditioned slot latents)
     x_k, m_k^lg = decoder(z_v)              (RGB unbounded, masks = softmax over K)
     L_t = -log p(x | z_v) + KL_MC(q_lambda || prior)   (per-colour-channel mixture, sigma 0.1)
-    lambda <- lambda + refine(aux inputs, lambda, dL_t/dlambda)
+    lambda <- lambda + refine(aux inputs, lambda, dL_t/dlambda)       (t < T - 1)
 
 The posterior after one view is the prior (and the start) for the next; the first view's prior
 and start is the learned lambda_0. After the observed views the final posterior predicts the
@@ -229,13 +230,14 @@ class BroadcastDecoder(nn.Module):
 
 
 def _standardize(t: torch.Tensor, start_dim: int) -> torch.Tensor:
-    """Parameter-free layer norm over the dims from ``start_dim`` on, detached, as MulMON's code
-    computes it: (x - mean) / (unbiased std + 1e-5).  IODINE's ``standardize`` puts eps inside the
-    square root of the biased variance, as its reference does; they are kept apart on purpose."""
+    """Parameter-free layer norm over the dims from ``start_dim`` on, detached, as MulMON's
+    ``layernorm`` computes it: (x - mean) / (std + 1e-5), with the biased std over an image's
+    C x H x W and the unbiased one (torch.std) over a vector. IODINE's ``standardize`` puts eps
+    inside the square root, as its reference does; they are kept apart on purpose."""
     t = t.detach()
     flat = t.flatten(start_dim)
     mean = flat.mean(-1, keepdim=True)
-    std = flat.std(-1, keepdim=True)
+    std = flat.std(-1, keepdim=True, correction=1 if t.dim() - start_dim == 1 else 0)
     shape = t.shape[:start_dim] + (1,) * (t.dim() - start_dim)
     return (t - mean.view(shape)) / (std.view(shape) + 1e-5)
 
@@ -255,10 +257,10 @@ class RefinementNetwork(nn.Module):
             layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2), nn.ReLU(inplace=True)]
             h, w, in_ch = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2), out_ch
         self.convs = nn.Sequential(*layers)
+        # No ReLU after the last layer: its 128 features go into the LSTM as MulMON's do.
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * h * w, cfg.refine_hidden),
                                  nn.ReLU(inplace=True),
-                                 nn.Linear(cfg.refine_hidden, cfg.refine_features),
-                                 nn.ReLU(inplace=True))
+                                 nn.Linear(cfg.refine_hidden, cfg.refine_features))
         self.lstm = nn.LSTMCell(cfg.refine_features + 4 * cfg.latent_dim, cfg.lstm_hidden)
         self.head = nn.Linear(cfg.lstm_hidden, 2 * cfg.latent_dim)
         self.channels_last = cfg.channels_last
@@ -342,29 +344,31 @@ class MulMON(nn.Module):
         return -torch.logsumexp(log_masks + log_comp, dim=2).flatten(2).sum(-1)
 
     def _refinement_inputs(self, image, means, log_masks, logits, log_comp, d_means, d_log_masks):
-        """The 17 auxiliary channels per slot image, (S*K, 17, H, W).
+        """The 17 auxiliary channels per slot image, (S*K, 17, H, W), as MulMON's code builds them.
 
-        x, mu_x, mask, mask logit (not detached); LN dL/dmu_x, LN dL/dlog m (detached); the
-        colour-likelihood softmax over slots; LN pixel log-likelihood and LN leave-one-out
-        log-likelihood (detached); 2 coordinate channels.
+        x, mu_x, mask, mask logit (not detached); LN dL/dmu_x and LN dL/dm (detached); the
+        colour likelihood softmax_k sum_c log N(x_c; mu_kc, sigma) (no masks; detached); LN of the
+        pixel likelihood exp(sum_c log sum_k m_k N(x_c; mu_kc, sigma)) and LN of the
+        leave-one-out likelihood (sum_j m_j L_j - m_k L_k) / (1 - m_k + 1e-5) with
+        L_k = prod_c N(x_c; mu_kc, sigma) (likelihoods, not logs; detached); 2 coordinate channels.
         """
         s, k = means.shape[:2]
         h, w = means.shape[-2:]
         with torch.no_grad():
-            joint = log_masks + log_comp.sum(2, keepdim=True)             # (S, K, 1, H, W)
-            responsibility = torch.softmax(joint, dim=1)
-            pixel_ll = torch.logsumexp(log_masks + log_comp, dim=1).sum(1, keepdim=True)
-            pixel_ll = _standardize(pixel_ll, 1)[:, None].expand(s, k, 1, h, w)
-            # log-likelihood with slot k left out (the other masks renormalised)
-            total = torch.logsumexp(joint, dim=1, keepdim=True)
-            own = (joint - total).clamp(max=-1e-6)
-            leave_one_out = total + torch.log1p(-own.exp()) \
-                - torch.log1p(-log_masks.exp().clamp(max=1 - 1e-6))
+            masks = log_masks.exp()
+            slot_ll = log_comp.sum(2, keepdim=True)                          # (S, K, 1, H, W)
+            colour_likelihood = torch.softmax(slot_ll, dim=1)
+            pixel_likelihood = torch.logsumexp(log_masks + log_comp, dim=1).sum(1, keepdim=True).exp()
+            pixel_likelihood = _standardize(pixel_likelihood, 1)[:, None].expand(s, k, 1, h, w)
+            weighted = masks * slot_ll.exp()
+            leave_one_out = (weighted.sum(1, keepdim=True) - weighted) / (1 - masks + 1e-5)
             leave_one_out = _standardize(leave_one_out, 2)
+            # MulMON's mask input is dL/dm through log(m + 1e-6); ours is taken through log m.
+            d_masks = d_log_masks / (masks + 1e-6)
         pieces = [
             image[:, None].expand(s, k, 3, h, w), means, log_masks.exp(), logits,
-            _standardize(d_means, 2), _standardize(d_log_masks, 2),
-            responsibility, pixel_ll, leave_one_out,
+            _standardize(d_means, 2), _standardize(d_masks, 2),
+            colour_likelihood, pixel_likelihood, leave_one_out,
             self.coords[:, None].expand(s, k, 2, h, w),
         ]
         # Concatenated channels-last: (S, K, H, W, 17) memory, which the refinement convs read
@@ -374,11 +378,13 @@ class MulMON(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
 
-    def _iteration(self, x, view_embedding, coordinate_features, lam, prior, h_state, c_state):
-        """One refinement iteration on one observed view x (S, 3, H, W).
+    def _iteration(self, x, view_embedding, coordinate_features, lam, prior, h_state, c_state,
+                   refine: bool = True):
+        """One inference iteration on one observed view x (S, 3, H, W).
 
         Returns the scene-mean NLL, KL and LDS prior of this iteration, its rendering and
-        latents, and the refined posterior and LSTM state.
+        latents, and the refined posterior and LSTM state (unchanged when ``refine`` is false:
+        the last iteration on a view is scored, not refined, as in MulMON's code).
         """
         cfg = self.cfg
         s, k = lam.shape[:2]
@@ -396,6 +402,9 @@ class MulMON(nn.Module):
             lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
         else:
             lds = x.new_zeros(())
+        if not refine:
+            return (nll.mean(), kl.mean(), lds, means, log_masks, logits, z, mean, logvar, lam,
+                    h_state, c_state)
         # Refinement: one autograd.grad over the ELBO terms (not LDS: inference is the same with
         # and without the prior), reusing this iteration's forward graph.
         d_means, d_log_masks, d_lam = torch.autograd.grad(
@@ -460,7 +469,7 @@ class MulMON(nn.Module):
                     lam = lam.detach().requires_grad_()
                 h_state, c_state = state if state is not None else (None, None)
                 args = (image[:, view], view_embedding[:, view: view + 1], coordinate_features,
-                        lam, prior, h_state, c_state)
+                        lam, prior, h_state, c_state, t < steps - 1)
                 if training and cfg.checkpoint_iterations:
                     # Memory knob: keep only each iteration's inputs and outputs; recompute
                     # its activations when they are needed (the same values: RNG preserved).
