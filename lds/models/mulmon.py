@@ -355,6 +355,9 @@ class MulMON(nn.Module):
         s, k = means.shape[:2]
         h, w = means.shape[-2:]
         with torch.no_grad():
+            # fp32 even under bf16 autocast: a mask of 0.999 is exactly 1 in bf16, which would
+            # turn the leave-one-out divisor 1 - m_k + 1e-5 from 1e-3 into 1e-5.
+            log_masks, log_comp = log_masks.float(), log_comp.float()
             masks = log_masks.exp()
             slot_ll = log_comp.sum(2, keepdim=True)                          # (S, K, 1, H, W)
             colour_likelihood = torch.softmax(slot_ll, dim=1)
