@@ -9,7 +9,7 @@ paper settings (64x64, K=7; IODINE T=5, D=16, batch 8; GENESIS batch 32, GECO; M
 only when named: ``--models monet``), one warm-up
 step, one step under torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, forward,
 backward and IODINE's input-gradient passes), then ``--steps`` timed training steps (forward,
-backward, gradient-norm clip 5.0, Adam). The fp32 matrix-multiply rate (4096^2 torch.mm, best of
+backward, gradient-norm clip 5.0, Adam). The fp32 matrix-multiply rate (4096^3 torch.mm, best of
 4) is measured in the parent before and after the cases and in every case's process before and
 after its steps; the highest is the reference, and utilisation = FLOPs per step / fastest step
 time / matmul rate (both "best of" figures: other jobs on a shared machine only slow things down).
