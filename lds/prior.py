@@ -41,7 +41,11 @@ def lds_prior(slot_latents: torch.Tensor, sigma: float = 0.1, eps: float = 1e-8)
     """
     if sigma <= 0:
         raise ValueError(f"LDS sigma must be positive, got {sigma}")
-    similarity = cosine_similarity_matrix(slot_latents, eps)
+    # fp32 even under autocast (CPU autocast would run the similarity matmul in bf16, ~1% off
+    # here); the tensor is (B, K, D), so this costs nothing.
+    with torch.autocast(slot_latents.device.type, enabled=False):
+        wide = slot_latents.to(torch.promote_types(slot_latents.dtype, torch.float32))
+        similarity = cosine_similarity_matrix(wide, eps)
     num_slots = similarity.shape[-1]
     # The off-diagonal sum of squares is the full sum minus the diagonal: no K x K mask needed.
     squares = similarity.pow(2)

@@ -191,27 +191,28 @@ class GENESIS(nn.Module):
         # Mask latents: the posterior LSTM sees the image encoding at every one of the K steps.
         features = self.image_encoder(self._memory_format(image))            # (B, F)
         hidden, _ = self.posterior_lstm(features.unsqueeze(1).expand(b, k, features.shape[1]))
-        mask_mean, mask_raw = self.posterior_head(hidden).chunk(2, dim=-1)   # (B, K, Dm)
+        # .float(): no-ops in fp32; under bf16 autocast the densities and KLs stay fp32.
+        mask_mean, mask_raw = self.posterior_head(hidden).float().chunk(2, dim=-1)   # (B, K, Dm)
         mask_std = std_from_raw(mask_raw)
         z_mask = mask_mean + mask_std * torch.randn_like(mask_std) if sample else mask_mean
         # Autoregressive prior on z^m_{1:K-1} (teacher forcing: one LSTM call for all steps).
         prior_hidden, _ = self.prior_lstm(z_mask[:, :-1])
-        prior_mean, prior_raw = self.prior_head(prior_hidden).chunk(2, dim=-1)
+        prior_mean, prior_raw = self.prior_head(prior_hidden).float().chunk(2, dim=-1)
         prior_mean = torch.cat([torch.zeros_like(mask_mean[:, :1]), prior_mean], dim=1)
         prior_std = torch.cat([torch.ones_like(mask_std[:, :1]), std_from_raw(prior_raw)], dim=1)
 
         # Masks by stick breaking on the decoded logits (all B*K slots in one decoder call).
-        alpha = self.mask_decoder(z_mask.reshape(b * k, dm)).view(b, k, 1, h, w)
+        alpha = self.mask_decoder(z_mask.reshape(b * k, dm)).float().view(b, k, 1, h, w)
         log_masks = self.stick_breaking(alpha)
 
         # Component VAE, batched over slots.
         enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_masks], dim=2)
         comp_mean, comp_raw = self.comp_encoder(
-            self._memory_format(enc_in.reshape(b * k, c + 1, h, w))).view(b, k, 2 * dc).chunk(2, -1)
+            self._memory_format(enc_in.reshape(b * k, c + 1, h, w))).float().view(b, k, 2 * dc).chunk(2, -1)
         comp_std = std_from_raw(comp_raw)
         z_comp = comp_mean + comp_std * torch.randn_like(comp_std) if sample else comp_mean
-        comp_prior_mean, comp_prior_raw = self.comp_prior(z_mask).chunk(2, dim=-1)
-        appearance = torch.sigmoid(self.comp_decoder(z_comp.reshape(b * k, dc))).view(b, k, 3, h, w)
+        comp_prior_mean, comp_prior_raw = self.comp_prior(z_mask).float().chunk(2, dim=-1)
+        appearance = torch.sigmoid(self.comp_decoder(z_comp.reshape(b * k, dc)).float()).view(b, k, 3, h, w)
 
         # Likelihood: Eq. 1 with one pixel std for every slot.
         sigma = cfg.pixel_std

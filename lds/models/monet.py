@@ -113,6 +113,12 @@ class _ConvNormReLU(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, relu = self
+        # The norm in fp32 (a no-op cast in fp32 runs): under CPU bf16 autocast its bf16 kernels
+        # took 4x the fp32 time and most of the step (docs/training.md, mixed precision).
+        return relu(norm(conv(x).float()))
+
 
 class AttentionUNet(nn.Module):
     """MONet's attention network: (image, log scope) -> 2 logits (log alpha, log(1 - alpha)).
@@ -205,7 +211,7 @@ class MONet(nn.Module):
         log_masks = []
         for _ in range(self.num_slots - 1):
             inputs = self._memory_format(torch.cat([image, log_scope], dim=1))
-            log_alpha = F.log_softmax(self.attention(inputs), dim=1)
+            log_alpha = F.log_softmax(self.attention(inputs).float(), dim=1)   # fp32 under autocast
             log_masks.append(log_scope + log_alpha[:, :1])
             log_scope = log_scope + log_alpha[:, 1:]
         log_masks.append(log_scope)
@@ -226,8 +232,9 @@ class MONet(nn.Module):
         # Component VAE, batched over all B*K slots.
         enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_att], dim=2)
         mean, logvar = self.encoder(self._memory_format(enc_in.flatten(0, 1)))
+        mean, logvar = mean.float(), logvar.float()          # KL and LDS in fp32 under autocast
         z = reparameterize(mean, logvar, sample=self.training)
-        decoded = self.decoder(z).view(b, k, 4, h, w)
+        decoded = self.decoder(z).float().view(b, k, 4, h, w)
         appearance = torch.sigmoid(decoded[:, :, :3])
         mask_logits = decoded[:, :, 3:]
         log_dec = F.log_softmax(mask_logits, dim=1)

@@ -332,6 +332,7 @@ class MulMON(nn.Module):
         means, logits = self.decoder(self.projector(zv).reshape(s * n * k, d), coordinate_features)
         hw = (self.cfg.height, self.cfg.width)
         means, logits = means.view(s, n, k, 3, *hw), logits.view(s, n, k, 1, *hw)
+        logits = logits.float()                     # mask probabilities in fp32 under autocast
         return means, F.log_softmax(logits, dim=2), logits
 
     def _log_components(self, image: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
