@@ -28,16 +28,14 @@ observed views from 1..6 each step; the paper setting fixes 3 observed + 7 query
 ``--scenes`` scenes (their script runs batch 1 per GPU), Adam lr 2e-4 (their script: 1e-4;
 no effect on time) without their learning-rate scheduler (one scalar update per step).
 
-Same architecture and parameter count (printed), same views, slots, image size and decoder
-calls; the work still differs in two places, both visible in the printed counts:
-  * theirs skips the refinement after the last of the 5 iterations on a view (4 refinements per
-    view, 12 per step at 3 observed views); ours refines after every iteration (15 per step);
-  * their decoder convolves the tiled (D + 2)-channel grid in its first layer and takes the
-    refinement gradients with three ``autograd.grad`` calls; ours computes the first layer's
-    latent part as one matmul (coordinates once per forward) and takes one ``autograd.grad``.
-So the FLOP counts differ (theirs ~1.15x ours at the paper setting) although ours does more
-refinement steps; compare the time ratio for "same training step", the utilisations for
-"how well each uses the machine".
+Same architecture and parameter count (printed), same views, slots, image size, decoder calls
+and refinement steps (4 per view: the last of the 5 iterations on a view is scored, not
+refined, in both since commit 8bed88d). The work still differs in one place: their decoder
+convolves the tiled (D + 2)-channel grid in its first layer and takes the refinement gradients
+with three ``autograd.grad`` calls; ours computes the first layer's latent part as one matmul
+(coordinates once per forward) and takes one ``autograd.grad``. So their step counts ~1.2x our
+FLOPs; compare the time ratio for "same training step", the utilisations for "how well each
+uses the machine".
 
 Compatibility shims, installed here (their files are used unmodified):
   * ``attrdict``: not installed (and the PyPI package fails to import on Python >= 3.10); their
