@@ -34,16 +34,17 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 # Slot images per chunk and CPU thread (oneDNN splits a conv's batch over the threads, so each
-# thread keeps about this many slot images' activations in its own core's cache). At 1 thread,
-# 2-28 measured within the machine's noise of each other and clearly faster than the whole
-# batch at once (benchmarks/bench_decoder_trunk.py --chunks); small chunks multiply the
-# threads' synchronisation points, which costs most where cores are shared.
+# thread keeps about this many slot images' activations in its own core's cache). 2-28 per
+# thread measured within the machine's noise of each other at 1 and 2 threads
+# (benchmarks/bench_decoder_trunk.py --chunks); small chunks multiply the threads'
+# synchronisation points, which costs most where cores are shared.
 CHUNK_SLOT_IMAGES = 8
 
 
 def chunk_size() -> int:
     """Slot images per chunk for the current torch thread count."""
     return CHUNK_SLOT_IMAGES * max(1, torch.get_num_threads())
+
 
 _conv_relu = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
