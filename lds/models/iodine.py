@@ -1,31 +1,38 @@
 """IODINE (Greff et al. 2019): iterative amortised inference, as the LDS paper trained it (Table 2).
 
-The posterior of every slot, lambda_k = [mean_k, logvar_k] (2D numbers), starts at a learned
-lambda_0 shared by all slots and is refined T times by a refinement network:
+The posterior of every slot, lambda_k = [mean_k, s_k] (2D numbers, variance = softplus(s_k), the
+original's "var" scale with a softplus), starts at a learned lambda_0 shared by all slots and is
+refined T times by a refinement network:
 
-    for t = 0 .. T-1:
-        z_k    = mean_k + exp(logvar_k / 2) * eps              (a fresh sample every iteration)
+    for t = 0 .. T:
+        z_k    = mean_k + sqrt(softplus(s_k)) * eps            (a fresh sample every iteration)
         decode: appearance mu_k = sigmoid(RGB logits), mask logits m_k^lg, masks = softmax_k
         L_t    = NLL_t + beta * KL(q_t || N(0, I))  -  lambda_LDS * L_LDS(z_t)
-        if t < T-1:  lambda <- lambda + RefineNet(inputs_t, LSTM state)        (additive update)
+        if t < T:  lambda <- lambda + RefineNet(inputs_t, LSTM state)          (additive update)
 
-    loss = sum_t w_t L_t,   w_t = (t + 1) / T                 (T = 5: 0.2, 0.4, ..., 1.0)
+    loss = sum_t w_t L_t,   w_t = t / T                 (T = 5: 0, 0.2, 0.4, ..., 1.0)
 
-T losses are computed at lambda_0 .. lambda_{T-1}; the update after the last loss would never be
-decoded or scored, so it is not computed (T - 1 refinement updates per step).
+As in DeepMind's original (iodine/modules/iodine.py): T refinement updates and T + 1 decodes,
+the loss weights a "linspace" from 0 (lambda_0's loss, which only feeds the first refinement)
+to 1 (the posterior after the last update).
 
-Refinement inputs (per slot; "LN" = parameter-free standardisation over the slot's own
-channels x pixels, and every LN input is *detached* (stop-gradient), as in the original):
+Refinement inputs (per slot), each as the original's ``_get_inputs_for`` computes it. "LN" is a
+standardisation over the slot's own channels x pixels (biased variance, eps 1e-5 inside the
+square root, as snt.LayerNorm), and every LN input is *detached* (stop-gradient):
 
     image-shaped, 17 channels:  x (3), mu_k (3), mask_k (1), mask logit_k (1),
-                                LN dL/dmu_k (3), LN dL/dmask_k (1),
-                                posterior p(k | x, pixel) (1), LN log N(x; mu_k, sigma) (1),
-                                LN leave-one-out log-likelihood (1), coordinates x, y (2)
+                                LN dL/dmu_k (3), LN dL/d(mask logit_k) (1),
+                                mask posterior N_k / (sum_j N_j + 1e-6) (1, component
+                                likelihoods alone, no mask weights),
+                                LN log p(x) (1, the mixture's, standardised over the image,
+                                the same for every slot),
+                                LN counterfactual log p(x) - log p_{-k}(x) (1, p_{-k}: slot k
+                                removed, the other masks renormalised), coordinates x, y (2)
     vector:                     lambda_k (2D), LN dL/dlambda_k (2D)
 
-x, mu, masks, mask logits and the posterior are *not* detached (the decoder also learns through
-the refinement path, as in the reference); the gradients and log-likelihoods are.
-dL/dmu and dL/dmask are the exact analytic gradients of the mixture NLL (cheap, no autograd);
+x, mu, masks, mask logits and the mask posterior are *not* detached (the decoder also learns
+through the refinement path, as in the reference); the gradients and log-likelihoods are.
+dL/dmu and dL/d(mask logit) are the exact analytic gradients of the mixture NLL (no autograd);
 dL/dlambda goes back through the decoder with torch.autograd.grad(create_graph=False), i.e. one
 input-gradient pass per iteration with no weight gradients. L here is the ELBO loss of the
 iteration *without* the LDS term: LDS shapes training only, so inference (the refinement
@@ -36,7 +43,7 @@ Stability: after every refinement update the posterior is checked for NaN/inf (a
 code does); on a non-finite value refinement stops, a warning names the iteration and the loss is
 made NaN, so the training loop's NaN guard stops the run with the last good checkpoint.
 
-Memory: the graph of all T iterations is kept for the backward pass. ``grad_checkpoint=True``
+Memory: the graph of all T + 1 iterations is kept for the backward pass. ``grad_checkpoint=True``
 recomputes each refining iteration in the backward pass instead (torch.utils.checkpoint) and
 stores only the iteration boundaries: dL/dlambda then comes from a separate decode of a detached
 copy of lambda whose graph is freed at once, so each refining iteration costs two extra decoder
@@ -54,7 +61,11 @@ its ELBO is the final iteration's -(NLL + KL) at unit weights.
 
 Departures from the original (documented in docs/models.md): the spatial broadcast decoder is
 the shared one (ReLU, fused first conv) rather than ELU; pixels are Gaussian with a fixed sigma
-(0.1, as MulMON and zhixuan-lin/IODINE) rather than logistic with scale 0.03.
+(0.1, as MulMON and zhixuan-lin/IODINE) rather than logistic with scale 0.03, so the RGB means
+are sigmoid(decoder output) and the refinement sees them and dL/dmu; the LN has no learned gain
+and bias and the constant "capacity" inputs are left out (both absorbed exactly by the unpadded
+first conv and the LSTM's input weights); the refinement convs are unpadded and flattened, not
+avg-pooled.
 """
 
 from __future__ import annotations
@@ -87,7 +98,7 @@ class IODINEConfig:
     width: int = 64
     num_slots: int = 7                                  # K
     latent_dim: int = 16                                # D (64 in the IODINE paper; 16 in LDS's)
-    num_iterations: int = 5                             # T losses, T - 1 refinement updates
+    num_iterations: int = 5                             # T refinement updates, T + 1 decodes
     decoder_channels: tuple[int, ...] = (64, 64, 64, 64)
     refine_channels: tuple[int, ...] = (64, 64, 64, 64)  # 3x3 stride-2 convs, ELU
     refine_hidden: int = 256                            # MLP after the convs
@@ -146,8 +157,12 @@ class RefinementNetwork(nn.Module):
             layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2), nn.ELU(inplace=True)]
             h, w, in_ch = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2), out_ch
         self.convs = nn.Sequential(*layers)
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * h * w, hidden), nn.ELU(inplace=True))
+        # The original's MLP: two layers, ELU between them, none after the last.
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * h * w, hidden), nn.ELU(inplace=True),
+                                 nn.Linear(hidden, hidden))
         self.lstm = nn.LSTMCell(hidden + 4 * latent_dim, lstm_hidden)
+        with torch.no_grad():            # snt.LSTM's forget_bias = 1 (gates i, f, g, o)
+            self.lstm.bias_ih[lstm_hidden:2 * lstm_hidden] += 1.0
         self.head = nn.Linear(lstm_hidden, 2 * latent_dim)
 
     def forward(self, image_inputs: torch.Tensor, vector_inputs: torch.Tensor,
@@ -172,12 +187,14 @@ class IODINE(nn.Module):
                                                cfg.fused_decoder)
         self.refine = RefinementNetwork(d, cfg.height, cfg.width, cfg.refine_channels,
                                         cfg.refine_hidden, cfg.lstm_hidden)
-        # lambda_0 = [mean, logvar], shared by all slots; starts at N(0, I).
-        self.initial_posterior = nn.Parameter(torch.zeros(2 * d))
+        # lambda_0 = [mean, s], shared by all slots; starts at N(0, I): softplus(s) = 1.
+        self.initial_posterior = nn.Parameter(
+            torch.cat([torch.zeros(d), torch.full((d,), math.log(math.e - 1.0))]))
         self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
+        # The original's "linspace" weights t / T over the T + 1 decodes (lambda_0 weighs 0).
         t = cfg.num_iterations
         self.register_buffer("iteration_weights",
-                             torch.arange(1, t + 1, dtype=torch.float32) / t, persistent=False)
+                             torch.arange(0, t + 1, dtype=torch.float32) / t, persistent=False)
 
     # ---- one decode and its loss -------------------------------------------------------
     def _render(self, image: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -198,46 +215,64 @@ class IODINE(nn.Module):
                 "diff": diff, "log_comp": log_comp, "log_joint": log_joint, "log_pixel": log_pixel}
 
     @staticmethod
-    def _kl(posterior: torch.Tensor) -> torch.Tensor:
+    def _moments(posterior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lambda = [mean, s] -> (mean, variance = softplus(s)), as the original's latent_dist."""
+        mean, s = posterior.chunk(2, dim=-1)
+        return mean, F.softplus(s)
+
+    @classmethod
+    def _kl(cls, posterior: torch.Tensor) -> torch.Tensor:
         """KL(q || N(0, I)) summed over slots and dims -> (B,)."""
-        mean, logvar = posterior.chunk(2, dim=-1)
-        return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)).sum((1, 2))
+        mean, var = cls._moments(posterior)
+        return (0.5 * (mean.pow(2) + var - 1.0 - torch.log(var))).sum((1, 2))
 
     def _sample(self, posterior: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        mean, logvar = posterior.chunk(2, dim=-1)
-        return mean if noise is None else mean + torch.exp(0.5 * logvar) * noise
+        mean, var = self._moments(posterior)
+        return mean if noise is None else mean + torch.sqrt(var) * noise
 
     def _refinement_inputs(self, image: torch.Tensor, r: dict[str, torch.Tensor],
                            posterior: torch.Tensor, grad_posterior: torch.Tensor):
-        """The 17 image channels (B*K, 17, H, W) and the vector inputs (B*K, 4D)."""
+        """The 17 image channels (B*K, 17, H, W) and the vector inputs (B*K, 4D).
+
+        Each input is computed as in the original's ``_get_inputs_for`` (module docstring).
+        """
         b, k = posterior.shape[:2]
         h, w = image.shape[-2:]
         sigma2 = self.cfg.pixel_sigma ** 2
         with torch.no_grad():
-            # Exact gradients of the per-image NLL = -sum_pixels log sum_k m_k N(x; mu_k, sigma):
-            #   dNLL/dm_k = -N_k / p(x),  dNLL/dmu_k = -r_k (x - mu_k) / sigma^2,  r_k = m_k N_k / p.
-            responsibility = torch.exp(r["log_joint"].detach() - r["log_pixel"].detach())
-            grad_masks = -torch.exp(r["log_comp"].detach() - r["log_pixel"].detach())
+            # Exact gradients of the per-image NLL = -sum_pixels log sum_k m_k N(x; mu_k, sigma),
+            # m = softmax_k(mask logits), r_k = m_k N_k / p(x) the responsibility:
+            #   dNLL/d(mask logit_k) = m_k - r_k,   dNLL/dmu_k = -r_k (x - mu_k) / sigma^2.
+            log_joint, log_pixel = r["log_joint"].detach(), r["log_pixel"].detach()
+            responsibility = torch.exp(log_joint - log_pixel)
+            grad_mask_logits = r["log_masks"].detach().exp() - responsibility
             grad_means = -(responsibility / sigma2) * r["diff"].detach()
-            # Leave-one-out: log-likelihood with slot k removed and the others' masks renormalised.
+            # Counterfactual: log p(x) minus the log-likelihood with slot k removed and the other
+            # slots' masks renormalised (softmax over the remaining mask logits).
             eye = torch.eye(k, dtype=torch.bool, device=image.device).view(1, k, k, 1, 1, 1)
-            minus_inf = torch.tensor(-math.inf, dtype=image.dtype, device=image.device)
-            loo_joint = torch.where(eye, minus_inf, r["log_joint"].detach().unsqueeze(1))
+            minus_inf = torch.tensor(-math.inf, dtype=log_joint.dtype, device=image.device)
+            loo_joint = torch.where(eye, minus_inf, log_joint.unsqueeze(1))
             loo_masks = torch.where(eye, minus_inf, r["log_masks"].detach().unsqueeze(1))
             leave_one_out = torch.logsumexp(loo_joint, 2) - torch.logsumexp(loo_masks, 2)
-        # The responsibilities as an input keep their graph (only the LN'd inputs are detached).
-        posterior_k = torch.exp(r["log_joint"] - r["log_pixel"])
-        image_dims = (2, 3, 4)
+            counterfactual = log_pixel - leave_one_out
+        # The original's mask posterior p_k / (sum_j p_j + 1e-6) normalises the component
+        # likelihoods alone (no mask weights); computed in log space, and it keeps its graph.
+        log_comp = r["log_comp"]
+        log_norm = torch.logaddexp(torch.logsumexp(log_comp, dim=1, keepdim=True),
+                                   log_comp.new_tensor(math.log(1e-6)))
+        mask_posterior = torch.exp(log_comp - log_norm)
+        slot_dims = (2, 3, 4)
         channels = [
             image.unsqueeze(1).expand(b, k, 3, h, w),
             r["appearance"],
             r["log_masks"].exp(),
             r["mask_logits"],
-            standardize(grad_means, image_dims),
-            standardize(grad_masks, image_dims),
-            posterior_k,
-            standardize(r["log_comp"], image_dims),
-            standardize(leave_one_out, image_dims),
+            standardize(grad_means, slot_dims),
+            standardize(grad_mask_logits, slot_dims),
+            mask_posterior,
+            # The mixture's log-likelihood, standardised over the image's pixels, same per slot.
+            standardize(r["log_pixel"], slot_dims).expand(b, k, 1, h, w),
+            standardize(counterfactual, slot_dims),
             self.coords.unsqueeze(0).expand(b, k, 2, h, w),
         ]
         inputs = torch.cat(channels, dim=2).reshape(b * k, REFINE_IMAGE_CHANNELS, h, w)
@@ -316,8 +351,8 @@ class IODINE(nn.Module):
         diverged_at = None
         eval_noise = None
         use_checkpoint = cfg.grad_checkpoint and keep_graph
-        for t in range(iterations):
-            last = t == iterations - 1
+        for t in range(iterations + 1):
+            last = t == iterations
             if not keep_graph:                       # evaluation: no graph across iterations
                 posterior = posterior.detach()
             # Every iteration samples; in eval mode the last one decodes the posterior mean.
@@ -371,7 +406,8 @@ class IODINE(nn.Module):
             loss = loss + float("nan")
 
         r = final_render
-        mean, logvar = final_posterior.chunk(2, dim=-1)
+        mean, var = self._moments(final_posterior)
+        logvar = torch.log(var)
         log_masks = r["log_masks"]
         out = ModelOutput(
             loss=loss,
