@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
-from lds.models.base import LOG_2PI, conv_output_size, coordinate_grid
+from lds.models.base import LOG_2PI, _BroadcastAddReLU, conv_output_size, coordinate_grid
 from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
 from lds.prior import lds_prior
 
@@ -136,42 +136,6 @@ class MulMONConfig:
         return min(self.min_observed, hi), hi
 
 
-class _BroadcastAddReLU(torch.autograd.Function):
-    """relu(shared + per_item[:, :, None, None]) -> channels-last (N, C, H, W).
-
-    The backward's two reductions (over space for ``per_item``, over the batch for ``shared``)
-    are matrix-vector products on the (N, H*W*C) rows of channels-last memory: BLAS instead of
-    strided reductions, which cost as much as a conv layer here.
-    """
-
-    @staticmethod
-    def forward(ctx, per_item: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        n, c = per_item.shape
-        out = torch.empty((n, c, *shared.shape[-2:]), dtype=shared.dtype, device=shared.device,
-                          memory_format=torch.channels_last)
-        torch.add(shared, per_item[:, :, None, None], out=out)
-        out.relu_()
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        n, c, h, w = out.shape
-        # ReLU backward in place on the incoming gradient (the next conv's fresh grad_input,
-        # used by nothing else): a fresh full-size output here page-faulted in the step
-        # (43 ms vs 7 ms per call in the profile; ~3% of a paper-size step, A/B in the docs).
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
-        rows = grad.permute(0, 2, 3, 1).reshape(n, h * w, c)               # views, no copy
-        grad_item = grad_shared = None
-        if ctx.needs_input_grad[0]:
-            grad_item = torch.matmul(rows.new_ones(h * w), rows)           # (N, C)
-        if ctx.needs_input_grad[1]:
-            grad_shared = (rows.new_ones(n) @ rows.reshape(n, -1)).view(1, h, w, c).permute(0, 3, 1, 2)
-        return grad_item, grad_shared
-
-
 class BroadcastDecoder(nn.Module):
     """MulMON's spatial broadcast decoder: z (N, D) -> RGB means (N, 3, H, W), mask logits (N, 1, H, W).
 
@@ -216,7 +180,7 @@ class BroadcastDecoder(nn.Module):
             # The same function, chunked and fused on the CPU (lds/models/fused_decoder.py).
             return broadcast_decoder_trunk(per_item, coordinate_features, self.convs[1:],
                                            self.head, (3, 1))
-        h = _BroadcastAddReLU.apply(per_item, coordinate_features)
+        h = _BroadcastAddReLU.apply(per_item, coordinate_features, True)   # channels-last
         for conv in self.convs[1:]:
             h = F.relu_(conv(h))
         n, c = h.shape[:2]
