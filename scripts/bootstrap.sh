@@ -34,15 +34,28 @@ fi
 PIP=".venv/bin/python -m pip"
 
 # 3. torch: CPU build without a GPU (a CUDA build is several GB), PyPI's CUDA build with one.
+#    A local CPU wheel (pip's find-links, as on build machines) is preferred; otherwise the
+#    CPU index is asked once, briefly, so an unreachable index costs one line, not a retry storm.
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        say "NVIDIA GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+        say "NVIDIA GPU found: installing torch==$TORCH_VERSION (CUDA build) from ${TORCH_INDEX_URL:-PyPI}"
         $PIP install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
-    elif [ -z "${TORCH_INDEX_URL:-}" ] && $PIP install -q --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
-        say "no GPU: installed torch==$TORCH_VERSION from a local CPU build"
+    elif [ -z "${TORCH_INDEX_URL:-}" ] && $PIP install -q --no-deps --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1 \
+            && .venv/bin/python -c "import sys, importlib.metadata as m; sys.exit('+cpu' not in m.version('torch'))" 2>/dev/null; then
+        # torch's own dependencies (sympy, networkx, ...) come from the normal index.
+        $PIP install -q "torch==$TORCH_VERSION"
+        say "no GPU: installed torch==$TORCH_VERSION, CPU build, from a local wheel ($(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))'))"
     else
-        say "no GPU: installing torch==$TORCH_VERSION (CPU build)"
-        $PIP install -q --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" "torch==$TORCH_VERSION"
+        $PIP uninstall -q -y torch >/dev/null 2>&1 || true       # a local non-CPU build, if any
+        index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+        if [ -z "${TORCH_INDEX_URL:-}" ] && ! $PIP download -q --no-deps --retries 0 --timeout 15 \
+                --index-url "$index" -d "$(mktemp -d)" "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+            say "no GPU, and the CPU index $index is unreachable: installing torch==$TORCH_VERSION from PyPI (a CUDA build, several GB)"
+            $PIP install -q "torch==$TORCH_VERSION"
+        else
+            say "no GPU: installing torch==$TORCH_VERSION, CPU build, from $index"
+            $PIP install -q --index-url "$index" "torch==$TORCH_VERSION"
+        fi
     fi
 fi
 
