@@ -58,7 +58,7 @@ class CameraConfig:
     cx: float = 0.0
     cy: float = 0.0
     distortion: list[float] = field(default_factory=lambda: [0.0] * 5)
-    sim_spp: int = 16  # simulated camera: Mitsuba samples per pixel
+    sim_spp: int = 144  # simulated camera: Mitsuba samples per pixel (docs/synthetic.md)
     sim_noise: bool = True  # simulated camera: webcam-like sensor noise
 
     def intrinsics_matrix(self) -> np.ndarray | None:

@@ -129,7 +129,7 @@ def _loaded(scene: ClevrScene) -> render.LoadedScene:
 
 
 def render_clevr_view(scene: ClevrScene, camera_pose_world, intrinsics, width: int, height: int,
-                      spp: int = 64, rng: np.random.Generator | None = None,
+                      spp: int = 144, rng: np.random.Generator | None = None,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb uint8 HxWx3, label_map uint8 HxW, amodal_masks bool OxHxW) for one camera.
     ``rng`` seeds the path tracer (None: seed 0); the same rng state gives the same image."""

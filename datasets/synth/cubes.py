@@ -5,8 +5,8 @@ World frame: metres, +z up, the table top is the plane z = 0 and its centre is t
 point the rig's viewpoint planner looks at).  The room: a 1.2 m x 0.8 m white table 0.75 m above a
 grey floor, a soft ceiling light (area light, jittered per scene) and ambient light from the walls
 (constant environment).  :func:`render_cube_view` is also the simulated rig's camera: it renders
-any camera pose and pinhole K at any resolution, adding webcam-like exposure, white-balance,
-vignetting and sensor noise per view.
+any camera pose and pinhole K at any resolution, then passes the radiance through the simulated
+webcam (:mod:`datasets.synth.webcam`: exposure, white balance, vignetting, sensor noise).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.synth import render
+from datasets.synth.webcam import webcam_image
 from datasets.synth.camera import intrinsics_from_fov, look_at_pose
 from datasets.synth.objects import SceneObject, place_without_overlap
 
@@ -54,7 +55,7 @@ class CubeScene:
 
 def sample_cube_scene(rng: np.random.Generator, n_cubes: int | None = None, *, min_cubes: int = 2,
                       max_cubes: int = 4, side_range_m: tuple[float, float] = (0.04, 0.06),
-                      placement_half_width_m: float = 0.12, min_gap_m: float = 0.01) -> CubeScene:
+                      placement_half_width_m: float = 0.08, min_gap_m: float = 0.01) -> CubeScene:
     """Cubes of distinct colours, random side and yaw, resting on the table without touching."""
     count = int(n_cubes) if n_cubes is not None else int(rng.integers(min_cubes, max_cubes + 1))
     if not 1 <= count <= len(CUBE_COLORS):
@@ -129,28 +130,8 @@ def _loaded(scene: CubeScene) -> render.LoadedScene:
     return _cache["loaded"]
 
 
-def webcam_image(linear: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Webcam-like sRGB uint8 from linear radiance: auto-exposure error, white-balance error,
-    vignetting, Poisson-Gaussian sensor noise, 8-bit quantisation.  Returns the image and the
-    drawn settings (stored per scene so a view's look can be explained)."""
-    h, w = linear.shape[:2]
-    exposure = float(np.exp(rng.normal(0.0, 0.2)))
-    white_balance = np.array([np.exp(rng.normal(0.0, 0.06)), 1.0, np.exp(rng.normal(0.0, 0.06))])
-    vignetting = float(rng.uniform(0.1, 0.3))
-    full_well = float(rng.uniform(300.0, 1200.0))  # photo-electrons at white: sets shot noise
-    read_noise = float(rng.uniform(0.002, 0.006))
-    yy, xx = np.mgrid[0:h, 0:w]
-    r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
-    signal = linear * exposure * white_balance * (1.0 - vignetting * r2)[..., None]
-    signal = np.clip(signal, 0.0, None)
-    noisy = rng.poisson(signal * full_well) / full_well + rng.normal(0.0, read_noise, signal.shape)
-    settings = {"exposure": exposure, "white_balance": white_balance.tolist(), "vignetting": vignetting,
-                "full_well": full_well, "read_noise": read_noise}
-    return render.to_uint8(render.linear_to_srgb(noisy)), settings
-
-
 def render_cube_view(scene: CubeScene, camera_pose_world, intrinsics, width: int, height: int,
-                     spp: int = 16, rng: np.random.Generator | None = None, noise: bool = True,
+                     spp: int = 144, rng: np.random.Generator | None = None, noise: bool = True,
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb uint8 HxWx3, label_map uint8 HxW, amodal_masks bool OxHxW) for one camera pose.
 

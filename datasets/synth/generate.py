@@ -37,7 +37,7 @@ class ClevrMVSettings:
     min_objects: int = 2
     max_objects: int = 5
     shapes: str = "basic"
-    spp: int = 128
+    spp: int = 144        # multi-jittered: 12 x 12 (datasets.synth.camera.mitsuba_sensor_dict)
     min_visible_pixels: int = 10  # per object and view at 64x64; scaled with the image area
     max_attempts: int = 200  # scenes re-sampled before giving up on the visibility check
     seed: int = 0
@@ -58,12 +58,15 @@ class CubesSettings:
     views: int = 25
     width: int = 640
     height: int = 480
-    spp: int = 16
+    # 144 multi-jittered samples: Monte Carlo error about 0.3x the webcam's sensor noise at any
+    # training size (benchmarks/bench_render_noise.py, docs/synthetic.md).
+    spp: int = 144
     min_cubes: int = 2
     max_cubes: int = 4
+    placement_half_width_m: float = 0.08     # cube centres within +-8 cm of the table centre
     elevation_deg: tuple[float, float] = (25.0, 65.0)
     azimuth_deg: tuple[float, float] = (0.0, 360.0)
-    radius_m: tuple[float, float] = (0.35, 0.55)
+    radius_m: tuple[float, float] = (0.25, 0.35)   # cubes cover ~17% of the centre crop
     fov_x_deg: float = 62.0
     noise: bool = True
     seed: int = 0
@@ -81,6 +84,8 @@ class CubesSettings:
             raise SynthError(f"camera distances must satisfy 0 < min <= max, got {self.radius_m}")
         if not 1 <= self.fov_x_deg <= 170:
             raise SynthError(f"--fov must be 1..170 degrees, got {self.fov_x_deg}")
+        if self.placement_half_width_m <= 0:
+            raise SynthError(f"--placement must be positive, got {self.placement_half_width_m}")
 
 
 def _check_positive(**values) -> None:
@@ -129,7 +134,8 @@ def render_cubes_scene(settings: CubesSettings, index: int) -> dict:
     from datasets.synth import cubes
 
     rng = scene_rng(settings.seed, index)
-    scene = cubes.sample_cube_scene(rng, min_cubes=settings.min_cubes, max_cubes=settings.max_cubes)
+    scene = cubes.sample_cube_scene(rng, min_cubes=settings.min_cubes, max_cubes=settings.max_cubes,
+                                    placement_half_width_m=settings.placement_half_width_m)
     poses = cubes.sample_cube_viewpoints(rng, settings.views, elevation_deg=settings.elevation_deg,
                                          azimuth_deg=settings.azimuth_deg, radius_m=settings.radius_m)
     K = cubes.default_intrinsics(settings.width, settings.height, settings.fov_x_deg)

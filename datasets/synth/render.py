@@ -150,10 +150,12 @@ def _aov_integrator():
 
 
 def render_linear_rgb(loaded: LoadedScene, camera_pose_world, intrinsics, width, height, *,
-                      spp: int, seed: int, max_depth: int = 8) -> np.ndarray:
+                      spp: int, seed: int, max_depth: int = 8,
+                      sampler: str = "multijitter") -> np.ndarray:
     """Path-traced linear RGB (H, W, 3) float32 (box filter, ``spp`` samples per pixel)."""
     mi = mitsuba()
-    sensor = mi.load_dict(mitsuba_sensor_dict(camera_pose_world, intrinsics, width, height, spp=spp))
+    sensor = mi.load_dict(mitsuba_sensor_dict(camera_pose_world, intrinsics, width, height, spp=spp,
+                                              sampler=sampler))
     integrator = mi.load_dict({"type": "path", "max_depth": int(max_depth)})
     image = mi.render(loaded.full, sensor=sensor, integrator=integrator, seed=int(seed) % (2**31))
     return np.array(image, dtype=np.float32)[..., :3]
