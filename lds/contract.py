@@ -19,6 +19,11 @@ Shapes (B images, K slots, D latent size, H x W pixels):
     masks            (B, K, 1, H, W)  mixing probabilities, softmax over K (sum to 1 per pixel)
     appearance       (B, K, 3, H, W)  per-slot RGB means x_k in [0, 1] (or unbounded for MulMON)
     reconstruction   (B, 3, H, W)  sum_k masks * appearance
+    segmentation_masks (B, K, 1, H, W)  the masks the model segments with (their per-pixel
+                                   argmax is its segmentation); default ``masks``. MONet sets
+                                   its attention masks, which its likelihood mixes with
+    segmentation_source str        what those masks are, for labels ("decoded masks",
+                                   "attention masks")
 
 Multi-view models flatten views into the batch axis for every image-shaped field
 (B = scenes * views) and keep their latents per scene-view pair the same way, so metrics and
@@ -53,6 +58,16 @@ class ModelOutput:
     appearance: torch.Tensor
     reconstruction: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # model-specific, optional
+    segmentation_masks: torch.Tensor | None = None                 # None: the decoded masks
+    segmentation_source: str = "decoded masks"
+
+    def __post_init__(self) -> None:
+        if self.segmentation_masks is None:
+            self.segmentation_masks = self.masks
+
+    @property
+    def segments_with_decoded_masks(self) -> bool:
+        return self.segmentation_masks is self.masks
 
     def check(self, batch_size: int, num_slots: int, height: int, width: int) -> "ModelOutput":
         """Raise ContractError unless every field has the documented shape."""
@@ -77,4 +92,5 @@ class ModelOutput:
         expect("masks", self.masks, (B, K, 1, H, W))
         expect("appearance", self.appearance, (B, K, 3, H, W))
         expect("reconstruction", self.reconstruction, (B, 3, H, W))
+        expect("segmentation_masks", self.segmentation_masks, (B, K, 1, H, W))
         return self

@@ -144,13 +144,13 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
 
 
 def _fmt(name: str, value, signed: bool = False) -> str:
-    from lds.evaluation import DISPLAY
+    from lds.metrics import metric
 
     if value is None:
         return "-"
-    _, fmt, scale = DISPLAY.get(name, (name, "{:.4g}", 1.0))
-    text = fmt.format(value * scale)
-    return ("+" + text) if signed and value * scale >= 0 else text
+    entry = metric(name)
+    text = entry.format(value)
+    return ("+" + text) if signed and value * entry.scale >= 0 else text
 
 
 def _write_report(out: Path, cfg: DemoConfig, rows: dict, results: dict, timings: dict,
@@ -171,12 +171,13 @@ def _write_report(out: Path, cfg: DemoConfig, rows: dict, results: dict, timings
         "| metric | MONet0 (control) | MONet+ (LDS) | LDS - control |",
         "| --- | --- | --- | --- |",
     ]
-    from lds.evaluation import DISPLAY
+    from lds.metrics import metric, segmentation_source_of
 
+    source = segmentation_source_of(results["control"].meta)
     for name, row in rows.items():
         if name == "dSim":
             continue
-        label = DISPLAY.get(name, (name,))[0]
+        label = metric(name, source).label
         lines.append(f"| {label} | {_fmt(name, row['control'])} | {_fmt(name, row['lds'])} | "
                      f"{_fmt(name, row['delta'], signed=True)} |")
     if "dSim" in rows:

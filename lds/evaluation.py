@@ -30,28 +30,10 @@ from common.config import to_dict
 from common.errors import UserError
 from lds import distributed
 from lds.contract import ModelOutput
-from lds.metrics import HIGHER_IS_BETTER, MetricsConfig, batch_metrics
+from lds.metrics import (DECODED_PREFIX, METRICS, QUERY_PREFIX, MetricsConfig, batch_metrics, metric,
+                         segmentation_masks, segmentation_source_of)
 
 EVAL_FILE_VERSION = 1
-QUERY_PREFIX = "query_"  # multi-view models: metrics of the query (unobserved) views
-
-# How each metric is shown in tables: (label, format, scale); rates are shown as percentages.
-DISPLAY = {
-    "mse": ("MSE", "{:.5f}", 1.0),
-    "rmse": ("RMSE (MulMON)", "{:.4f}", 1.0),
-    "miou": ("mIoU (Hungarian)", "{:.4f}", 1.0),
-    "miou_greedy": ("mIoU (MulMON greedy)", "{:.4f}", 1.0),
-    "ari": ("ARI", "{:.4f}", 1.0),
-    "fg_ari": ("FG-ARI", "{:.4f}", 1.0),
-    "sim": ("Sim (mean pairwise cos)", "{:.4f}", 1.0),
-    "active_slots": ("active slots", "{:.2f}", 1.0),
-    "dup_pairs": ("duplicate pairs / image (no GT)", "{:.3f}", 1.0),
-    "dup_nogt": ("images with duplicates, no GT (%)", "{:.1f}", 100.0),
-    "dup_components": ("duplicated GT components / image", "{:.3f}", 1.0),
-    "dup_gt": ("images with duplicates, GT (%)", "{:.1f}", 100.0),
-}
-
-
 class EvalFileError(UserError):
     """An eval.json that is missing or cannot be read."""
 
@@ -166,6 +148,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
 
     per_batch: list[tuple[int, list[dict[str, Any]]]] = []
     has_gt: bool | None = None
+    source: str | None = None
     started = time.perf_counter()
     bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("images"), TimeRemainingColumn(),
@@ -180,6 +163,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
             batch = _flatten_views(batch)
             labels = batch.get("label_map")
             has_gt = labels is not None if has_gt is None else has_gt
+            source = source or segmentation_masks(output, config.segmentation_masks)[1]
             values = batch_metrics(output, batch["image"], labels, config)
             size = batch["image"].shape[0]
             rows_per_item = size // len(indices)        # views per scene for multi-view data
@@ -202,7 +186,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     has_gt = any(distributed.all_gather_objects(bool(has_gt)))
     seconds = time.perf_counter() - started
 
-    names = [n for n in DISPLAY if n in records[0]]
+    names = [n for n in METRICS if n in records[0]]
     # Multi-view models (MulMON): the plain names aggregate the observed views, "query_<name>"
     # the query views the model predicted without seeing them.
     queries = [r for r in records if r.get("query_view")]
@@ -211,8 +195,13 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     if queries:
         aggregates.update({f"{QUERY_PREFIX}{name}": aggregate(r[name] for r in queries)
                            for name in names})
+    # Which masks segment: "" labels the plain names, "decoded_" the decoded-mask companions.
+    sources = {"": source}
+    if any(name.startswith(DECODED_PREFIX) for name in names):
+        sources[DECODED_PREFIX] = "decoded masks"
     info = {"num_images": len(records), "ground_truth": bool(has_gt), "seconds": seconds,
-            "metrics_config": to_dict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "segmentation_sources": sources, "metrics_config": to_dict(config),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if "query_view" in records[0]:
         info["views"] = {"observed": len(observed), "query": len(queries),
                          "scenes": len({r.get("scene_index") for r in records})}
@@ -220,19 +209,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     return EvalResult(records=records, aggregates=aggregates, meta=info)
 
 
-def _display(name: str) -> tuple[str, str, float]:
-    """(label, format, scale) of a metric; "query_<name>" is <name> on the query views."""
-    if name.startswith(QUERY_PREFIX) and name.removeprefix(QUERY_PREFIX) in DISPLAY:
-        label, fmt, scale = DISPLAY[name.removeprefix(QUERY_PREFIX)]
-        return f"{label}, query views", fmt, scale
-    return DISPLAY.get(name, (name, "{:.4f}", 1.0))
-
-
 def _format(name: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "-"
-    _, fmt, scale = _display(name)
-    return fmt.format(value * scale)
+    return metric(name).format(value)
 
 
 def result_table(result: EvalResult, title: str | None = None) -> Table:
@@ -242,8 +222,9 @@ def result_table(result: EvalResult, title: str | None = None) -> Table:
     table.add_column("mean", justify="right")
     table.add_column("± s.e.", justify="right")
     table.add_column("n", justify="right")
+    source = segmentation_source_of(result.meta)
     for name, agg in result.aggregates.items():
-        table.add_row(_display(name)[0], _format(name, agg["mean"]),
+        table.add_row(metric(name, source).label, _format(name, agg["mean"]),
                       _format(name, agg["stderr"]), str(agg["n"]))
     return table
 
@@ -261,14 +242,14 @@ def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float |
     similar); it is reported under the key "dSim". Metrics only one side has are skipped.
     """
     rows: dict[str, dict[str, float | None]] = {}
-    for name in DISPLAY:
+    for name, entry in METRICS.items():
         if name not in control.aggregates or name not in lds.aggregates:
             continue
         a, b = control.aggregates[name]["mean"], lds.aggregates[name]["mean"]
         delta = None if a is None or b is None else b - a
         better = None
-        if delta is not None and name in HIGHER_IS_BETTER and delta != 0:
-            better = (delta > 0) == HIGHER_IS_BETTER[name]
+        if delta is not None and entry.higher_is_better is not None and delta != 0:
+            better = (delta > 0) == entry.higher_is_better
         rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better}
     if "sim" in rows and rows["sim"]["delta"] is not None:
         rows["dSim"] = {"control": None, "lds": None, "delta": -rows["sim"]["delta"],
@@ -287,6 +268,8 @@ def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "
     table.add_column("LDS better?", justify="center")
     order = ["sim", "dSim", "dup_gt", "dup_nogt", "dup_components", "dup_pairs", "mse", "rmse",
              "miou", "miou_greedy", "ari", "fg_ari", "active_slots"]
+    order += [DECODED_PREFIX + name for name in order if DECODED_PREFIX + name in METRICS]
+    source = segmentation_source_of(control.meta)
     for name in order:
         if name not in rows:
             continue
@@ -296,7 +279,7 @@ def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "
             table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", _signed("sim", row["delta"]),
                           better)
             continue
-        table.add_row(DISPLAY[name][0], _format(name, row["control"]), _format(name, row["lds"]),
+        table.add_row(metric(name, source).label, _format(name, row["control"]), _format(name, row["lds"]),
                       _signed(name, row["delta"]), better)
     return table
 

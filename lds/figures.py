@@ -159,7 +159,7 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
     titles = ["Obs", "Rec"] + [str(k + 1) for k in range(num_slots)] + ["Seg"]
     for block, (label, output) in enumerate(outputs):
         alone = render_components_alone(output, background)
-        seg = segmentation_rgb(output.masks)
+        seg = segmentation_rgb(output.segmentation_masks)
         view_labels = _view_labels(output, views_per_scene)
         for i in range(num_images):
             row = axes[block * num_images + i]
@@ -180,15 +180,22 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
                                   fontsize=7)
             elif label:
                 row[0].set_ylabel(f"{label}\n#{i}", fontsize=8)
-    # Unbounded RGB (MulMON's means) is clamped for display: say so under the grid.
-    clamped = any(_outside_unit_range(o.appearance) or _outside_unit_range(o.reconstruction)
-                  for _, o in outputs)
+    # Unbounded RGB (MulMON's means) is clamped for display, and a Seg column that is not the
+    # decoded masks' argmax (MONet: its attention masks) is named: say both under the grid.
+    notes = []
+    if any(_outside_unit_range(o.appearance) or _outside_unit_range(o.reconstruction)
+           for _, o in outputs):
+        notes.append("RGB outside [0, 1] (unbounded appearance) is clamped to [0, 1] for display")
+    sources = sorted({o.segmentation_source for _, o in outputs} - {"decoded masks"})
+    if sources:
+        notes.append(f"Seg: argmax of the {', '.join(sources)} (the model's own segmentation); "
+                     "slot columns: each component rendered alone")
     left = 0.09 if views_per_scene > 1 else 0.06 if any(l for l, _ in outputs) else 0.01
+    margin = 0.25 * len(notes) / num_rows
     fig.subplots_adjust(left=left, right=0.99, top=1 - 0.25 / num_rows,
-                        bottom=0.25 / num_rows if clamped else 0.01, wspace=0.04, hspace=0.04)
-    if clamped:
-        fig.text(0.5, 0.05 / num_rows, "RGB outside [0, 1] (unbounded appearance) is clamped "
-                 "to [0, 1] for display", ha="center", va="bottom", fontsize=7)
+                        bottom=margin if notes else 0.01, wspace=0.04, hspace=0.04)
+    for n, note in enumerate(notes):
+        fig.text(0.5, (0.05 + 0.25 * n) / num_rows, note, ha="center", va="bottom", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

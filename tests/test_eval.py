@@ -104,6 +104,17 @@ def test_evaluate_tiny_monet_runs_and_metrics_are_in_range():
         assert 0.0 <= result.mean(name) <= 1.0
     assert result.mean("miou_greedy") >= result.mean("miou") - 1e-12
     assert 0.0 <= result.mean("mse") <= 1.0 and -1.0 <= result.mean("sim") <= 1.0
+    # MONet segments with its attention masks; the decoded masks are reported beside them,
+    # and both are labelled in eval.json and in the table.
+    assert result.meta["segmentation_sources"] == {"": "attention masks", "decoded_": "decoded masks"}
+    assert 0.0 <= result.mean("decoded_miou") <= 1.0 and "decoded_dup_gt" in result.aggregates
+    console = Console(record=True, width=160)
+    console.print(result_table(result))
+    text = console.export_text()
+    assert "FG-ARI, attention masks" in text and "FG-ARI, decoded masks" in text
+    oracle = evaluate(LabelOracle(), make_dataset(2), batch_size=2, progress=False)
+    assert oracle.meta["segmentation_sources"] == {"": "decoded masks"}
+    assert "decoded_miou" not in oracle.aggregates
 
 
 def test_load_missing_or_corrupt_file_is_a_user_error(tmp_path):

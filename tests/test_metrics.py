@@ -245,3 +245,49 @@ def test_segmentation_can_come_from_model_extras():
     assert batch_metrics(out, image, GT, cfg)["miou"].item() == pytest.approx(0.5 / 3)
     with pytest.raises(ConfigError):
         batch_metrics(out, image, GT, MetricsConfig(segmentation_masks="extras.nope"))
+
+
+def test_split_component_is_a_duplicate_on_disjoint_masks_by_purity():
+    # Background (columns 0-1) split between slots 0 and 3; each slot lies wholly in it.
+    split = torch.tensor([[[0, 3, 1, 2]] * 4])
+    slot_masks = slot_binary_masks(torch.zeros(1, 4, 1, 4, 4), masks_from_labels(split, 4), "argmax")
+    assert duplicated_gt_components(GT, slot_masks, rule="purity").item() == 1
+    # IoU finds it only when both halves are exact halves (IoU 0.5 each); above that, never...
+    assert duplicated_gt_components(GT, slot_masks, claim_iou=0.51, rule="iou").item() == 0
+    # ...and a slot below active_area claims nothing (here 4 of 16 pixels = 0.25 < 0.3).
+    assert duplicated_gt_components(GT, slot_masks, rule="purity", active_area=0.3).item() == 0
+    # A slot that straddles two components claims neither (purity 0.5 needs >= half inside).
+    straddle = torch.tensor([[[0, 3, 3, 3]] * 4])
+    slot_masks = slot_binary_masks(torch.zeros(1, 4, 1, 4, 4), masks_from_labels(straddle, 4), "argmax")
+    assert duplicated_gt_components(GT, slot_masks, rule="purity", claim_purity=0.7).item() == 0
+
+
+def test_model_segmentation_source_is_used_and_decoded_masks_reported_beside_it():
+    image = torch.rand(1, 3, 4, 4)
+    # Decoded masks still flat: every component rendered alone covers the whole image.
+    out = output_from_logits(torch.full((1, 4, 1, 4, 4), 3.0), torch.eye(4).unsqueeze(0), image)
+    out.segmentation_masks = masks_from_labels(torch.tensor([[[0, 0, 1, 2]] * 4]), 4)
+    out.segmentation_source = "attention masks"
+    values = batch_metrics(out, image, GT)
+    assert values["miou"].item() == 1.0 and values["fg_ari"].item() == pytest.approx(1.0)
+    assert values["dup_gt"].item() == 0.0          # counted on the masks that segment
+    # The decoded masks, labelled apart: flat, so they segment nothing and are all duplicates.
+    assert values["decoded_miou"].item() < 1.0
+    assert values["decoded_dup_gt"].item() == 1.0
+    # Asking for the decoded masks explicitly gives exactly the decoded_ values, and no pair.
+    decoded = batch_metrics(out, image, GT, MetricsConfig(segmentation_masks="masks"))
+    assert decoded["miou"].item() == values["decoded_miou"].item()
+    assert not any(name.startswith("decoded_") for name in decoded)
+    # A model that segments with its decoded masks gets no decoded_ companions.
+    plain = output_from_logits(torch.full((1, 4, 1, 4, 4), 3.0), torch.eye(4).unsqueeze(0), image)
+    assert not any(name.startswith("decoded_") for name in batch_metrics(plain, image, GT))
+
+
+def test_metric_table_labels_both_sources():
+    from lds.metrics import METRICS, metric
+
+    assert metric("decoded_fg_ari").label == "FG-ARI, decoded masks"
+    assert metric("fg_ari", "attention masks").label == "FG-ARI, attention masks"
+    assert metric("mse", "attention masks").label == "MSE"          # not a segmentation metric
+    assert metric("query_miou").label.endswith("query views")
+    assert METRICS["dup_gt"].format(0.25) == "25.0" and METRICS["miou"].higher_is_better

@@ -61,7 +61,7 @@ def test_output_contract_and_rendering():
     torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 1, 16, 16))
     torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
     assert out.appearance.min() >= 0 and out.appearance.max() <= 1
-    attention = out.extras["attention_masks"]
+    attention = out.segmentation_masks
     assert attention.shape == (2, 3, 1, 16, 16)
     torch.testing.assert_close(attention.sum(1), torch.ones(2, 1, 16, 16))
     # The loss is exactly the documented combination of its terms.
@@ -95,7 +95,7 @@ def test_loss_terms_match_direct_formulas():
     model = tiny_model().train()
     images = torch.rand(2, 3, 16, 16)
     out = model({"image": images})
-    att = out.extras["attention_masks"]
+    att = out.segmentation_masks
     sigma = torch.tensor([0.09, 0.11, 0.11])
     # NLL: per pixel, log sum_k m_k prod_c N(x_c; mu_kc, sigma_k^2) (Eq. 1), summed, batch mean.
     dens = torch.distributions.Normal(out.appearance, sigma.view(1, 3, 1, 1, 1)).log_prob(images[:, None])
@@ -206,7 +206,7 @@ def test_tiny_monet_overfits_two_images(tmp_path):
         """MSE of the likelihood's mixture (attention masks) and of the rendered scene."""
         with torch.no_grad():
             out = model.eval()({"image": images})
-        mixture = (out.extras["attention_masks"] * out.appearance).sum(1)
+        mixture = (out.segmentation_masks * out.appearance).sum(1)
         return ((mixture - images).pow(2).mean().item(),
                 (out.reconstruction - images).pow(2).mean().item())
 

@@ -30,12 +30,12 @@ import numpy as np
 from common.errors import UserError
 from lds.experiments.runner import RUNS_DIR, run_dir_of, study_spec
 from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
+from lds.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
 
 TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "active_slots"]
-LABELS = {"mse": "MSE", "miou": "mIoU", "miou_greedy": "mIoU (greedy)", "ari": "ARI",
-          "fg_ari": "FG-ARI", "sim": "Sim", "dup_gt": "dup. GT (%)", "dup_nogt": "dup. no-GT (%)",
-          "active_slots": "active slots", "dup_pairs": "dup. pairs"}
-PERCENT = {"dup_gt", "dup_nogt"}
+# Where a model segments with other masks than its decoded ones (MONet), these are shown on the
+# decoded masks too, labelled (lds.metrics.table).
+TABLE1_DECODED = ["miou", "fg_ari", "dup_gt"]
 
 
 @dataclass
@@ -76,14 +76,33 @@ def collect(study_dir: Path, spec: ExperimentSpec) -> list[RunResult]:
     return results
 
 
-def _fmt(metric: str, value: float, digits: int | None = None) -> str:
+def _fmt(name: str, value: float, digits: int | None = None) -> str:
     if value is None or not math.isfinite(value):
         return "-"
-    if metric in PERCENT:
-        return f"{100 * value:.1f}"
-    if metric == "mse":
-        return f"{value:.5f}"
-    return f"{value:.{digits or 3}f}"
+    entry = metric(name)
+    if entry.scale != 1.0 or digits is None:
+        return entry.format(value)
+    return f"{value:.{digits}f}"
+
+
+def _label(name: str, results=None) -> str:
+    """Short label; segmentation metrics name their masks when the runs report both sources."""
+    source = None
+    for r in results or []:
+        if r.eval:
+            source = segmentation_source_of(r.eval.get("meta", {}))
+            break
+    return metric(name, source).short_label
+
+
+def _table1_metrics(results) -> list[str]:
+    decoded = {DECODED_PREFIX + m for r in results if r.eval for m in TABLE1_DECODED
+               if DECODED_PREFIX + m in r.eval["aggregates"]}
+    names = list(TABLE1_METRICS)
+    for m in TABLE1_DECODED:
+        if DECODED_PREFIX + m in decoded:
+            names.insert(names.index(m) + 1, DECODED_PREFIX + m)
+    return names
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -91,12 +110,6 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     if arr.size == 0:
         return math.nan, math.nan, 0
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
-
-
-def _higher_is_better(metric: str) -> bool | None:
-    from lds.metrics import HIGHER_IS_BETTER
-
-    return HIGHER_IS_BETTER.get(metric)
 
 
 # ---- figures ---------------------------------------------------------------------------------
@@ -185,22 +198,23 @@ def _main_pairs(results: list[RunResult], spec: ExperimentSpec):
 def table1(report: Report, results, spec, summary) -> None:
     report.heading("Table 1: control vs LDS (mean ± std over seeds)")
     pairs = _main_pairs(results, spec)
-    header = ["model", "store", "group", "seeds"] + [LABELS[m] for m in TABLE1_METRICS]
+    names = _table1_metrics(results)
+    header = ["model", "store", "group", "seeds"] + [_label(m, results) for m in names]
     rows, bold = [], set()
     summary["table1"] = {}
     for (model, store), seeds in pairs.items():
         stats = {}
         for g, name in ((0, "control"), (1, "lds")):
             runs = [pair[g] for pair in seeds.values() if pair[g] is not None and pair[g].eval]
-            stats[name] = {m: _mean_std([r.mean(m) for r in runs]) for m in TABLE1_METRICS}
+            stats[name] = {m: _mean_std([r.mean(m) for r in runs]) for m in names}
         for g, name in ((0, "control"), (1, "lds")):
             row = [model, store, name, str(stats[name]["mse"][2])]
-            for j, m in enumerate(TABLE1_METRICS):
+            for j, m in enumerate(names):
                 mean, std, _ = stats[name][m]
                 row.append("-" if not math.isfinite(mean) else _fmt(m, mean) if not
                            math.isfinite(std) else f"{_fmt(m, mean)} ± {_fmt(m, std)}")
                 other = stats["lds" if name == "control" else "control"][m][0]
-                hib = _higher_is_better(m)
+                hib = metric(m).higher_is_better
                 if hib is not None and math.isfinite(mean) and math.isfinite(other) and mean != other:
                     if (mean > other) == hib:
                         bold.add((len(rows), 4 + j))
@@ -233,10 +247,10 @@ def figure3(report: Report, results, spec, summary) -> None:
         dsim_mean.append(m)
         dsim_std.append(0.0 if not math.isfinite(s) else s)
         dup[key] = {}
-        for metric in ("dup_gt", "dup_nogt"):
+        for rate in ("dup_gt", "dup_nogt"):
             for g, name in ((0, "control"), (1, "lds")):
-                vals = [pair[g].mean(metric) for pair in seeds.values() if pair[g] and pair[g].eval]
-                dup[key][f"{metric}/{name}"] = _mean_std(vals)
+                vals = [pair[g].mean(rate) for pair in seeds.values() if pair[g] and pair[g].eval]
+                dup[key][f"{rate}/{name}"] = _mean_std(vals)
         summary["figure3"][key] = {"dSim": {"mean": m, "std": s, "n": n, "per_seed": dsims},
                                    **{k: {"mean": v[0], "std": v[1]} for k, v in dup[key].items()}}
     if not names:
@@ -409,7 +423,7 @@ def ablations(report: Report, results, spec, summary) -> None:
                 rows = [["control (no LDS)"] + [_fmt(m, control.mean(m)) for m in metrics]] if control else []
                 rows += [[f"sigma = {s:g}"] + [_fmt(m, r.mean(m)) for m in metrics] for s, r in points]
                 report.paragraph(f"{model} on {store}:")
-                report.table(["setting"] + [LABELS[m] for m in metrics], rows)
+                report.table(["setting"] + [_label(m, results) for m in metrics], rows)
                 summary["ablations"][f"sigma/{model}/{store}"] = {
                     f"{s:g}": {m: r.mean(m) for m in metrics} for s, r in points}
                 if len(points) > 1:
@@ -421,7 +435,7 @@ def ablations(report: Report, results, spec, summary) -> None:
                             ax.axhline(control.mean(m), color="gray", ls="--", label="control")
                         ax.set_xscale("log")
                         ax.set_xlabel("sigma")
-                        ax.set_title(LABELS[m])
+                        ax.set_title(_label(m, results))
                         ax.legend(fontsize=7)
                     report.figure(f"ablation_sigma_{model}_{store}.png", _png(fig),
                                   f"sigma sweep ({model}, {store}, seed {first})")
@@ -444,15 +458,15 @@ def ablations(report: Report, results, spec, summary) -> None:
                         for k, data in r.eval_k.items():
                             grid[train_k][k] = RunResult(r.run, data)
                     test_ks = sorted({k for row in grid.values() for k in row})
-                    for metric in ("miou", "dup_nogt", "sim"):
-                        rows = [[f"train K={tk}"] + [_fmt(metric, grid[tk][k].mean(metric))
+                    for name_k in ("miou", "dup_nogt", "sim"):
+                        rows = [[f"train K={tk}"] + [_fmt(name_k, grid[tk][k].mean(name_k))
                                                      if k in grid[tk] else "-" for k in test_ks]
                                 for tk in sorted(grid)]
                         report.paragraph(f"{model} {'LDS' if lds else 'control'} on {store}: "
-                                         f"{LABELS[metric]}")
+                                         f"{_label(name_k, results)}")
                         report.table(["trained \\ tested"] + [f"K={k}" for k in test_ks], rows)
-                        summary["ablations"][f"K/{model}/{store}/{'lds' if lds else 'control'}/{metric}"] = {
-                            str(tk): {str(k): grid[tk][k].mean(metric) for k in grid[tk]} for tk in grid}
+                        summary["ablations"][f"K/{model}/{store}/{'lds' if lds else 'control'}/{name_k}"] = {
+                            str(tk): {str(k): grid[tk][k].mean(name_k) for k in grid[tk]} for tk in grid}
 
 
 def training_curves(report: Report, results, spec, study_dir: Path, summary) -> None:

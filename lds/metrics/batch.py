@@ -13,61 +13,46 @@ from lds.metrics.segmentation import (argmax_labels, ari_from_contingency, conti
                                       miou_hungarian_from_contingency)
 from lds.metrics.slots import (duplicate_pairs_without_gt, duplicated_gt_components,
                                slot_binary_masks, slot_similarity)
-
-# Metric names, in table order, and whether they need ground truth.
-METRICS_WITHOUT_GT = ("mse", "rmse", "sim", "active_slots", "dup_pairs", "dup_nogt")
-METRICS_WITH_GT = ("miou", "miou_greedy", "ari", "fg_ari", "dup_components", "dup_gt")
-HIGHER_IS_BETTER = {"mse": False, "rmse": False, "sim": False, "dup_pairs": False,
-                    "dup_nogt": False, "miou": True, "miou_greedy": True, "ari": True,
-                    "fg_ari": True, "dup_components": False, "dup_gt": False}
+from lds.metrics.table import DECODED_LABEL, DECODED_PREFIX, METRICS
 
 
-def segmentation_masks(output: ModelOutput, source: str = "masks") -> torch.Tensor:
-    """The (B, K, 1, H, W) masks whose per-pixel argmax is the predicted segmentation."""
+def segmentation_masks(output: ModelOutput, source: str = "model") -> tuple[torch.Tensor, str]:
+    """The (B, K, 1, H, W) masks whose per-pixel argmax is the predicted segmentation, and
+    their label ("attention masks", "decoded masks", ...)."""
+    if source == "model":
+        return output.segmentation_masks, output.segmentation_source
     if source == "masks":
-        return output.masks
+        return output.masks, DECODED_LABEL
     if source.startswith("extras."):
         key = source.removeprefix("extras.")
         if key in output.extras and output.extras[key].shape == output.masks.shape:
-            return output.extras[key]
+            return output.extras[key], key.replace("_", " ")
         raise ConfigError(f"segmentation_masks={source!r}: this model has no extras[{key!r}] "
                           f"of shape {tuple(output.masks.shape)} (extras: {sorted(output.extras)})")
-    raise ConfigError(f"segmentation_masks must be 'masks' or 'extras.KEY', got {source!r}")
+    raise ConfigError(f"segmentation_masks must be 'model', 'masks' or 'extras.KEY', got {source!r}")
 
 
-@torch.no_grad()
-def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Tensor | None = None,
-                  config: MetricsConfig | None = None) -> dict[str, torch.Tensor]:
-    """Per-image metric values (each a (B,) float64 CPU tensor) for one evaluated batch.
-
-    ``image`` (B, 3, H, W) in [0, 1]; ``label_map`` (B, H, W) visible GT labels or None (then
-    only the metrics that need no ground truth are computed). ``dup_gt`` / ``dup_nogt`` are 0/1
-    per image, so their mean is the fraction of images with a duplicate.
-    """
-    config = config or MetricsConfig()
-    image = image.detach().float().cpu()
-    reconstruction = output.reconstruction.detach().float().cpu()
-    masks = segmentation_masks(output, config.segmentation_masks).detach().float().cpu()
-    mask_logits = output.mask_logits.detach().float().cpu()
-    posterior_mean = output.posterior_mean.detach().cpu()
-
-    slot_masks = slot_binary_masks(mask_logits, masks, config.duplicate_masks,
-                                   config.alone_mask_threshold)
+def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.Tensor,
+                         posterior_mean: torch.Tensor, gt: torch.Tensor | None,
+                         config: MetricsConfig) -> dict[str, torch.Tensor]:
+    """The metrics that depend on which masks segment (lds.metrics.table.SEGMENTATION_METRICS)."""
+    kind = config.duplicate_masks
+    if kind == "auto":
+        kind = "alone" if decoded else "argmax"
+    slot_masks = slot_binary_masks(mask_logits, masks, kind, config.alone_mask_threshold)
     num_pixels = slot_masks.shape[-1]
     dup_pairs = duplicate_pairs_without_gt(slot_masks, posterior_mean, config.active_area,
                                            config.duplicate_mask_iou, config.duplicate_latent_cos,
                                            config.similarity_eps)
     values = {
-        "mse": mse(image, reconstruction),
-        "rmse": rmse_mulmon(image, reconstruction),
-        "sim": slot_similarity(posterior_mean, config.similarity_eps),
         "active_slots": (slot_masks.sum(-1) >= config.active_area * num_pixels).sum(-1),
         "dup_pairs": dup_pairs,
         "dup_nogt": dup_pairs > 0,
     }
-    if label_map is not None:
-        gt = label_map.detach().cpu().long()
-        dup_components = duplicated_gt_components(gt, slot_masks, config.claim_iou)
+    if gt is not None:
+        dup_components = duplicated_gt_components(
+            gt, slot_masks, config.claim_iou, rule="iou" if kind == "alone" else "purity",
+            claim_purity=config.claim_purity, active_area=config.active_area)
         # one contingency table (GT label x argmax slot pixel counts) serves every segmentation
         # metric; FG-ARI is the same table without the GT background row
         table = contingency_table(gt, argmax_labels(masks), masks.shape[1])
@@ -80,4 +65,39 @@ def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Ten
             "dup_components": dup_components,
             "dup_gt": dup_components > 0,
         })
-    return {name: value.to(torch.float64) for name, value in values.items()}
+    return values
+
+
+@torch.no_grad()
+def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Tensor | None = None,
+                  config: MetricsConfig | None = None) -> dict[str, torch.Tensor]:
+    """Per-image metric values (each a (B,) float64 CPU tensor) for one evaluated batch.
+
+    ``image`` (B, 3, H, W) in [0, 1]; ``label_map`` (B, H, W) visible GT labels or None (then
+    only the metrics that need no ground truth are computed). ``dup_gt`` / ``dup_nogt`` are 0/1
+    per image, so their mean is the fraction of images with a duplicate. When the segmenting
+    masks (``config.segmentation_masks``) are not the decoded masks, the segmentation metrics
+    on the decoded masks are added as ``decoded_<name>``.
+    """
+    config = config or MetricsConfig()
+    image = image.detach().float().cpu()
+    reconstruction = output.reconstruction.detach().float().cpu()
+    masks, _ = segmentation_masks(output, config.segmentation_masks)
+    decoded = masks is output.masks
+    mask_logits = output.mask_logits.detach().float().cpu()
+    posterior_mean = output.posterior_mean.detach().cpu()
+    gt = label_map.detach().cpu().long() if label_map is not None else None
+
+    values = {
+        "mse": mse(image, reconstruction),
+        "rmse": rmse_mulmon(image, reconstruction),
+        "sim": slot_similarity(posterior_mean, config.similarity_eps),
+    }
+    values.update(_segmentation_values(masks.detach().float().cpu(), decoded, mask_logits,
+                                       posterior_mean, gt, config))
+    if not decoded:
+        values.update({DECODED_PREFIX + name: value for name, value in _segmentation_values(
+            output.masks.detach().float().cpu(), True, mask_logits, posterior_mean, gt,
+            config).items()})
+    order = [name for name in METRICS if name in values]
+    return {name: values[name].to(torch.float64) for name in order}

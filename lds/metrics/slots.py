@@ -5,17 +5,20 @@ automatically (thresholds in :class:`lds.metrics.config.MetricsConfig`, document
 docs/evaluation.md):
 
 * with ground truth: slot k *claims* visible GT component g (background included) when
-  IoU(slot mask k, GT mask g) >= ``claim_iou``; g is *duplicated* when two or more slots claim it.
+  IoU(slot mask k, GT mask g) >= ``claim_iou`` (overlapping masks: components rendered alone),
+  or, for disjoint masks (the argmax segmentation), when slot k is active and at least
+  ``claim_purity`` of its pixels lie in g; g is *duplicated* when two or more slots claim it.
   An image "has a duplicate" when at least one of its GT components is duplicated.
 * without ground truth: slot k is *active* when its mask covers at least ``active_area`` of the
   image; two active slots h != j are a *duplicate pair* when IoU(mask h, mask j) >=
   ``duplicate_mask_iou`` or cos(mu_h, mu_j) >= ``duplicate_latent_cos`` (posterior means).
   An image "has a duplicate" when it has at least one duplicate pair.
 
-"Slot mask" is, by default, the component rendered alone, sigmoid(mask_logit_k) > 0.5 (supplement
-section B): in the argmax segmentation two slots can never share a pixel, so a slot that draws an
-object already drawn by another slot is only visible in the components rendered alone (as in the
-paper's Figure 2).
+"Slot mask" comes from the masks the model segments with: for decoded masks, the component
+rendered alone, sigmoid(mask_logit_k) > 0.5 (supplement section B), where a slot that draws an
+object already drawn by another slot is visible (as in the paper's Figure 2); for MONet's
+attention masks, which partition the image, the slot's argmax region, where a duplicate shows as
+one object split between slots (supplement Figure 5: the table split into several components).
 """
 
 from __future__ import annotations
@@ -50,10 +53,13 @@ def slot_binary_masks(mask_logits: torch.Tensor, masks: torch.Tensor, source: st
 
 
 def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
-                             claim_iou: float = 0.5) -> torch.Tensor:
+                             claim_iou: float = 0.5, rule: str = "iou", claim_purity: float = 0.5,
+                             active_area: float = 0.01) -> torch.Tensor:
     """Number of present GT components (background included) claimed by >= 2 slots -> (B,).
 
-    ``slot_masks`` (B, K, N) bool; a slot claims a component when their IoU >= ``claim_iou``.
+    ``slot_masks`` (B, K, N) bool. ``rule="iou"``: a slot claims a component when their IoU >=
+    ``claim_iou``; ``rule="purity"`` (disjoint masks): when the slot covers >= ``active_area`` of
+    the image and >= ``claim_purity`` of its pixels lie in the component.
     """
     batch, num_slots, _ = slot_masks.shape
     num_gt = int(gt_labels.max().item()) + 1
@@ -64,9 +70,16 @@ def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
     intersection = torch.zeros(batch, num_slots, num_gt, dtype=torch.float32).scatter_add_(
         2, gt_flat.unsqueeze(1).expand(-1, num_slots, -1), slot_masks.to(torch.float32))
     slot_area = slot_masks.sum(-1, dtype=torch.float32).unsqueeze(-1)
-    union = slot_area + gt_area.unsqueeze(1) - intersection
-    iou = torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
-    claims = (iou >= claim_iou).sum(dim=1)                                  # (B, G)
+    if rule == "iou":
+        union = slot_area + gt_area.unsqueeze(1) - intersection
+        iou = torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
+        claimed = iou >= claim_iou
+    elif rule == "purity":
+        active = slot_area >= active_area * slot_masks.shape[-1]
+        claimed = active & (intersection >= claim_purity * slot_area) & (slot_area > 0)
+    else:
+        raise ValueError(f"unknown claim rule {rule!r} (use 'iou' or 'purity')")
+    claims = claimed.sum(dim=1)                                             # (B, G)
     return ((claims >= 2) & (gt_area > 0)).sum(dim=-1)
 
 

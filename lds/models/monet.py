@@ -14,7 +14,9 @@ each summed over pixels/slots/dims and averaged over the batch.
 Output contract (lds.contract): ``mask_logits`` are the decoder's m_k^lg, ``masks`` their softmax
 over slots and ``reconstruction = sum_k masks * appearance`` - the supplement's rendering
 (section B: softmax for the scene, sigmoid for each component alone, i.e. ``appearance``). The
-attention network's masks, which MONet's likelihood uses, are in ``extras["attention_masks"]``.
+attention network's masks, which MONet's likelihood mixes with, are ``segmentation_masks``: MONet
+segments with them, as MONet's paper and the public MONet code do (the decoded masks learn
+later, through the mask KL; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -268,5 +270,6 @@ class MONet(nn.Module):
             masks=masks,
             appearance=appearance,
             reconstruction=reconstruction,
-            extras={"attention_masks": log_att.exp()},
+            segmentation_masks=log_att.exp(),
+            segmentation_source="attention masks",
         )
