@@ -67,7 +67,10 @@ def _make_train_command(model_name: str):
                 raise UserError("--steps must be >= 0")
             cfg.optim.steps = steps
         run_dir = out if out is not None else _default_run_dir(model_name, cfg.lds.enabled)
-        result = train(cfg, run_dir, resume=resume, progress=show_progress)
+        from lds.evaluation import make_validator
+
+        result = train(cfg, run_dir, resume=resume, progress=show_progress,
+                       validator=make_validator(cfg))
         from lds.distributed import launched_rank
 
         if launched_rank() != 0:      # under torchrun: one summary, from rank 0

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -123,13 +123,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
              device: str | torch.device = "cpu", max_images: int | None = None,
              progress: bool = True, config: MetricsConfig | None = None,
-             meta: dict | None = None) -> EvalResult:
+             meta: dict | None = None, shard: bool = True) -> EvalResult:
     """Run ``model`` over ``dataset`` (first ``max_images`` images) and compute every metric.
 
     ``dataset`` yields dicts with "image" (3, H, W) in [0, 1] and, when the data has ground
     truth, "label_map" (H, W); "image_index"/"scene_index" are copied into the records.
     The model is put in eval mode; inference is exactly as in training minus the LDS term
-    (the prior is a training-only term and does not change q).
+    (the prior is a training-only term and does not change q). ``shard=False`` evaluates
+    everything in this process even under torchrun (validation inside training, on rank 0).
     """
     config = config or MetricsConfig()
     if batch_size < 1:
@@ -140,7 +141,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     # Under torchrun whole batches go round-robin to the ranks (one process: all of them), and
     # each batch's random draws (iterative models sample during inference) are seeded by its
     # number, so the gathered records equal a one-process run's whatever the world size.
-    shards = distributed.shard_batches(num_images, batch_size)
+    shards = (distributed.shard_batches(num_images, batch_size) if shard else
+              [(j, list(range(lo, min(lo + batch_size, num_images))))
+               for j, lo in enumerate(range(0, num_images, batch_size))])
     mine = [i for _, indices in shards for i in indices]
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=0)
     device = torch.device(device)
@@ -152,7 +155,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     started = time.perf_counter()
     bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("images"), TimeRemainingColumn(),
-                   disable=not progress or not distributed.is_main(), transient=True)
+                   disable=not progress or (shard and not distributed.is_main()), transient=True)
     rng_devices = [device] if device.type == "cuda" else []
     with bar, torch.random.fork_rng(devices=rng_devices):
         task = bar.add_task("eval", total=len(mine))
@@ -182,8 +185,12 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                 records.append(record)
             per_batch.append((batch_number, records))
             bar.advance(task, len(indices))
-    records = [record for part in distributed.gather_batches(per_batch) for record in part]
-    has_gt = any(distributed.all_gather_objects(bool(has_gt)))
+    if shard:
+        records = [record for part in distributed.gather_batches(per_batch) for record in part]
+        has_gt = any(distributed.all_gather_objects(bool(has_gt)))
+    else:
+        records = [record for _, part in per_batch for record in part]
+        has_gt = bool(has_gt)
     seconds = time.perf_counter() - started
 
     names = [n for n in METRICS if n in records[0]]
@@ -207,6 +214,27 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                          "scenes": len({r.get("scene_index") for r in records})}
     info.update(meta or {})
     return EvalResult(records=records, aggregates=aggregates, meta=info)
+
+
+def make_validator(cfg) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+    """The held-out evaluation a training run calls every ``cfg.validate.every`` steps
+    (lds.training.loop.train's ``validator``), or None when ``cfg.validate`` is off: every
+    aggregate of :func:`evaluate` on ``cfg.validate.data``, by name."""
+    from lds.training.loop import open_store_dataset
+
+    settings = cfg.validate
+    if not settings.enabled:
+        return None
+    dataset = open_store_dataset(settings.data, cfg.model, training=False)
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        result = evaluate(model, dataset, batch_size=settings.batch_size, device=device,
+                          max_images=settings.max_images, progress=False, shard=False)
+        return {name: agg["mean"] for name, agg in result.aggregates.items()
+                if agg["mean"] is not None}
+
+    return validate
 
 
 def _format(name: str, value: float | None) -> str:

@@ -252,3 +252,31 @@ def test_the_loop_checks_the_output_contract_every_step(tmp_path, monkeypatch):
     with pytest.raises(ContractError, match="masks has shape"):
         train(tiny_cfg("optim.steps=3"), tmp_path / "run", dataset=ImageList(images(4)), progress=False)
     assert DriftingMONet.calls == 2
+
+
+def test_validation_curve_is_logged_and_leaves_training_unchanged(tmp_path):
+    """Held-out evaluation at 0, every N steps and at the end: validation.jsonl holds FG-ARI,
+    mIoU and MSE per step; the trained parameters are bit-identical to a run without it, and a
+    resumed run logs each step once."""
+    from lds.evaluation import make_validator
+
+    store = tmp_path / "val.zarr"
+    make_store(store)
+    data = ImageList(images(5))
+    plain = tiny_cfg("optim.steps=5", "log.checkpoint_every=100")
+    train(plain, tmp_path / "plain", dataset=data, progress=False)
+    validated = tiny_cfg("optim.steps=3", "log.checkpoint_every=100", f"validate.data={store}",
+                         "validate.every=2", "validate.batch_size=3")
+    train(validated, tmp_path / "val", dataset=data, progress=False, validator=make_validator(validated))
+    resumed = read_run_config(tmp_path / "val", ["optim.steps=5"])
+    train(resumed, tmp_path / "val", dataset=data, resume=True, progress=False,
+          validator=make_validator(resumed))
+    rows = read_metrics(tmp_path / "val", "validation.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 3, 4, 5]
+    assert {"mse", "miou", "fg_ari", "ari", "sim", "decoded_miou"} <= set(rows[0])
+    assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
+    a = load_checkpoint(tmp_path / "plain" / "checkpoints")
+    b = load_checkpoint(tmp_path / "val" / "checkpoints")
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], b.model_state[key]), key
+    assert make_validator(tiny_cfg()) is None                  # off unless data and every are set

@@ -58,6 +58,8 @@ def train_config_for(spec: ExperimentSpec, run: RunSpec):
         overrides.append(f"model.num_slots={run.num_slots}")
     cfg = load_train_config(run.model, None, overrides)
     cfg.data = spec.stores[run.store].train
+    if spec.stores[run.store].val:
+        cfg.validate.data = spec.stores[run.store].val
     return cfg
 
 
@@ -125,7 +127,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
                 log: StageLog | None = None) -> dict[str, str]:
     """Bring one run up to date: train (or resume), evaluate, test-K, gap. Returns stage -> what
     happened ("done" / "skipped")."""
-    from lds.evaluation import evaluate
+    from lds.evaluation import evaluate, make_validator
     from lds.metrics import MetricsConfig
     from common.config import load_config
     from lds.eval_cli import _open_dataset
@@ -146,7 +148,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
             shutil.rmtree(run_dir)          # died before its first checkpoint: nothing to keep
         cfg = train_config_for(spec, run)
         started = time.perf_counter()
-        train(cfg, run_dir, resume=resume, progress=progress)
+        train(cfg, run_dir, resume=resume, progress=progress, validator=make_validator(cfg))
         log(run, "train", time.perf_counter() - started, resumed=resume)
         happened["train"] = "done"
 

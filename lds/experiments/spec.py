@@ -2,7 +2,7 @@
 
     name: monet-clevr-mv-32
     stores:                       # name -> store paths (relative paths: to the spec file)
-      clevr-mv-32: {train: data/train.zarr, eval: data/test.zarr}
+      clevr-mv-32: {train: data/train.zarr, eval: data/test.zarr, val: data/val.zarr}
     models:                       # name -> overrides applied to every run of that model
       monet: [model.height=32, model.width=32, model.num_slots=5]
     seeds: [0, 1, 2]
@@ -40,6 +40,8 @@ class SpecError(UserError):
 class StorePaths:
     train: str = ""
     eval: str = ""                       # default: the training store
+    # held-out scenes for the curves during training (validate.*); never the eval (test) store
+    val: str = ""
 
 
 @dataclass
@@ -149,7 +151,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
         if not paths.train:
             raise SpecError(f"{path}: store {name!r} needs a train path")
         train = _resolve(paths.train, path.parent)
-        stores[name] = StorePaths(train=train, eval=_resolve(paths.eval, path.parent) if paths.eval else train)
+        stores[name] = StorePaths(train=train, eval=_resolve(paths.eval, path.parent) if paths.eval else train,
+                                  val=_resolve(paths.val, path.parent) if paths.val else "")
     spec.stores = stores
     validate_spec(spec, str(path))
     return spec
@@ -158,9 +161,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
 def _store_paths(name: str, value) -> StorePaths:
     if isinstance(value, str):
         return StorePaths(train=value)
-    if isinstance(value, dict) and set(value) <= {"train", "eval"}:
-        return StorePaths(train=str(value.get("train", "")), eval=str(value.get("eval", "") or ""))
-    raise SpecError(f"store {name!r} must be a path or {{train: PATH, eval: PATH}}, got {value!r}")
+    if isinstance(value, dict) and set(value) <= {"train", "eval", "val"}:
+        return StorePaths(train=str(value.get("train", "")), eval=str(value.get("eval", "") or ""),
+                          val=str(value.get("val", "") or ""))
+    raise SpecError(f"store {name!r} must be a path or {{train: PATH, eval: PATH, val: PATH}}, "
+                    f"got {value!r}")
 
 
 def _resolve(store: str, base: Path) -> str:

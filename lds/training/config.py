@@ -71,6 +71,28 @@ class LogConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out evaluation during training: FG-ARI, mIoU, MSE ... against steps, on scenes the
+    run never trains on (validation.jsonl and TensorBoard ``val/``). Never the test scenes:
+    a regime tuned on them would be judged on the scenes it was tuned on."""
+
+    data: str = ""                          # held-out scene store; empty: no validation
+    every: int = 0                          # steps between validations (and at 0 and the end); 0: off
+    max_images: int | None = 240
+    batch_size: int = 48
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"validate.every must be >= 0, got {self.every}")
+        if self.batch_size < 1:
+            raise ConfigError(f"validate.batch_size must be at least 1, got {self.batch_size}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.data) and self.every > 0
+
+
+@dataclass
 class TrainConfig:
     model: Any = None                       # the model's config dataclass (see train_config_class)
     data: str = ""                          # scene store path
@@ -78,6 +100,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lds: LDSConfig = field(default_factory=LDSConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    validate: ValidationConfig = field(default_factory=ValidationConfig)
     workers: int = 0                        # DataLoader worker processes
     threads: int = 0                        # torch CPU threads; 0 leaves torch's default
     device: str = "cpu"
@@ -154,5 +177,5 @@ def model_name_of(yaml_data: dict) -> str:
         raise ConfigError("the run config has no model.name") from None
 
 
-__all__ = ["OptimConfig", "LDSConfig", "LogConfig", "TrainConfig", "train_config_class",
+__all__ = ["OptimConfig", "LDSConfig", "LogConfig", "ValidationConfig", "TrainConfig", "train_config_class",
            "default_train_config", "load_train_config", "model_name_of", "apply_overrides"]

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -256,7 +256,8 @@ def _progress_bar(enabled: bool, total: int, completed: int, description: str):
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True,
+          validator: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train ``cfg.model`` for ``cfg.optim.steps`` steps in total, writing the run to ``run_dir``.
 
     ``dataset``: any map-style dataset of dicts holding the model's inputs (default: the scene
@@ -267,13 +268,19 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     (lds/distributed.py, docs/distributed.md): ``optim.batch_size`` is the global batch, each
     rank takes its slice of every global batch, gradients are averaged by
     DistributedDataParallel, and rank 0 alone writes the config, logs and checkpoints.
+
+    ``validator``: called with the model (in eval mode) at step 0, every ``cfg.validate.every``
+    steps and at the end; its values go to validation.jsonl and TensorBoard ``val/``. The
+    evaluation layer builds it from ``cfg.validate`` (lds.evaluation.make_validator): training
+    does not import evaluation. It runs on rank 0 and never touches the training RNG streams.
     """
     with distributed.session(cfg.device):
-        return _train(cfg, run_dir, dataset=dataset, resume=resume, progress=progress)
+        return _train(cfg, run_dir, dataset=dataset, resume=resume, progress=progress,
+                      validator=validator)
 
 
 def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
-           resume: bool, progress: bool) -> TrainResult:
+           resume: bool, progress: bool, validator=None) -> TrainResult:
     # Every rank writes into rank 0's run directory (a default name holds a timestamp).
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -360,8 +367,21 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     description = f"{cfg.model.name}{'+LDS' if cfg.lds.enabled else ''}"
     logger = (RunLogger(run_dir, cfg.log.tensorboard, resume_step=start_step if resume else None)
               if main else contextlib.nullcontext())
+    validate_every = cfg.validate.every if validator is not None else 0
+
+    def validate_now(step: int) -> None:
+        def run() -> None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                values = validator(model)
+            model.train()
+            log.log_validation(step, values)
+        distributed.on_main(run)
+
     with logger as log, _progress_bar(progress and main, end_step, start_step, description) as advance:
         step = start_step
+        if validate_every and not resume and step < end_step:
+            validate_now(0)
+            window_start = time.perf_counter()
         for batch in loader:
             torch.manual_seed(step_seed(rank_seed, step))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -417,6 +437,9 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if step % cfg.log.checkpoint_every == 0 or step == end_step:
                 last_checkpoint = checkpoint_now(step)
+            if validate_every and (step % validate_every == 0 or step == end_step):
+                validate_now(step)
+                window_start = time.perf_counter()      # images/s counts training only
 
     distributed.barrier()
     if last_checkpoint is None and resume:      # nothing left to do: report where it stands
