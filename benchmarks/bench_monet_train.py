@@ -1,6 +1,7 @@
 """MONet training throughput at the paper's settings (64x64, K=7, batch 40), and utilisation.
 
     .venv/bin/python benchmarks/bench_monet_train.py [--steps 3] [--batch 40] [--compile]
+    .venv/bin/python benchmarks/bench_monet_train.py --size 32 --slots 5 --batch 16   # CPU regime
 
 For each variant, one full training step (forward, backward, gradient-norm clip, RMSprop
 update) is timed ``--steps`` times after one warm-up step; the FLOPs of a step are counted with
@@ -97,17 +98,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--batch", type=int, default=40)
+    parser.add_argument("--size", type=int, default=64, help="image side (the U-Net follows MONet's rule)")
+    parser.add_argument("--slots", type=int, default=7, help="K")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--only", default="", help="comma-separated variant names to run")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    images = torch.rand(args.batch, 3, 64, 64)
+    images = torch.rand(args.batch, 3, args.size, args.size)
+    shape = dict(height=args.size, width=args.size, num_slots=args.slots)
     load_before = os.getloadavg()[0]
     mm_rates = [matmul_rate()]
-    plain = MONetConfig(channels_last=False, fused_broadcast=False, lds_weight=0.5)
-    fast = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=False, lds_weight=0.5)
-    fused = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=True, lds_weight=0.5)
+    plain = MONetConfig(channels_last=False, fused_broadcast=False, lds_weight=0.5, **shape)
+    fast = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=False, lds_weight=0.5, **shape)
+    fused = MONetConfig(channels_last=True, fused_broadcast=True, fused_decoder=True, lds_weight=0.5, **shape)
     variants = [("reference", plain, False, default_malloc), ("malloc", plain, False, keep_freed_memory),
                 ("optimised", fast, False, keep_freed_memory), ("fused", fused, False, keep_freed_memory)]
     if args.compile:
@@ -129,7 +133,8 @@ def main() -> None:
     mm_rates.append(matmul_rate())
     mm = max(mm_rates)
 
-    print(f"MONet training step, 64x64, K=7, batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
+    print(f"MONet training step, {args.size}x{args.size}, K={args.slots}, batch {args.batch}, fp32, "
+          f"{torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"fp32 matmul rate (4096^2 torch.mm): {mm / 1e9:.0f} GFLOP/s "
           f"(before {mm_rates[0] / 1e9:.0f}, after {mm_rates[1] / 1e9:.0f})")

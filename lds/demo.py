@@ -48,14 +48,6 @@ class DemoConfig:
             raise ConfigError("size must be a multiple of 8 and at least 32 (MONet's encoder has 4 stride-2 convs)")
 
 
-def _unet_channels(size: int) -> tuple[int, ...]:
-    """MONet's U-Net has one block per halving down to 4x4 (5 blocks, 32-64 channels, at 64x64)."""
-    blocks = 1
-    while size // (2 ** (blocks - 1)) > 4:
-        blocks += 1
-    return tuple([32, 32] + [64] * (blocks - 2))
-
-
 def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path:
     from capture.session import CaptureConfig, CaptureRig, contact_sheet, open_store_for_capture, run_session
     from datasets.prepare import prepare_store
@@ -110,7 +102,6 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
         run_dir = out / "runs" / f"monet-{name}"
         tcfg = load_train_config("monet", None, [
             f"model.height={cfg.size}", f"model.width={cfg.size}",
-            f"model.unet_channels={list(_unet_channels(cfg.size))}",
             f"optim.batch_size={cfg.batch_size}", f"optim.steps={cfg.steps}", f"seed={cfg.seed}",
             f"lds.enabled={lds}", f"lds.weight={cfg.lds_weight}",
             f"log.every={max(1, min(25, cfg.steps))}", f"log.checkpoint_every={max(1, cfg.steps // 3)}",

@@ -41,6 +41,15 @@ from lds.models.base import (
 from lds.prior import lds_prior
 
 
+def unet_channels_for(size: int) -> tuple[int, ...]:
+    """MONet's attention U-Net for ``size`` x ``size`` images: one block per halving down to
+    4x4, 32 channels in the first two blocks and 64 after (5 blocks at 64x64)."""
+    blocks = 1
+    while size // (2 ** (blocks - 1)) > 4:
+        blocks += 1
+    return tuple([32, 32] + [64] * (blocks - 2))[:max(blocks, 2)]
+
+
 @dataclass
 class MONetConfig:
     """MONet's architecture and loss weights. Defaults: 64x64 images, the LDS paper's settings."""
@@ -50,8 +59,9 @@ class MONetConfig:
     width: int = 64
     num_slots: int = 7                                  # K
     latent_dim: int = 16                                # D
-    # Attention U-Net: one entry per block (5 blocks at 64x64, 6 at 128x128 as MONet did).
-    unet_channels: tuple[int, ...] = (32, 32, 64, 64, 64)
+    # Attention U-Net: one entry per block. Empty: MONet's rule for the image size, one block
+    # per halving down to 4x4 (32, 32, 64, 64, 64 at 64x64; 32, 32, 64, 64 at 32x32).
+    unet_channels: tuple[int, ...] = ()
     unet_mlp_hidden: int = 128                          # bottleneck MLP (two hidden layers)
     encoder_channels: tuple[int, ...] = (32, 32, 64, 64)
     encoder_hidden: int = 256
@@ -76,6 +86,11 @@ class MONetConfig:
     # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
     fused_decoder: bool = True
 
+    @property
+    def attention_channels(self) -> tuple[int, ...]:
+        """The U-Net's blocks as built: ``unet_channels``, or MONet's rule for the image size."""
+        return self.unet_channels or unet_channels_for(min(self.height, self.width))
+
     def __post_init__(self) -> None:
         self.unet_channels = tuple(self.unet_channels)
         self.encoder_channels = tuple(self.encoder_channels)
@@ -84,12 +99,12 @@ class MONetConfig:
             raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
         if self.latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be positive, got {self.latent_dim}")
-        if len(self.unet_channels) < 2:
+        if len(self.attention_channels) < 2:
             raise ConfigError("model.unet_channels needs at least two blocks")
-        factor = 2 ** (len(self.unet_channels) - 1)
+        factor = 2 ** (len(self.attention_channels) - 1)
         if self.height % factor or self.width % factor:
             raise ConfigError(
-                f"a {len(self.unet_channels)}-block U-Net needs image sides divisible by {factor}, "
+                f"a {len(self.attention_channels)}-block U-Net needs image sides divisible by {factor}, "
                 f"got {self.height}x{self.width}; change model.unet_channels (5 blocks at 64x64)"
             )
         side = min(self.height, self.width)
@@ -188,7 +203,7 @@ class MONet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_slots = cfg.num_slots
-        self.attention = AttentionUNet(4, cfg.height, cfg.width, cfg.unet_channels,
+        self.attention = AttentionUNet(4, cfg.height, cfg.width, cfg.attention_channels,
                                        cfg.unet_mlp_hidden, cfg.channels_last)
         self.encoder = ComponentEncoder(4, cfg.latent_dim, cfg.height, cfg.width,
                                         cfg.encoder_channels, cfg.encoder_hidden)

@@ -1,0 +1,269 @@
+"""Does our MONet decompose at least as well as a public MONet on the same data? Train both.
+
+The public model is the MONet of applied-ai-lab/genesis (Engelcke et al.; models/monet_config.py
+with its own U-Net, component VAE and loss), read from --public-src: a checkout of that
+repository that this script never copies. Its missing or Python-3.11-broken dependencies are
+stood in for at import time (``forge.flags`` records the flag defaults the modules declare,
+``attrdict`` becomes a dict with attribute access, and ``tensorflow``, ``sklearn``,
+``simplejson`` and ``forge.experiment_tools``, imported by utils/misc.py for functions the
+model does not call, are empty modules); none of its code is changed.
+
+Both models see the same batches in the same order (the training loop's step sampler, seeded
+by --seed), with the same settings: RMSprop, lr, gradient-norm clip, batch, K, 32x32 or 64x64.
+Theirs is trained with the loss of its train.py without GECO (err + beta (kl_l + kl_m), beta
+0.5: Burgess et al.'s settings, as its README gives them), its pixel stds set to MONet's
+0.09 / 0.11. Every --eval-every steps both are evaluated on the held-out store by the same code
+(lds.evaluation.evaluate): MSE, mIoU, ARI and FG-ARI on the attention masks (what MONet
+segments with) and on the decoded masks.
+
+    .venv/bin/python experiments/monet_vs_public.py --public-src /tmp/genesis \\
+        --train train32.zarr --val val32.zarr --out out/cmp --steps 4000 --only theirs --seed 0
+    .venv/bin/python experiments/monet_vs_public.py --out out/cmp --plot   # curves of all runs
+
+Ours can also come from ``ldsrig train`` runs with validation (``--ours-run RUN_DIR``, their
+validation.jsonl), so a study's control runs need not be trained twice. Writes
+``OUT/<who>_seed<S>.jsonl`` (one row per evaluation: step, seconds, images/s, metrics) and,
+with --plot, ``OUT/curves.png`` and ``OUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from lds.contract import ModelOutput  # noqa: E402
+
+CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari")
+
+
+# ---- the public MONet, imported from its own checkout ------------------------------------------
+
+class _AttrDict(dict):
+    """attrdict.AttrDict as the public code uses it: a dict whose keys are also attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+
+def _install_stand_ins(flag_defaults: dict) -> None:
+    def define(name, default, *args, **kwargs):
+        flag_defaults.setdefault(name, default)
+
+    forge = types.ModuleType("forge")
+    flags = types.ModuleType("forge.flags")
+    for kind in ("integer", "float", "string", "boolean"):
+        setattr(flags, f"DEFINE_{kind}", define)
+    tools = types.ModuleType("forge.experiment_tools")
+    tools.fprint = print
+    forge.flags, forge.experiment_tools = flags, tools
+    attrdict = types.ModuleType("attrdict")
+    attrdict.AttrDict = _AttrDict
+    sklearn, metrics = types.ModuleType("sklearn"), types.ModuleType("sklearn.metrics")
+    metrics.adjusted_rand_score = None
+    sklearn.metrics = metrics
+    sys.modules.update({"forge": forge, "forge.flags": flags, "forge.experiment_tools": tools,
+                        "attrdict": attrdict, "tensorflow": types.ModuleType("tensorflow"),
+                        "sklearn": sklearn, "sklearn.metrics": metrics,
+                        "simplejson": __import__("json")})
+
+
+def public_monet(src: Path, size: int, slots: int, std_bg: float, std_fg: float):
+    """(their MONet module, its config): their flag defaults, with image size, K and stds set."""
+    if not (src / "models" / "monet_config.py").is_file():
+        raise SystemExit(f"{src} is not a checkout of applied-ai-lab/genesis "
+                         "(no models/monet_config.py)")
+    defaults: dict = {}
+    _install_stand_ins(defaults)
+    sys.path.append(str(src))                 # after ours: our packages keep their names
+    from models.monet_config import MONet as PublicMONet  # type: ignore
+
+    cfg = _AttrDict(defaults)
+    cfg.update(img_size=size, K_steps=slots, pixel_std1=std_bg, pixel_std2=std_fg, debug=False)
+    return PublicMONet(cfg), cfg
+
+
+class PublicAdapter(torch.nn.Module):
+    """Their forward as our output contract, so one evaluation scores both models."""
+
+    input_keys = ("image",)
+
+    def __init__(self, model, beta: float):
+        super().__init__()
+        self.model, self.beta = model, beta
+        self.num_slots = model.K_steps
+
+    def loss(self, image: torch.Tensor) -> torch.Tensor:
+        # train.py without GECO: err + beta * (kl_l + kl_m), each averaged over the batch
+        _, losses, *_ = self.model(image)
+        kl_l = torch.stack(losses.kl_l_k, dim=1).mean(dim=0).sum()
+        return losses.err.mean(0) + self.beta * (kl_l + losses.kl_m.mean(0))
+
+    def forward(self, batch: dict) -> ModelOutput:
+        recon, losses, stats, _, comp_stats = self.model(batch["image"])
+        stack = lambda items: torch.stack(list(items), dim=1)           # noqa: E731
+        attention = stack(stats.log_m_k).exp()                          # (B, K, 1, H, W)
+        log_decoded = stack(stats.log_m_r_k)
+        mean = stack(comp_stats.mu_k)
+        zero = recon.new_zeros(())
+        return ModelOutput(zero, {"loss": zero}, stack(comp_stats.z_k), mean,
+                           2 * stack(comp_stats.sigma_k).log(), log_decoded, log_decoded.exp(),
+                           stack(stats.x_r_k), recon, segmentation_masks=attention,
+                           segmentation_source="attention masks")
+
+
+# ---- training both the same way ------------------------------------------------------------------
+
+def train_one(who: str, args, out: Path) -> Path:
+    from datasets.torch_data import ImageDataset
+    from lds.evaluation import evaluate
+    from lds.training.config import load_train_config
+    from lds.training.loop import StepBatchSampler, keep_freed_memory
+    from lds.models import build_model
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    torch.manual_seed(args.seed)
+    train_set, val_set = ImageDataset(args.train), ImageDataset(args.val)
+    size = train_set[0]["image"].shape[-1]
+    if who == "ours":
+        cfg = load_train_config("monet", None, [f"model.height={size}", f"model.width={size}",
+                                                f"model.num_slots={args.slots}"])
+        model = build_model("monet", cfg.model)
+        loss_of = lambda image: model({"image": image}).loss            # noqa: E731
+        evaluated = model
+    else:
+        public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
+        evaluated = PublicAdapter(public, beta=0.5)
+        model = evaluated
+        loss_of = evaluated.loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.RMSprop(params, lr=args.lr)
+    sampler = StepBatchSampler(len(train_set), args.batch, args.seed, 0, args.steps)
+    path = out / f"{who}_seed{args.seed}.jsonl"
+    path.unlink(missing_ok=True)
+    trained_seconds = 0.0
+
+    def record(step: int) -> None:
+        with torch.random.fork_rng():
+            result = evaluate(evaluated, val_set, batch_size=48, max_images=args.val_images,
+                              progress=False)
+        model.train()
+        row = {"step": step, "train_seconds": round(trained_seconds, 2),
+               "images_per_s": step * args.batch / trained_seconds if trained_seconds else None}
+        row.update({k: v["mean"] for k, v in result.aggregates.items()})
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{who} seed {args.seed} step {step}: " +
+              ", ".join(f"{k} {row[k]:.4f}" for k in CURVE_METRICS if row.get(k) is not None), flush=True)
+
+    record(0)
+    model.train()
+    for step, indices in enumerate(sampler, start=1):
+        image = torch.stack([train_set[i]["image"] for i in indices])
+        torch.manual_seed(args.seed * 1_000_003 + step)
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(image)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        trained_seconds += time.perf_counter() - started
+        if step % args.eval_every == 0 or step == args.steps:
+            record(step)
+    return path
+
+
+# ---- curves -------------------------------------------------------------------------------------------
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot(out: Path, ours_runs: list[Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves: dict[str, list[list[dict]]] = {"ours": [], "theirs": []}
+    for path in sorted(out.glob("*_seed*.jsonl")):
+        curves[path.name.split("_seed")[0]].append(read_rows(path))
+    for run in ours_runs:                          # ldsrig train runs with validation
+        curves["ours"].append(read_rows(Path(run) / "validation.jsonl"))
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4 * len(CURVE_METRICS), 3.2))
+    summary = {}
+    labels = {"ours": "ldsrig MONet", "theirs": "applied-ai-lab/genesis MONet"}
+    for who, runs in curves.items():
+        if not runs:
+            continue
+        steps = sorted(set.intersection(*[{r["step"] for r in rows} for rows in runs]))
+        summary[who] = {"runs": len(runs), "steps": steps}
+        for ax, name in zip(axes, CURVE_METRICS):
+            values = np.array([[next(r[name] for r in rows if r["step"] == s) for s in steps]
+                               for rows in runs], dtype=float)
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(steps, mean, label=f"{labels[who]} ({len(runs)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            ax.set_title(name.replace("_", " "))
+            ax.set_xlabel("step")
+            summary[who][name] = {"mean": mean.tolist(), "std": std.tolist(),
+                                  "final_per_seed": values[:, -1].tolist()}
+        speeds = [rows[-1].get("images_per_s") for rows in runs if rows[-1].get("images_per_s")]
+        summary[who]["images_per_s"] = speeds
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'curves.png'} and {out / 'summary.json'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--public-src", help="checkout of applied-ai-lab/genesis")
+    parser.add_argument("--train")
+    parser.add_argument("--val")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", choices=["ours", "theirs", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--val-images", type=int, default=240)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--clip", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", action="store_true", help="only draw the curves of OUT")
+    parser.add_argument("--ours-run", nargs="*", default=[],
+                        help="ldsrig train run dirs (with validation) to plot as ours")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.plot:
+        if not (args.train and args.val):
+            parser.error("--train and --val are needed to train")
+        if args.only in ("theirs", "both") and not args.public_src:
+            parser.error("--public-src is needed to train the public MONet")
+        for who in (["ours", "theirs"] if args.only == "both" else [args.only]):
+            train_one(who, args, out)
+    plot(out, args.ours_run)
+
+
+if __name__ == "__main__":
+    main()
