@@ -20,17 +20,17 @@ from datasets.importers.clevr_mv import store_labels_to_depth_ordered
 from datasets.store import SceneStore
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "clevr_mv_raw_sample"
+FIXTURE = ROOT / "tests" / "fixtures" / "clevr_mv_raw_sample"  # one real CLE-MV scene, shipped
 NAME = "CLEVR_new_000000"
 VIEWS = 10
 
 
 @pytest.fixture()
 def raw_sample(tmp_path) -> Path:
-    assert FIXTURE.is_dir(), f"fixture {FIXTURE} not present: shared/ must sit beside the repository"
+    assert FIXTURE.is_dir(), f"fixture {FIXTURE} is missing from the checkout"
     copy = tmp_path / "raw"
     shutil.copytree(FIXTURE, copy)
-    for path in copy.rglob("*"):  # shared/ is read-only; the copy must be editable
+    for path in copy.rglob("*"):  # tests damage the copy: it must be editable
         path.chmod(0o755 if path.is_dir() else 0o644)
     return copy
 

@@ -17,7 +17,7 @@ from datasets.synth.generate import (ClevrMVSettings, CubesSettings, SynthError,
                                      render_clevr_mv_scene, render_cubes_scene)
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "clevr_mv_raw_sample"  # shared/ sits beside the repo
+FIXTURE = ROOT / "tests" / "fixtures" / "clevr_mv_raw_sample"  # one real CLE-MV scene, shipped
 TINY_CLEVR = ClevrMVSettings(views=3, size=32, spp=4, max_objects=3)
 TINY_CUBES = CubesSettings(views=2, width=64, height=48, spp=2)
 

@@ -2,7 +2,7 @@
 
 Units are CLEVR's Blender units, written to the store as if they were metres (1 unit = 1 m),
 exactly as the CLE-MV importer stores imported scenes, so synthetic and imported CLE-MV data share
-one scale.  Geometry follows the real CLE-MV generator output in shared/fixtures (checked by a
+one scale.  Geometry follows the real CLE-MV generator output in tests/fixtures (checked by a
 test that reprojects its objects): cameras on a circle of radius 9.92 at height 3.51, looking at
 the origin, horizontal field of view 49.13 degrees (Blender's 35 mm lens on a 32 mm sensor, as in
 CLEVR), objects in [-3, 3]^2 with their centres ``half_height`` above the ground.  "large"
