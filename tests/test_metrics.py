@@ -291,3 +291,16 @@ def test_metric_table_labels_both_sources():
     assert metric("mse", "attention masks").label == "MSE"          # not a segmentation metric
     assert metric("query_miou").label.endswith("query views")
     assert METRICS["dup_gt"].format(0.25) == "25.0" and METRICS["miou"].higher_is_better
+
+
+def test_duplicated_background_is_counted_apart():
+    image = torch.rand(1, 3, 4, 4)
+    split_table = torch.tensor([[[0, 3, 1, 2]] * 4])              # the table in slots 0 and 3
+    out = output_from_logits(torch.zeros(1, 4, 1, 4, 4), torch.eye(4).unsqueeze(0), image)
+    out.segmentation_masks = masks_from_labels(split_table, 4)
+    values = batch_metrics(out, image, GT)
+    assert values["dup_bg"].item() == 1.0 and values["dup_components"].item() == 1.0
+    split_object = torch.tensor([[[0, 0, 1, 2], [0, 0, 1, 2], [0, 0, 3, 2], [0, 0, 3, 2]]])
+    out.segmentation_masks = masks_from_labels(split_object, 4)
+    values = batch_metrics(out, image, GT)
+    assert values["dup_bg"].item() == 0.0 and values["dup_gt"].item() == 1.0

@@ -11,7 +11,7 @@ from lds.metrics.reconstruction import mse, rmse_mulmon
 from lds.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
                                       miou_greedy_from_contingency,
                                       miou_hungarian_from_contingency)
-from lds.metrics.slots import (duplicate_pairs_without_gt, duplicated_gt_components,
+from lds.metrics.slots import (duplicate_pairs_without_gt, gt_component_claims,
                                slot_binary_masks, slot_similarity)
 from lds.metrics.table import DECODED_LABEL, DECODED_PREFIX, METRICS
 
@@ -50,9 +50,10 @@ def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.
         "dup_nogt": dup_pairs > 0,
     }
     if gt is not None:
-        dup_components = duplicated_gt_components(
+        claims, present = gt_component_claims(
             gt, slot_masks, config.claim_iou, rule="iou" if kind == "alone" else "purity",
             claim_purity=config.claim_purity, active_area=config.active_area)
+        dup_components = ((claims >= 2) & present).sum(dim=-1)
         # one contingency table (GT label x argmax slot pixel counts) serves every segmentation
         # metric; FG-ARI is the same table without the GT background row
         table = contingency_table(gt, argmax_labels(masks), masks.shape[1])
@@ -64,6 +65,8 @@ def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.
             "fg_ari": ari_from_contingency(table[:, 1:]),
             "dup_components": dup_components,
             "dup_gt": dup_components > 0,
+            # the supplement's Figure 5: the table (GT background) claimed by two or more slots
+            "dup_bg": claims[:, 0] >= 2,
         })
     return values
 

@@ -52,10 +52,11 @@ def slot_binary_masks(mask_logits: torch.Tensor, masks: torch.Tensor, source: st
     raise ValueError(f"unknown duplicate mask source {source!r} (use 'alone' or 'argmax')")
 
 
-def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
-                             claim_iou: float = 0.5, rule: str = "iou", claim_purity: float = 0.5,
-                             active_area: float = 0.01) -> torch.Tensor:
-    """Number of present GT components (background included) claimed by >= 2 slots -> (B,).
+def gt_component_claims(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
+                        claim_iou: float = 0.5, rule: str = "iou", claim_purity: float = 0.5,
+                        active_area: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(claims, present): how many slots claim each GT label (B, G), and which labels own
+    pixels (B, G); label 0 is the background.
 
     ``slot_masks`` (B, K, N) bool. ``rule="iou"``: a slot claims a component when their IoU >=
     ``claim_iou``; ``rule="purity"`` (disjoint masks): when the slot covers >= ``active_area`` of
@@ -79,8 +80,17 @@ def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
         claimed = active & (intersection >= claim_purity * slot_area) & (slot_area > 0)
     else:
         raise ValueError(f"unknown claim rule {rule!r} (use 'iou' or 'purity')")
-    claims = claimed.sum(dim=1)                                             # (B, G)
-    return ((claims >= 2) & (gt_area > 0)).sum(dim=-1)
+    return claimed.sum(dim=1), gt_area > 0
+
+
+def duplicated_gt_components(gt_labels: torch.Tensor, slot_masks: torch.Tensor,
+                             claim_iou: float = 0.5, rule: str = "iou", claim_purity: float = 0.5,
+                             active_area: float = 0.01) -> torch.Tensor:
+    """Number of present GT components (background included) claimed by >= 2 slots -> (B,)
+    (claim rules: :func:`gt_component_claims`)."""
+    claims, present = gt_component_claims(gt_labels, slot_masks, claim_iou, rule, claim_purity,
+                                          active_area)
+    return ((claims >= 2) & present).sum(dim=-1)
 
 
 def duplicate_pairs_without_gt(slot_masks: torch.Tensor, posterior_mean: torch.Tensor,

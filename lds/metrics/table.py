@@ -51,12 +51,14 @@ _TABLE = (
            needs_gt=True, short="dup. comps"),
     Metric("dup_gt", "images with duplicates, GT (%)", "{:.1f}", 100.0, False, needs_gt=True,
            short="dup. GT (%)"),
+    Metric("dup_bg", "images with a duplicated background / table (%)", "{:.1f}", 100.0, False,
+           needs_gt=True, short="dup. table (%)"),
 )
 
 # The metrics whose value depends on which masks segment (the rest use latents or the
 # reconstruction only).
 SEGMENTATION_METRICS = ("miou", "miou_greedy", "ari", "fg_ari", "active_slots", "dup_pairs",
-                        "dup_nogt", "dup_components", "dup_gt")
+                        "dup_nogt", "dup_components", "dup_gt", "dup_bg")
 DECODED_PREFIX = "decoded_"
 DECODED_LABEL = "decoded masks"
 QUERY_PREFIX = "query_"  # multi-view models: metrics of the query (unobserved) views
