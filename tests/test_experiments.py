@@ -18,10 +18,11 @@ TINY_MODEL = ["model.height=16", "model.width=16", "model.num_slots=3", "model.l
 
 
 def write_spec(path, store, **extra):
-    spec = {"name": "tiny", "stores": {"toy": {"train": str(store)}},
+    spec = {"name": "tiny", "stores": {"toy": {"train": str(store), "val": str(store)}},
             "models": {"monet": TINY_MODEL}, "seeds": [0],
             "train": {"steps": 2, "overrides": ["optim.batch_size=2", "log.every=1",
-                                                "log.checkpoint_every=1", "log.tensorboard=false"]},
+                                                "log.checkpoint_every=1", "log.tensorboard=false",
+                                                "validate.every=1"]},
             "eval": {"batch_size": 4},
             "gap": {"enabled": True, "samples": 8, "max_images": 3, "chunk": 4, "batch_size": 2},
             "figures": {"num_examples": 2},
@@ -109,8 +110,10 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
     assert result.exit_code == 0, result.output
     report_dir = study / "report"
     md = (report_dir / "report.md").read_text()
-    for heading in ("Table 1", "Figure 3", "Table 2", "Figure 2", "K at training time"):
+    for heading in ("Table 1", "Figure 3", "Table 2", "Figure 2", "K at training time",
+                    "Learning curves on held-out", "Supplement Figure 5"):
         assert heading in md
+    assert summary_steps(report_dir) == [0, 1, 2]
     html = (report_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
     summary = json.loads((report_dir / "summary.json").read_text())
@@ -120,6 +123,11 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
     dsim = summary["figure3"]["monet/toy"]["dSim"]["mean"]
     assert dsim == pytest.approx(table1["control"]["sim"]["mean"] - table1["lds"]["sim"]["mean"])
     assert (report_dir / "figure3.png").stat().st_size > 1000
+
+
+def summary_steps(report_dir):
+    curves = json.loads((report_dir / "summary.json").read_text())["validation_curves"]
+    return curves["monet/toy"]["control"]["steps"]
 
 
 def test_run_dir_without_checkpoint_restarts_and_other_k_loads_same_weights(tmp_path):

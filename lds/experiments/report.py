@@ -32,7 +32,8 @@ from lds.experiments.runner import RUNS_DIR, run_dir_of, study_spec
 from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
 from lds.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
 
-TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "active_slots"]
+TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "dup_bg",
+                  "active_slots"]
 # Where a model segments with other masks than its decoded ones (MONet), these are shown on the
 # decoded masks too, labelled (lds.metrics.table).
 TABLE1_DECODED = ["miou", "fg_ari", "dup_gt"]
@@ -507,6 +508,111 @@ def training_curves(report: Report, results, spec, study_dir: Path, summary) -> 
     summary["training_final"] = {run.run_id: rows[-1] for run, rows in curves.items() if rows}
 
 
+CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "dup_bg")
+
+
+def validation_curves(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """FG-ARI, mIoU, MSE ... against steps on the held-out (validation) scenes, control vs LDS,
+    mean and std over seeds (each main run's validation.jsonl)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lds.training.logging import read_metrics
+
+    groups: dict[tuple, dict[bool, list[list[dict]]]] = {}
+    for r in results:
+        if r.run.is_main:
+            rows = read_metrics(run_dir_of(study_dir, r.run), "validation.jsonl")
+            if rows:
+                groups.setdefault((r.run.model, r.run.store), {}).setdefault(r.run.lds, []).append(rows)
+    if not groups:
+        return
+    report.heading("Learning curves on held-out validation scenes")
+    summary["validation_curves"] = {}
+    for (model, store), by_group in groups.items():
+        names = [m for m in CURVE_METRICS if any(m in rows[0] for runs in by_group.values()
+                                                 for rows in runs)]
+        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 2.8), squeeze=False)
+        key = f"{model}/{store}"
+        summary["validation_curves"][key] = {}
+        for lds, runs in sorted(by_group.items()):
+            steps = sorted(set.intersection(*[{row["step"] for row in rows} for rows in runs]))
+            group = "lds" if lds else "control"
+            summary["validation_curves"][key][group] = {"steps": steps, "seeds": len(runs)}
+            for ax, name in zip(axes[0], names):
+                values = np.array([[next((row.get(name) for row in rows if row["step"] == st), np.nan)
+                                    for st in steps] for rows in runs], dtype=float)
+                mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+                colour = "#d9534f" if lds else "#3a7dc9"
+                ax.plot(steps, mean * metric(name).scale, color=colour,
+                        label=f"{group} ({len(runs)} seeds)")
+                ax.fill_between(steps, (mean - std) * metric(name).scale,
+                                (mean + std) * metric(name).scale, color=colour, alpha=0.2)
+                ax.set_title(_label(name, results), fontsize=8)
+                ax.set_xlabel("step", fontsize=8)
+                ax.tick_params(labelsize=7)
+                summary["validation_curves"][key][group][name] = {"mean": mean.tolist(),
+                                                                  "std": std.tolist()}
+        axes[0][0].legend(fontsize=7)
+        name = f"curves_{model}_{store}.png"
+        report.figure(name, _png(fig), f"{model} on {store}: held-out validation scenes during "
+                      "training (blue: control, red: LDS; mean ± std over seeds)")
+
+
+def figure5(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """The supplement's Figure 5 on a store: duplicated table components without and with LDS,
+    counted (share of test images whose table is claimed by two or more slots) and pictured
+    (the test images where the control run's table is most often split, control above LDS)."""
+    import torch
+
+    from datasets.torch_data import ImageDataset
+    from lds.figures import figure2
+    from lds.training.runs import load_run
+
+    pairs = _main_pairs(results, spec)
+    rows, drew = [], False
+    for (model, store), seeds in pairs.items():
+        finished = [(c, l) for c, l in seeds.values() if c and l and c.eval and l.eval
+                    and "dup_bg" in c.eval["aggregates"]]
+        if not finished:
+            continue
+        stats = {g: _mean_std([pair[i].mean("dup_bg") for pair in finished])
+                 for i, g in enumerate(("control", "lds"))}
+        rows.append([f"{model}/{store}", str(len(finished))] +
+                    [f"{_fmt('dup_bg', stats[g][0])} ± {_fmt('dup_bg', stats[g][1])}"
+                     if math.isfinite(stats[g][1]) else _fmt("dup_bg", stats[g][0]) for g in stats])
+        summary.setdefault("figure5", {})[f"{model}/{store}"] = {
+            g: {"mean": v[0], "std": v[1], "n": v[2]} for g, v in stats.items()}
+        c, l = finished[0]
+        split = [r["image_index"] for r in c.eval["records"] if r.get("dup_bg")]
+        if not split:
+            continue
+        dataset = ImageDataset(spec.stores[store].eval)
+        position = {int(dataset[i]["image_index"]): i for i in range(len(dataset))}
+        chosen = [position[i] for i in split[:: max(1, len(split) // 4)][:4] if i in position]
+        images = torch.stack([dataset[i]["image"] for i in chosen])
+        models = {f"{model} control": load_run(run_dir_of(study_dir, c.run))[0],
+                  f"{model} LDS": load_run(run_dir_of(study_dir, l.run))[0]}
+        name = f"figure5_{model}_{store}.png"
+        path = report.out_dir / name
+        figure2(models, images, path)
+        if not drew:
+            report.heading("Supplement Figure 5: duplicated table components")
+            drew = True
+        report.figure(name, path.read_bytes(), f"Figure 5 ({model}, {store}, seed {c.run.seed}): "
+                      "test images whose table the control run splits between slots; control rows "
+                      "above LDS rows")
+    if rows:
+        if not drew:
+            report.heading("Supplement Figure 5: duplicated table components")
+        report.table(["model/store", "seeds", "table duplicated, control (%)",
+                      "table duplicated, LDS (%)"], rows)
+        report.paragraph("A table duplicate: the GT background claimed by two or more slots "
+                         "(docs/evaluation.md), counted on every evaluated test image.")
+
+
 def build_report(study_dir: str | Path, out: str | Path | None = None,
                  draw_grids: bool = True) -> list[Path]:
     """Read every run's eval/gap files and write report.md, report.html, PNGs, summary.json."""
@@ -527,8 +633,10 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
     table1(report, results, spec, summary)
     figure3(report, results, spec, summary)
     table2(report, results, spec, summary)
+    validation_curves(report, results, spec, study_dir, summary)
     if draw_grids:
         figure2_grids(report, results, spec, study_dir, summary)
+        figure5(report, results, spec, study_dir, summary)
     ablations(report, results, spec, summary)
     training_curves(report, results, spec, study_dir, summary)
     missing = [r.run.run_id for r in results if not r.eval]
