@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, UserError
-from robot.config import load_rig_config, pose_matrix
+from robot.config import ViewPlanConfig, load_rig_config, pose_matrix
 from robot.errors import ModelLoadError, PlanningError
 from robot.geometry import invert, look_at, pose_error
 from robot.model import ArmModel, arm_model_for, segment_distances
@@ -33,7 +33,8 @@ def test_default_rig_loads_and_overrides_apply(tmp_path):
     path = tmp_path / "rig.yaml"
     path.write_text("model: DH.UR5\nviews:\n  n_views: 20\n")
     rig2 = load_rig_config(path)
-    assert rig2.model == "DH.UR5" and rig2.views.n_views == 20 and rig2.views.radius == rig.views.radius - 0.02
+    assert rig2.model == "DH.UR5" and rig2.views.n_views == 20
+    assert rig2.views.radius == ViewPlanConfig().radius             # unset in the file: the default
 
 
 def test_bad_config_values_are_user_errors():
