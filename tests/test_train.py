@@ -280,3 +280,22 @@ def test_validation_curve_is_logged_and_leaves_training_unchanged(tmp_path):
     for key in a.model_state:
         assert torch.equal(a.model_state[key], b.model_state[key]), key
     assert make_validator(tiny_cfg()) is None                  # off unless data and every are set
+
+
+def test_init_from_starts_at_given_parameters_with_a_fresh_optimiser(tmp_path):
+    data = ImageList(images(5))
+    first = tiny_cfg("optim.steps=2", "log.checkpoint_every=100")
+    train(first, tmp_path / "first", dataset=data, progress=False)
+    weights = tmp_path / "first" / "checkpoints" / "step_0000002.safetensors"
+    # one step at a learning rate too small to move fp32 parameters: the checkpoint holds them
+    second = tiny_cfg("optim.steps=1", "optim.lr=1e-30", f"init_from={weights}")
+    train(second, tmp_path / "second", dataset=data, progress=False)
+    a = load_checkpoint(tmp_path / "first" / "checkpoints").model_state
+    b = load_checkpoint(tmp_path / "second" / "checkpoints").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="does not fit"):
+        train(tiny_cfg("optim.steps=1", f"init_from={weights}", "model.latent_dim=5"),
+              tmp_path / "third", dataset=data, progress=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(tiny_cfg("optim.steps=1", f"init_from={tmp_path / 'nope.safetensors'}"),
+              tmp_path / "fourth", dataset=data, progress=False)

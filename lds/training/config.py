@@ -104,6 +104,10 @@ class TrainConfig:
     workers: int = 0                        # DataLoader worker processes
     threads: int = 0                        # torch CPU threads; 0 leaves torch's default
     device: str = "cpu"
+    # Start from these model parameters (a .safetensors file of a model state, e.g. a run's
+    # checkpoints/step_N.safetensors) with a fresh optimiser; "" = a fresh initialisation.
+    # Ignored on --resume, which continues from the run's own checkpoint.
+    init_from: str = ""
     compile: bool = False                   # torch.compile the model (eager when false)
     # Mixed precision (docs/training.md, docs/distributed.md). "bf16": the training forward runs
     # under autocast to bfloat16 on the run's device, CUDA or a CPU with native bf16 (AMX or

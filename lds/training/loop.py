@@ -216,6 +216,28 @@ def check_amp_supported(amp: str, device: torch.device) -> None:
             "slower than fp32. Set amp=off.")
 
 
+def load_initial_parameters(model: torch.nn.Module, path: str | Path) -> None:
+    """``init_from``: the model's parameters from a safetensors file (no pickle), all or nothing."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} does not exist")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"init_from: {path} is not a readable safetensors file ({exc})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ConfigError(f"init_from: {path} does not fit this model (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}); check model.*")
+    model.load_state_dict(state)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -313,6 +335,8 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     optimizer = make_optimizer(cfg, model.parameters())
     ckpt_dir = run_dir / CHECKPOINT_DIR
     start_step = 0
+    if cfg.init_from and not resume:
+        load_initial_parameters(model, cfg.init_from)
     if resume:
         checkpoint = load_checkpoint(ckpt_dir, map_location=device)
         model.load_state_dict(checkpoint.model_state)
