@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
+from flops import kernel_family, matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -136,6 +136,7 @@ def main() -> None:
     print(f"MONet training step, {args.size}x{args.size}, K={args.slots}, batch {args.batch}, fp32, "
           f"{torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
+    print(f"CPU kernels: {kernel_family()}")
     print(f"fp32 matmul rate (4096^2 torch.mm): {mm / 1e9:.0f} GFLOP/s "
           f"(before {mm_rates[0] / 1e9:.0f}, after {mm_rates[1] / 1e9:.0f})")
     print(f"model FLOPs per step: {model_flops / 1e9:.1f} GFLOP")

@@ -19,6 +19,7 @@ segments with) and on the decoded masks.
     .venv/bin/python experiments/monet_vs_public.py --public-src /tmp/genesis \\
         --train train32.zarr --val val32.zarr --out out/cmp --steps 4000 --only theirs --seed 0
     .venv/bin/python experiments/monet_vs_public.py --out out/cmp --plot   # curves of all runs
+    .venv/bin/python experiments/monet_vs_public.py --public-src /tmp/genesis --speed  # step times
 
 Ours can also come from ``ldsrig train`` runs with validation (``--ours-run RUN_DIR``, their
 validation.jsonl), so a study's control runs need not be trained twice. Writes
@@ -60,7 +61,7 @@ class _AttrDict(dict):
         self[name] = value
 
 
-def _install_stand_ins(flag_defaults: dict) -> None:
+def _stand_ins(flag_defaults: dict) -> dict:
     def define(name, default, *args, **kwargs):
         flag_defaults.setdefault(name, default)
 
@@ -76,10 +77,9 @@ def _install_stand_ins(flag_defaults: dict) -> None:
     sklearn, metrics = types.ModuleType("sklearn"), types.ModuleType("sklearn.metrics")
     metrics.adjusted_rand_score = None
     sklearn.metrics = metrics
-    sys.modules.update({"forge": forge, "forge.flags": flags, "forge.experiment_tools": tools,
-                        "attrdict": attrdict, "tensorflow": types.ModuleType("tensorflow"),
-                        "sklearn": sklearn, "sklearn.metrics": metrics,
-                        "simplejson": __import__("json")})
+    return {"forge": forge, "forge.flags": flags, "forge.experiment_tools": tools,
+            "attrdict": attrdict, "tensorflow": types.ModuleType("tensorflow"),
+            "sklearn": sklearn, "sklearn.metrics": metrics, "simplejson": __import__("json")}
 
 
 def public_monet(src: Path, size: int, slots: int, std_bg: float, std_fg: float):
@@ -88,9 +88,20 @@ def public_monet(src: Path, size: int, slots: int, std_bg: float, std_fg: float)
         raise SystemExit(f"{src} is not a checkout of applied-ai-lab/genesis "
                          "(no models/monet_config.py)")
     defaults: dict = {}
-    _install_stand_ins(defaults)
+    stand_ins = _stand_ins(defaults)
+    # The stand-ins exist only while their modules import (their modules keep what they
+    # bound); afterwards nothing else in this process sees a fake tensorflow or sklearn.
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    sys.modules.update(stand_ins)
     sys.path.append(str(src))                 # after ours: our packages keep their names
-    from models.monet_config import MONet as PublicMONet  # type: ignore
+    try:
+        from models.monet_config import MONet as PublicMONet  # type: ignore
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
     cfg = _AttrDict(defaults)
     cfg.update(img_size=size, K_steps=slots, pixel_std1=std_bg, pixel_std2=std_fg, debug=False)
@@ -188,6 +199,64 @@ def train_one(who: str, args, out: Path) -> Path:
     return path
 
 
+# ---- speed, side by side ------------------------------------------------------------------------------
+
+def speed(args) -> None:
+    """Training steps of both models alternating in one process (same batch, same thread
+    count), so the machine's load hits both alike: seconds per step and the ratio per pair,
+    next to the fp32 matmul rate measured in the same run and each step's FLOPs."""
+    import statistics
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from flops import kernel_family, matmul_rate  # benchmarks/flops.py
+
+    from lds.models import MONetConfig, build_model
+    from lds.training.loop import keep_freed_memory
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    torch.manual_seed(0)
+    size = args.size
+    image = torch.rand(args.batch, 3, size, size)
+    ours = build_model("monet", MONetConfig(height=size, width=size, num_slots=args.slots)).train()
+    public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
+    theirs = PublicAdapter(public, beta=0.5).train()
+    steps = {}
+    for name, model, loss_of in (("ours", ours, lambda x: ours({"image": x}).loss),
+                                 ("theirs", theirs, theirs.loss)):
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
+
+        def step(model=model, loss_of=loss_of, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(image).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+        step()                                                   # warm-up
+        with FlopCounterMode(display=False) as counter:
+            step()
+        steps[name] = (step, counter.get_total_flops())
+    rate = matmul_rate()
+    times = {"ours": [], "theirs": []}
+    for _ in range(args.pairs):
+        for name, (step, _) in steps.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    rate = max(rate, matmul_rate())
+    print(f"MONet training step, {size}x{size}, K={args.slots}, batch {args.batch}, "
+          f"{args.threads} thread(s), torch {torch.__version__}, CPU kernels: {kernel_family()}")
+    print(f"fp32 matmul rate: {rate / 1e9:.0f} GFLOP/s")
+    for name, values in times.items():
+        median = statistics.median(values)
+        flops = steps[name][1]
+        print(f"{name:6s} {median:6.3f} s/step  {args.batch / median:6.1f} images/s  "
+              f"{flops / 1e9:6.1f} GFLOP/step  {flops / median / rate:5.1%} of the matmul rate")
+    ratios = [t / o for o, t in zip(times["ours"], times["theirs"])]
+    print("time(theirs) / time(ours) per pair: " + ", ".join(f"{r:.2f}" for r in ratios))
+
+
 # ---- curves -------------------------------------------------------------------------------------------
 
 def read_rows(path: Path) -> list[dict]:
@@ -238,7 +307,7 @@ def main() -> None:
     parser.add_argument("--public-src", help="checkout of applied-ai-lab/genesis")
     parser.add_argument("--train")
     parser.add_argument("--val")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", default="")
     parser.add_argument("--only", choices=["ours", "theirs", "both"], default="both")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -250,9 +319,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", action="store_true", help="only draw the curves of OUT")
+    parser.add_argument("--speed", action="store_true",
+                        help="only time both models' training steps side by side")
+    parser.add_argument("--size", type=int, default=32, help="--speed: image side")
+    parser.add_argument("--pairs", type=int, default=5, help="--speed: timed step pairs")
     parser.add_argument("--ours-run", nargs="*", default=[],
                         help="ldsrig train run dirs (with validation) to plot as ours")
     args = parser.parse_args()
+    if args.speed:
+        if not args.public_src:
+            parser.error("--speed needs --public-src")
+        speed(args)
+        return
+    if not args.out:
+        parser.error("--out is needed")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.plot:
