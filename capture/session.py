@@ -381,13 +381,15 @@ def capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str = "", res
         _record_run(store, scene_id, summary, started, "interrupted")
         raise CaptureInterrupted(
             f"interrupted at view {view} of {scene_id}: arm stopped, {summary.views_committed} of "
-            f"{n_views} views committed; finish it with --resume --scene {scene_id}") from None
+            f"{n_views} views committed; finish it with `ldsrig capture scene --resume --scene "
+            f"{scene_id}` (or `ldsrig capture session --resume`, which finishes open scenes first)") from None
     except CameraError as exc:
         arm.stop()
         _record_run(store, scene_id, summary, started, f"camera failed: {exc}")
         raise CameraError(f"{exc}; {scene_id} stopped at view {view}: arm halted, "
                           f"{summary.views_committed} of {n_views} views kept; fix the camera and "
-                          f"finish it with --resume --scene {scene_id}") from None
+                          f"finish it with `ldsrig capture scene --resume --scene {scene_id}` (or "
+                          f"`ldsrig capture session --resume`)") from None
     except BaseException:
         arm.stop()
         _record_run(store, scene_id, summary, started, "failed")
