@@ -87,7 +87,7 @@ def test_ctrl_c_stops_the_arm_and_the_scene_resumes(tmp_path):
             raise KeyboardInterrupt
 
     with rig, open_store_for_capture(tmp_path / "store", rig.cfg.camera, rig.sim) as store:
-        with pytest.raises(CaptureInterrupted, match="2 of 5 views committed; finish it with --resume"):
+        with pytest.raises(CaptureInterrupted, match="2 of 5 views committed; finish it with `ldsrig capture scene --resume --scene s`"):
             capture_scene(store, "s", rig, progress=ctrl_c_after_two, log=lambda s: None)
         assert not rig.arm.is_moving()
         assert store.scene_state("s") == "open" and len(store.scene_image_indices("s")) == 2
