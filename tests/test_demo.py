@@ -16,6 +16,8 @@ def test_demo_end_to_end_and_resumable(tmp_path):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "| MSE |" in report and "mIoU" in report and "figure2.png" in report
+    # it starts from the shipped checkpoints and says so, with the figures that matter
+    assert "lds/assets/demo" in report and "FG-ARI" in report and "table split" in report
     for name in ("figure2.png", "capture_scene0.png"):
         assert (out / name).stat().st_size > 1000
     with SceneStore.open(out / "raw.zarr") as raw:
@@ -32,3 +34,16 @@ def test_demo_end_to_end_and_resumable(tmp_path):
     assert again.exit_code == 0, again.output
     assert "1/4 capture" not in again.output and "3/4 train" not in again.output
     assert (out / "runs" / "monet-lds" / "config.yaml").stat().st_mtime == mtime
+
+
+def test_demo_config_errors_are_one_line():
+    import pytest
+
+    from common.errors import ConfigError
+    from lds.demo import DemoConfig
+
+    with pytest.raises(ConfigError, match="init must be"):
+        DemoConfig(init="imagenet")
+    with pytest.raises(ConfigError, match="32x32"):
+        DemoConfig(size=64)
+    assert DemoConfig(size=64, init="none").initial_weights(lds=True) == ""
