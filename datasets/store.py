@@ -100,6 +100,16 @@ _IMAGE_ARRAYS = ("rgb", "label_map", "amodal_masks")
 # one scene's metadata (or state) cheap; ids and states are read whole on open.
 _SCENE_ARRAYS = {"scene_id": (str, 1024), "state": ("uint8", 4096), "metadata": (str, 64)}
 _SMALL_CHUNK = 4096
+# Each chunk is compressed and then checksummed (a flipped byte inside a valid zstd frame
+# decodes to wrong pixels; the CRC32C refuses it), and written even when it holds only fill
+# values, so a missing chunk file always means damage, never "all background".
+_ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
+def _compressors():
+    import zarr
+
+    return [zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()]
 
 
 class SceneStore:
@@ -111,20 +121,30 @@ class SceneStore:
         self.mode = mode
         self._lock_fd = lock_fd
         attrs = group.attrs.asdict()
-        self.height: int = int(attrs["height"])
-        self.width: int = int(attrs["width"])
-        self.has_ground_truth: bool = bool(attrs["ground_truth"])
-        self.max_objects: int = int(attrs.get("max_objects", 0))
+        try:
+            self.height: int = int(attrs["height"])
+            self.width: int = int(attrs["width"])
+            self.has_ground_truth: bool = bool(attrs["ground_truth"])
+            self.max_objects: int = int(attrs.get("max_objects", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: the store attributes are damaged (missing or invalid "
+                             f"{exc}); height, width and ground_truth are required") from None
         self.attrs: dict = attrs
         self._specs = _array_specs(self.height, self.width, self.has_ground_truth, self.max_objects)
         try:
-            images = group["images"]
-            self._arrays = {name: images[name] for name in self._specs}
-            scenes = group["scenes"]
-            self._scene_arrays = {name: scenes[name] for name in _SCENE_ARRAYS}
+            # The commit record first, then the arrays: a writer resizes an array before it
+            # writes rows and commits them after, so arrays opened after the record are never
+            # shorter than it (opened before, a live append looked like lost committed rows).
             commit = dict(group["commit"].attrs)
             self.num_images: int = int(commit["num_images"])
             num_scenes = int(commit["num_scenes"])
+            images = group["images"]
+            # write_empty_chunks is a runtime setting, not stored: every handle that writes
+            # needs it (reading is unaffected)
+            self._arrays = {name: images[name].with_config(_ARRAY_CONFIG) for name in self._specs}
+            scenes = group["scenes"]
+            self._scene_arrays = {name: scenes[name].with_config(_ARRAY_CONFIG)
+                                  for name in _SCENE_ARRAYS}
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{path} is a damaged ldsrig store (missing or invalid {exc}); "
                              "run `ldsrig data check` on it") from None
@@ -179,13 +199,13 @@ class SceneStore:
                     chunks, shards = (_SMALL_CHUNK, *spec.row_shape), None
                 images.create_array(
                     name, shape=(0, *spec.row_shape), chunks=chunks, shards=shards,
-                    dtype=spec.dtype, fill_value=spec.fill,
-                    compressors=zarr.codecs.ZstdCodec(level=3),
+                    dtype=spec.dtype, fill_value=spec.fill, compressors=_compressors(),
+                    config=_ARRAY_CONFIG,
                 )
             scenes = root.create_group("scenes")
             for name, (dtype, chunk) in _SCENE_ARRAYS.items():
                 scenes.create_array(name, shape=(0,), chunks=(chunk,), dtype=dtype,
-                                    compressors=zarr.codecs.ZstdCodec(level=3))
+                                    compressors=_compressors(), config=_ARRAY_CONFIG)
             root.create_group("commit").attrs.update({"num_images": 0, "num_scenes": 0})
             root.attrs.update({
                 "schema": {"name": SCHEMA_NAME, "version": SCHEMA_VERSION},
@@ -193,6 +213,9 @@ class SceneStore:
                 "height": int(height), "width": int(width),
                 "ground_truth": bool(ground_truth), "max_objects": int(max_objects) if ground_truth else 0,
                 "created": time.time(),
+                # every chunk carries a CRC32C and is written even when it equals the fill value,
+                # so `data check` can tell flipped bytes and deleted chunks from real data
+                "integrity": {"checksums": "crc32c", "empty_chunks_written": True},
                 **(attrs or {}),
             })
         except Exception:
@@ -219,7 +242,10 @@ class SceneStore:
         schema = (meta.get("attributes") or {}).get("schema") or {}
         if schema.get("name") != SCHEMA_NAME:
             raise StoreError(f"{path} is a zarr store but not an ldsrig scene store")
-        version = int(schema.get("version", 0))
+        version = schema.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise StoreError(f"{path}: the store schema version is {version!r}, not an integer; "
+                             "the store's zarr.json is damaged")
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} uses store schema v{version}, newer than this ldsrig "
                              f"reads (v{SCHEMA_VERSION}); upgrade ldsrig")
@@ -533,9 +559,12 @@ class SceneStore:
             padded = np.full((n, MAX_JOINTS), np.nan)
             padded[:, : joints.shape[1]] = joints
             out["joint_positions"] = padded
-        for name in ("camera_pose_world", "intrinsics"):
+        for name in ("camera_pose_world", "intrinsics", "distortion", "timestamp"):
             if not np.all(np.isfinite(out[name])):
                 raise StoreError(f"{name} contains NaN or inf")
+        # NaN is the padding of unused joints (and "no robot"); an infinite angle is never valid
+        if np.isinf(out["joint_positions"]).any():
+            raise StoreError("joint_positions contains inf")
         if self.has_ground_truth:
             if labels is None or amodal is None:
                 raise StoreError("this store holds ground truth: label_map and amodal_masks are required")

@@ -242,7 +242,7 @@ def test_check_finds_bad_pose_and_masks(tmp_path):
         amodal[0, 0, 10:, 10:] = True
         store.append_images("scene_000", rgb, pose, K, label_map=labels, amodal_masks=amodal)
     messages = " ".join(p.message for p in check_store(path, progress=False))
-    assert "not rigid transforms" in messages and "masks that disagree" in messages
+    assert "not finite rigid transforms" in messages and "masks that disagree" in messages
 
 
 def test_corrupt_chunk_reported_not_crashing(tmp_path):
@@ -252,7 +252,7 @@ def test_corrupt_chunk_reported_not_crashing(tmp_path):
     chunk = next(p for p in (path / "images" / "rgb").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(b"garbage")
     problems = check_store(path, progress=False)
-    assert any(p.severity == "error" and "cannot read" in p.message for p in problems)
+    assert any(p.severity == "error" and "images/rgb cannot be read" in p.message for p in problems)
 
 
 def test_batch_commits_all_or_nothing(tmp_path):
@@ -275,3 +275,156 @@ def test_batch_commits_all_or_nothing(tmp_path):
     assert reader.num_images == 5 and reader.scene_ids[:5] == [f"single_{k}" for k in range(5)]
     assert reader.scene_metadata("single_3") == {"k": 3} and reader.scene_state("single_3") == "complete"
     assert np.array_equal(reader.images([4])["rgb"], image_rows(4, 1)[0])
+
+
+def _errors(path) -> list[str]:
+    from datasets.inspect import check_store
+
+    return [p.message for p in check_store(path, progress=False) if p.severity == "error"]
+
+
+def _chunk(path: Path, array: str, row: int) -> Path:
+    import zarr
+
+    arr = zarr.open_array(str(path / "images" / array), mode="r")
+    unit = (arr.shards or arr.chunks)[0]
+    return path / "images" / array / arr.metadata.encode_chunk_key((row // unit,) + (0,) * (arr.ndim - 1))
+
+
+@pytest.mark.parametrize("array", ["rgb", "label_map", "amodal_masks", "camera_pose_world"])
+def test_check_finds_a_deleted_chunk(tmp_path, array):
+    path = make_gt_store(tmp_path / "s")
+    assert _errors(path) == []
+    _chunk(path, array, 4).unlink()
+    messages = " ".join(_errors(path))
+    assert f"images/{array}" in messages and "missing" in messages
+
+
+def test_check_finds_an_all_background_chunk_is_kept(tmp_path):
+    """A view with no object writes an all-zero label chunk: present, so never mistaken for damage."""
+    path = tmp_path / "s"
+    with SceneStore.create(path, 16, 20, ground_truth=True, max_objects=2) as store:
+        store.add_scene("a", {"objects": []})
+        rgb, pose, K = image_rows(0, 2)
+        store.append_images("a", rgb, pose, K, label_map=np.zeros((2, 16, 20), np.uint8),
+                            amodal_masks=np.zeros((2, 0, 16, 20), bool))
+        store.set_scene_state("a", "complete")
+    assert _chunk(path, "label_map", 1).is_file() and _errors(path) == []
+
+
+def test_check_finds_flipped_bytes_inside_a_valid_frame(tmp_path):
+    path = make_gt_store(tmp_path / "s")
+    chunk = _chunk(path, "rgb", 2)
+    raw = bytearray(chunk.read_bytes())
+    for k in (len(raw) // 3, len(raw) // 2, 2 * len(raw) // 3):   # inside the zstd payload
+        raw[k] ^= 0x55
+    chunk.write_bytes(bytes(raw))
+    messages = _errors(path)
+    assert any(m.startswith("image 2: images/rgb cannot be read") for m in messages), messages
+    # the other checks still run on the other arrays and rows: no false "no images" warnings
+    from datasets.inspect import check_store
+
+    assert not any("has no images" in p.message for p in check_store(path, progress=False))
+
+
+def test_non_finite_values_refused_on_write_and_found_by_check(tmp_path):
+    import zarr
+
+    path = make_gt_store(tmp_path / "s")
+    with SceneStore.open(path, mode="a") as store:
+        rgb, pose, K = image_rows(6, 1)
+        bad = pose.copy()
+        bad[0, 0, 3] = np.nan                                     # a NaN translation
+        labels, amodal = np.zeros((1, 16, 20), np.uint8), np.zeros((1, 2, 16, 20), bool)
+        with pytest.raises(StoreError, match="camera_pose_world contains NaN"):
+            store.append_images("scene_000", rgb, bad, K, label_map=labels, amodal_masks=amodal)
+        with pytest.raises(StoreError, match="joint_positions contains inf"):
+            store.append_images("scene_000", rgb, pose, K, label_map=labels, amodal_masks=amodal,
+                                joint_positions=np.full((1, 7), np.inf))
+    # damage written behind the store's back (another tool, a bit flip before checksums)
+    poses = zarr.open_array(str(path / "images" / "camera_pose_world"), mode="r+")
+    value = poses[1]
+    value[1, 3] = np.inf
+    poses[1] = value
+    joints = zarr.open_array(str(path / "images" / "joint_positions"), mode="r+")
+    value = joints[3]
+    value[0] = -np.inf
+    joints[3] = value
+    messages = " ".join(_errors(path))
+    assert "not finite rigid transforms (first: image 1)" in messages
+    assert "infinite joint angles (first: image 3)" in messages
+
+
+def test_damaged_attributes_are_one_clear_problem(tmp_path):
+    from datasets.inspect import check_store
+
+    for name, edit in [("version", lambda a: a["schema"].update(version="one")),
+                       ("height", lambda a: a.pop("height"))]:
+        path = make_gt_store(tmp_path / name)
+        meta = json.loads((path / "zarr.json").read_text())
+        edit(meta["attributes"])
+        (path / "zarr.json").write_text(json.dumps(meta))
+        problems = check_store(path, progress=False)
+        assert len(problems) == 1 and problems[0].severity == "error", problems
+        assert name in problems[0].message or "version" in problems[0].message
+
+
+LIVE_WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from datasets.store import SceneStore
+    from test_store import image_rows
+    store = SceneStore.create({path!r}, 8, 8)
+    store.add_scene("scene")
+    print("ready", flush=True)
+    for i in range(100000):
+        store.append_images("scene", *image_rows(i, 1, 8, 8))
+""")
+
+
+def test_a_reader_never_calls_a_live_store_damaged(tmp_path):
+    """Open the store over and over while a writer appends: the commit record is read before
+    the arrays, so a reader sees a consistent prefix, never 'committed data is missing'."""
+    path = tmp_path / "live.zarr"
+    script = tmp_path / "writer.py"
+    script.write_text(LIVE_WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), path=str(path)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        deadline, opens, seen = time.monotonic() + 2.0, 0, 0
+        while time.monotonic() < deadline:
+            store = SceneStore.open(path)               # raises StoreError if it looks damaged
+            assert store.num_images >= seen
+            seen = store.num_images
+            if seen:
+                store.images([seen - 1])                 # the last committed row reads
+            opens += 1
+        assert opens > 20 and seen > 5
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_commit_record_is_read_before_the_arrays(tmp_path):
+    """The interleaving that made a reader call a live store damaged, made deterministic: the
+    writer commits a row after the reader opened the image arrays and before it read anything
+    else. Reading the commit record first makes that harmless."""
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    writer = SceneStore.create(path, 8, 8)
+    writer.add_scene("scene")
+    writer.append_images("scene", *image_rows(0, 2, 8, 8))
+
+    class InterleavingGroup:
+        def __init__(self, group):
+            self.group, self.attrs = group, group.attrs
+
+        def __getitem__(self, key):
+            if key == "scenes":                       # after the image arrays were opened
+                writer.append_images("scene", *image_rows(2, 1, 8, 8))
+            return self.group[key]
+
+    reader = SceneStore(path, InterleavingGroup(zarr.open_group(str(path), mode="r")), "r", None)
+    assert reader.num_images in (2, 3)
+    writer.close()
