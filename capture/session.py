@@ -203,6 +203,28 @@ class CaptureRig:
         return scene, seed
 
 
+def _reach_resume_view(arm, tour: np.ndarray, view: int, log: Callable[[str], None]) -> None:
+    """Bring the arm to where a resumed scene continues: view ``view`` of the planned tour.
+
+    The plan checked home -> view 0 and every view -> the next, not home -> view k, so a resumed
+    run (the arm at home, or wherever an interruption left it) may find the direct move, and the
+    route via home, unsafe. Then it takes the checked route: home, views 0 .. k-1 (no pictures),
+    and the capture loop moves on to view k as an uninterrupted run would have.
+    """
+    from robot.errors import UnsafeMoveError
+
+    try:
+        arm.plan_move(tour[view])          # checked, not executed: the capture loop moves
+        return
+    except UnsafeMoveError:
+        pass
+    arm.home(wait=True)                    # refused with a clear reason if even that is unsafe
+    for k in range(view):
+        arm.move_to(tour[k], wait=True)
+    log(f"resuming at view {view}: the direct move was unsafe, so the arm took the planned "
+        f"route through views 0..{view - 1}")
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -331,6 +353,8 @@ def capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str = "", res
     locked = None
     view = done
     try:
+        if done:
+            _reach_resume_view(arm, poses_in_order, done, log)
         for view in range(done, n_views):
             t0 = time.perf_counter()
             arm.move_to(poses_in_order[view], wait=True)

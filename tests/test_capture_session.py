@@ -169,3 +169,38 @@ def test_session_cli_reads_operator_answers_from_stdin(tmp_path):
     assert (tmp_path / "sheets" / "scene_0000.png").is_file()
     with SceneStore.open(tmp_path / "store") as store:
         assert store.scene_metadata("scene_0000")["notes"] == "first scene"
+
+
+def test_a_scene_resumes_from_home_at_every_view_index():
+    """Interrupted after k views, a resumed run starts at home; the planner checked home ->
+    view 0 and view -> view, not home -> view k (with 12 views, k = 4 and 10 were refused).
+    The arm now reaches view k by the checked route, from a fresh arm at home, for every k."""
+    from robot.arm import open_arm
+    from capture.session import _reach_resume_view
+
+    rig = _rig(["n_views=12"])
+    tour = rig.plan().ordered_joint_positions
+    for k in range(1, len(tour)):
+        with open_arm(rig.rig, "sim", fast=True) as arm:      # a new process: the arm at home
+            _reach_resume_view(arm, tour, k, log=lambda s: None)
+            arm.move_to(tour[k])                              # what the capture loop does next
+            np.testing.assert_allclose(arm.joint_positions(), tour[k], atol=1e-6)
+
+
+def test_interrupted_where_home_to_view_is_unsafe_then_resumed(tmp_path):
+    """The end-to-end case: interrupted after 4 of 12 views, resumed by a new process' rig."""
+    rig = _rig(["n_views=12"])
+
+    def stop_after_four(done, total):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with rig, open_store_for_capture(tmp_path / "store", rig.cfg.camera, rig.sim) as store:
+        with pytest.raises(CaptureInterrupted):
+            capture_scene(store, "s", rig, progress=stop_after_four, log=lambda s: None)
+    resumed, logged = _rig(["n_views=12"]), []
+    with resumed, open_store_for_capture(tmp_path / "store", resumed.cfg.camera, resumed.sim) as store:
+        summary = capture_scene(store, "s", resumed, resume=True, log=logged.append)
+        assert store.scene_state("s") == "complete" and len(store.scene_image_indices("s")) == 12
+    assert summary.views_committed == 12
+    assert any("planned route" in line for line in logged)
