@@ -10,6 +10,7 @@ resumed scene follows that stored plan, never a re-planned one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import datetime
@@ -286,10 +287,42 @@ def _wait_settled(arm, timeout_s: float) -> None:
         time.sleep(0.005)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler, `kill`, a closing terminal) handled like Ctrl-C while capturing:
+    the arm stops, the interruption is recorded and the store's lock is released on the way
+    out, instead of the process dying mid-motion. Only the main thread can install handlers;
+    elsewhere this does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str = "", resume: bool = False,
                   progress: Callable[[int, int], None] | None = None,
                   log: Callable[[str], None] = print) -> SceneSummary:
-    """Capture (or, with ``resume``, finish) one scene into an open, writable store."""
+    """Capture (or, with ``resume``, finish) one scene into an open, writable store. SIGTERM
+    during the capture is an interruption, like Ctrl-C (:func:`sigterm_as_interrupt`)."""
+    with sigterm_as_interrupt():
+        return _capture_scene(store, scene_id, rig, notes=notes, resume=resume, progress=progress,
+                              log=log)
+
+
+def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume: bool,
+                   progress: Callable[[int, int], None] | None,
+                   log: Callable[[str], None]) -> SceneSummary:
     started = time.perf_counter()
     cfg, camera, arm = rig.cfg, rig.camera, rig.arm
     exists = scene_id in store.scene_ids

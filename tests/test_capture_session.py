@@ -204,3 +204,21 @@ def test_interrupted_where_home_to_view_is_unsafe_then_resumed(tmp_path):
         assert store.scene_state("s") == "complete" and len(store.scene_image_indices("s")) == 12
     assert summary.views_committed == 12
     assert any("planned route" in line for line in logged)
+
+
+def test_sigterm_mid_scene_stops_the_arm_records_it_and_releases_the_lock(tmp_path):
+    store_path = tmp_path / "store"
+    sets = [f"--set={s}" for s in SMALL + ["n_views=8", "arm_realtime=true"]]
+    proc = _cli("capture", "scene", "--sim", "--store", str(store_path), "--scene", "t", *sets)
+    deadline = time.monotonic() + 120
+    while _committed(store_path) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the capture never committed 2 views"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "interrupted at view" in err + out and "arm stopped" in err + out
+    with SceneStore.open(store_path, mode="a") as store:       # the writer lock was released
+        assert store.scene_state("t") == "open"
+        assert store.scene_metadata("t")["capture_runs"][-1]["outcome"] == "interrupted"
