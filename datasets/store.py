@@ -35,10 +35,8 @@ stale instead of blocking forever.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from common import locks
 from common.errors import UserError
 
 SCHEMA_NAME = "ldsrig-scene-store"
@@ -624,61 +623,12 @@ def _check_scene_id(scene_id: str) -> None:
 
 # ---------------------------------------------------------------------- the writer lock
 def _acquire_lock(path: Path) -> int:
-    lock_path = path / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read_lock_owner(fd)
-        os.close(fd)
-        raise StoreError(f"{path} is being written by another process ({holder}); "
-                         "one writer per store: wait for it to finish or stop it") from None
-    previous = _read_lock_owner(fd)
-    if previous and previous != "unknown":
-        # The file names a writer but nobody holds the lock: that writer died.
-        import logging
-
-        logging.getLogger(__name__).warning("%s: recovered a stale writer lock left by %s", path, previous)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                              "since": time.time()}).encode(), 0)
-    return fd
+    return locks.acquire(path / LOCK_NAME, str(path), StoreError)
 
 
-def _read_lock_owner(fd: int) -> str:
-    try:
-        raw = os.pread(fd, 4096, 0)
-        if not raw:
-            return ""
-        info = json.loads(raw)
-        return f"pid {info['pid']} on {info['host']}"
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
-def _release_lock(fd: int | None) -> None:
-    if fd is None:
-        return
-    try:
-        os.ftruncate(fd, 0)  # an empty lock file means "cleanly closed"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+_release_lock = locks.release
 
 
 def stale_lock_owner(path: str | Path) -> str | None:
     """The writer named in the lock file if it is not running any more (else None)."""
-    lock_path = Path(path) / LOCK_NAME
-    if not lock_path.exists():
-        return None
-    fd = os.open(lock_path, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None  # a live writer holds it
-        owner = _read_lock_owner(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return owner or None
-    finally:
-        os.close(fd)
+    return locks.stale_owner(Path(path) / LOCK_NAME)

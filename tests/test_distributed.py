@@ -266,7 +266,7 @@ def test_rank_zero_alone_writes_the_run(runs):
               for r in reports]
     assert values[0] == values[1] and "loss" in values[0]
     assert sorted(p.name for p in (root / "sampled").iterdir()) == [
-        "checkpoints", "config.yaml", "metrics.jsonl"]
+        ".train.lock", "checkpoints", "config.yaml", "metrics.jsonl"]
 
 
 def test_sampling_noise_differs_per_rank_but_replicas_stay_equal(runs):

@@ -299,3 +299,49 @@ def test_init_from_starts_at_given_parameters_with_a_fresh_optimiser(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         train(tiny_cfg("optim.steps=1", f"init_from={tmp_path / 'nope.safetensors'}"),
               tmp_path / "fourth", dataset=data, progress=False)
+
+
+def test_one_trainer_per_run_directory(tmp_path):
+    from common import locks
+
+    data = ImageList(images(5))
+    cfg = tiny_cfg("optim.steps=2", "log.checkpoint_every=100")
+    train(cfg, tmp_path / "run", dataset=data, progress=False)
+    held = locks.acquire(tmp_path / "run" / ".train.lock", "the other trainer")  # a live trainer
+    try:
+        with pytest.raises(RunError, match="being written by another process"):
+            train(read_run_config(tmp_path / "run", ["optim.steps=4"]), tmp_path / "run",
+                  dataset=data, resume=True, progress=False)
+    finally:
+        locks.release(held)
+    train(read_run_config(tmp_path / "run", ["optim.steps=4"]), tmp_path / "run", dataset=data,
+          resume=True, progress=False)                       # released: the resume goes ahead
+    assert load_checkpoint(tmp_path / "run" / "checkpoints").step == 4
+
+
+@pytest.mark.parametrize("change", ["lds.enabled=true", "optim.name=adam", "model.latent_dim=5",
+                                    "model.num_slots=4", "seed=3"])
+def test_resume_refuses_to_change_what_the_run_is(tmp_path, change):
+    data = ImageList(images(5))
+    train(tiny_cfg("optim.steps=2", "log.checkpoint_every=100"), tmp_path / "run", dataset=data,
+          progress=False)
+    key = change.split("=")[0]
+    with pytest.raises(RunError, match=f"would change what .* is \\({key} "):
+        train(read_run_config(tmp_path / "run", ["optim.steps=3", change]), tmp_path / "run",
+              dataset=data, resume=True, progress=False)
+    # what may change: steps, the learning rate (the NaN guard's advice), logging, threads
+    ok = read_run_config(tmp_path / "run", ["optim.steps=3", "optim.lr=1e-4", "log.every=1",
+                                            "threads=1", "model.fused_decoder=false"])
+    assert train(ok, tmp_path / "run", dataset=data, resume=True, progress=False).step == 3
+
+
+def test_saved_config_has_absolute_paths_so_resume_works_from_anywhere(tmp_path, monkeypatch):
+    make_store(tmp_path / "data" / "tiny.zarr")
+    monkeypatch.chdir(tmp_path / "data")
+    cfg = tiny_cfg("optim.steps=1", "data=tiny.zarr", "log.checkpoint_every=100")
+    train(cfg, tmp_path / "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"] == str(tmp_path / "data" / "tiny.zarr")
+    monkeypatch.chdir(tmp_path)
+    resumed = read_run_config(tmp_path / "run", ["optim.steps=2"])
+    assert train(resumed, tmp_path / "run", resume=True, progress=False).step == 2

@@ -46,6 +46,11 @@ def model_path(directory: str | Path, step: int) -> Path:
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    fd = os.open(tmp, os.O_RDONLY)      # on disk before it takes the real name (as the JSON is)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.config import save_config
+from common import locks
+from common.config import save_config, to_dict
 from lds import distributed
 from common.errors import ConfigError, UserError
 from lds.models import build_model
@@ -34,6 +35,14 @@ from lds.training.checkpoint import load_checkpoint, prune_checkpoints, save_che
 from lds.training.config import TrainConfig
 from lds.training.logging import RunLogger
 from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
+
+TRAIN_LOCK = ".train.lock"
+# Model settings that change how fast a step runs or how much memory it takes, not the model:
+# a resume may change them. Everything else in model.*, the LDS section, optim.name and the
+# seed defines the run.
+RUNTIME_MODEL_FIELDS = frozenset({"channels_last", "fused_broadcast", "fused_decoder",
+                                  "grad_checkpoint", "checkpoint_iterations", "lds_weight",
+                                  "lds_sigma"})
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, index) pairs map to distinct generator seeds
 
@@ -238,6 +247,36 @@ def load_initial_parameters(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse a resume that would change what the run is (``--resume --lds`` on a control run,
+    another model, architecture, optimiser or seed): the checkpoints and logs would describe two
+    different runs. Steps, logging, validation, threads, device and the learning rate may change."""
+    import yaml
+
+    saved = yaml.safe_load((run_dir / CONFIG_NAME).read_text()) or {}
+    now = to_dict(cfg)
+    changed = []
+
+    def compare(key: str, before, after) -> None:
+        if before != after:
+            changed.append(f"{key} {before!r} -> {after!r}")
+
+    model_before, model_now = saved.get("model") or {}, now["model"]
+    for key in sorted(set(model_before) | set(model_now)):
+        if key not in RUNTIME_MODEL_FIELDS:
+            compare(f"model.{key}", model_before.get(key), model_now.get(key))
+    lds_before, lds_now = saved.get("lds") or {}, now["lds"]
+    compare("lds.enabled", lds_before.get("enabled"), lds_now["enabled"])
+    if lds_now["enabled"] or lds_before.get("enabled"):
+        for key in ("weight", "sigma"):
+            compare(f"lds.{key}", lds_before.get(key), lds_now[key])
+    compare("optim.name", (saved.get("optim") or {}).get("name"), now["optim"]["name"])
+    compare("seed", saved.get("seed"), now["seed"])
+    if changed:
+        raise RunError(f"--resume would change what {run_dir} is ({'; '.join(changed)}); these "
+                       "settings define a run: start a new run with --out instead")
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -328,6 +367,21 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
 
     # only once the data is known to be usable; rank 0's verdict reaches every rank
     distributed.on_main(lambda: _prepare_run_dir(run_dir, resume))
+    # One trainer per run directory (a second --resume would interleave logs and checkpoints);
+    # rank 0 holds the lock until the run ends.
+    lock = distributed.on_main(lambda: locks.acquire(run_dir / TRAIN_LOCK, f"run {run_dir}", RunError))
+    try:
+        return _train_locked(cfg, run_dir, dataset, resume, progress, validator, rank,
+                             world_size, main, device)
+    finally:
+        if main:
+            locks.release(lock)
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progress: bool,
+                  validator, rank: int, world_size: int, main: bool, device) -> TrainResult:
+    if resume:
+        distributed.on_main(lambda: check_resume_settings(run_dir, cfg))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, cfg.model).to(device)
@@ -343,6 +397,10 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         start_step = checkpoint.step
+    # Paths as absolute paths, so `--resume` works from any working directory.
+    for section, key in ((cfg, "data"), (cfg.validate, "data"), (cfg, "init_from")):
+        if getattr(section, key):
+            setattr(section, key, str(Path(getattr(section, key)).resolve()))
     distributed.on_main(lambda: save_config(cfg, run_dir / CONFIG_NAME))
     end_step = cfg.optim.steps
     wrapped = model
