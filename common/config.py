@@ -68,7 +68,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -134,13 +134,21 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
 
 
+def _yaml_value(text: str, where: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: {text!r} is not a valid YAML value ({problem})") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _yaml_value(raw, f"override {item!r}") if raw != "" else ""
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -171,8 +179,10 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
         raise error(f"{what} {path} does not exist")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not a text file (YAML expected)") from None
     except yaml.YAMLError as exc:
-        raise error(f"{what} {path} is not valid YAML: {exc}") from None
+        raise error(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(loaded, dict):
         raise error(f"{what} {path} must hold a mapping at the top level")
     return loaded

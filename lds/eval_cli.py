@@ -58,10 +58,18 @@ def _open_dataset(data: Path, model_cfg=None):
     if getattr(model_cfg, "dataset", "images") == "views":
         from lds.training.loop import open_store_dataset
 
-        return open_store_dataset(str(data), model_cfg, training=False)
-    from datasets.torch_data import ImageDataset
+        dataset = open_store_dataset(str(data), model_cfg, training=False)
+    else:
+        from datasets.torch_data import ImageDataset
 
-    return ImageDataset(data)
+        dataset = ImageDataset(data)
+    if len(dataset) and model_cfg is not None:
+        size = tuple(dataset[0]["image"].shape[-2:])
+        if size != (model_cfg.height, model_cfg.width):
+            raise UserError(f"{data} holds {size[0]}x{size[1]} images but the model was trained on "
+                            f"{model_cfg.height}x{model_cfg.width}; derive a store of that size "
+                            f"with `ldsrig data prepare {data} OUT --size {model_cfg.height}`")
+    return dataset
 
 
 def _run_meta(run: Path, train_cfg, data: Path) -> dict:
@@ -144,8 +152,12 @@ def eval_command(
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
     metric: list[str] = typer.Option([], "--metric", help="Metric threshold override key=value (repeatable), e.g. claim_iou=0.6."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output JSON."),
 ) -> None:
     """Evaluate a trained run: MSE, RMSE, mIoU (Hungarian and greedy), ARI, FG-ARI, Sim, duplicates."""
+    target = Path(out) if out is not None else Path(run) / EVAL_DIR / EVAL_FILE
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} exists already; pass --overwrite to replace it, or --out FILE")
     evaluate_run(run, data, out, batch_size, max_images, device, figure, list(metric),
                  progress=not no_progress)
 

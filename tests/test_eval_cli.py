@@ -119,6 +119,13 @@ def test_eval_and_compare_end_to_end_on_trained_runs(tmp_path):
     assert 0.0 <= result.mean("miou") <= result.mean("miou_greedy") + 1e-12 <= 1.0 + 1e-12
     assert (tmp_path / "control" / "eval" / "figure2.png").stat().st_size > 1000
     assert "mIoU (Hungarian)" in run.output
+    # a second eval does not silently replace the first; --overwrite does
+    again = runner.invoke(app, ["eval", str(tmp_path / "control"), "--data", str(store), "--no-progress"])
+    assert again.exit_code != 0 and "exists already" in str(again.exception)
+    again = runner.invoke(app, ["eval", str(tmp_path / "control"), "--data", str(store),
+                                "--no-progress", "--overwrite", "--max-images", "2"])
+    assert again.exit_code == 0, again.output
+    assert EvalResult.load(tmp_path / "control" / "eval" / "eval.json").meta["num_images"] == 2
 
     # the LDS run has no eval.json yet: compare evaluates it first because --data is given
     run = runner.invoke(app, ["compare", str(tmp_path / "control"), str(tmp_path / "lds"),

@@ -123,6 +123,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp is False:
             self.amp = "off"
+        import torch
+
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, "
+                              "mps, ...)") from None
 
     def sync_model_lds(self) -> None:
         """The model reads LDS from its own config; the run's ``lds`` section is the source."""

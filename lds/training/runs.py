@@ -65,6 +65,12 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu",
     if missing or unexpected:
         raise RunError(f"checkpoint {checkpoint.path} does not fit model {cfg.model.name!r}: "
                        f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise RunError(f"checkpoint {checkpoint.path} holds non-finite weights ({', '.join(bad[:3])}"
+                       f"{' ...' if len(bad) > 3 else ''}); it cannot be evaluated: load an earlier "
+                       "step (step=N) or retrain")
     model.to(map_location)
     model.eval()
     return model, cfg
