@@ -247,6 +247,16 @@ def open_store_for_capture(path: str | Path, camera_cfg: CameraConfig, sim: bool
     path = Path(path)
     if (path / "zarr.json").exists():
         store = SceneStore.open(path, mode="a")
+        fits = ((store.height, store.width) == (camera_cfg.height, camera_cfg.width)
+                and store.has_ground_truth == sim)
+        if not fits and store.num_images == 0 and not store.all_scenes():
+            # an empty store left by a capture that failed before its first scene: nothing in it
+            # to keep, so it must not block the next attempt with other settings
+            import shutil
+
+            store.close()
+            shutil.rmtree(path)
+            return open_store_for_capture(path, camera_cfg, sim)
         if (store.height, store.width) != (camera_cfg.height, camera_cfg.width):
             store.close()
             raise CaptureError(f"store {path} holds {store.width}x{store.height} images, the camera "

@@ -106,6 +106,13 @@ class ViewPlan:
             raise PlanningError(f"view plan is malformed: {type(exc).__name__}: {exc}") from None
         if sorted(plan.order.tolist()) != list(range(n)):
             raise PlanningError("view plan is malformed: 'order' is not a permutation of the views")
+        for name, values in (("joint_positions", plan.joint_positions),
+                             ("camera_pose_world", plan.camera_pose_world)):
+            bad = [i for i in range(n) if not np.all(np.isfinite(values[i]))]
+            if bad:
+                raise PlanningError(f"view plan is malformed: view {bad[0]} has non-finite {name}")
+        if not np.all(np.isfinite(plan.home)):
+            raise PlanningError("view plan is malformed: home has non-finite joint values")
         return plan
 
     @classmethod

@@ -35,6 +35,13 @@ def _fmt(v) -> str:
     return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
 
 
+def _short(amount: float, unit: str) -> str:
+    """How far past a limit, never rounded to nothing (0.120 vs 0.120 hid a 0.4 mm miss)."""
+    if unit == "m":
+        return f"{amount * 1000:.2g} mm" if amount < 0.01 else f"{amount:.3f} m"
+    return f"{amount:.2g} {unit}"
+
+
 class SafetyChecker:
     def __init__(self, rig: RigConfig, model: ArmModel | None = None):
         self.rig = rig
@@ -62,14 +69,18 @@ class SafetyChecker:
         bad = np.flatnonzero((q < lo - 1e-9) | (q > hi + 1e-9))
         if bad.size:
             j = bad[0]
-            return Violation("joint_limits", f"joint {j + 1} = {q[j]:.3f} rad outside [{lo[j]:.3f}, {hi[j]:.3f}]")
+            beyond = max(lo[j] - q[j], q[j] - hi[j])
+            return Violation("joint_limits", f"joint {j + 1} = {q[j]:.3f} rad outside [{lo[j]:.3f}, "
+                                             f"{hi[j]:.3f}] by {_short(beyond, 'rad')}")
         frames = m.collision_frames(q)
         T_world_flange = self.T_world_base @ frames[-1]
         cam = (T_world_flange @ self.T_flange_camera)[:3, 3]
         height = cam[2] - self.table_z
         if height < self.rig.safety.min_camera_height:
-            return Violation("below_table_margin", f"camera {height:.3f} m above the table, minimum "
-                                                   f"{self.rig.safety.min_camera_height:.3f} m")
+            minimum = self.rig.safety.min_camera_height
+            return Violation("below_table_margin", f"camera {height:.3f} m above the table, "
+                                                   f"{_short(minimum - height, 'm')} below the minimum "
+                                                   f"{minimum:.3f} m")
         for label, p in (("camera", cam), ("flange", T_world_flange[:3, 3])):
             if np.any(p < self.box_lo) or np.any(p > self.box_hi):
                 return Violation("outside_workspace", f"{label} at ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m is "
@@ -85,8 +96,10 @@ class SafetyChecker:
                 clearance = low[k] - self.table_z
                 if clearance < self.rig.safety.link_table_clearance:
                     cap = m.capsules[self._table_caps[k]]
-                    return Violation("table_collision", f"{cap.name} comes {clearance:.3f} m from the table "
-                                                        f"(clearance {self.rig.safety.link_table_clearance:.3f} m)")
+                    need = self.rig.safety.link_table_clearance
+                    return Violation("table_collision", f"{cap.name} comes {clearance:.3f} m from the table, "
+                                                        f"{_short(need - clearance, 'm')} inside the "
+                                                        f"clearance {need:.3f} m")
             if self.rig.safety.self_collision and len(m.self_collision_pairs):
                 i, j = m.self_collision_pairs[:, 0], m.self_collision_pairs[:, 1]
                 gap = segment_distances(a[i], b[i], a[j], b[j]) - r[i] - r[j]

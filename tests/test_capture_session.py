@@ -222,3 +222,36 @@ def test_sigterm_mid_scene_stops_the_arm_records_it_and_releases_the_lock(tmp_pa
     with SceneStore.open(store_path, mode="a") as store:       # the writer lock was released
         assert store.scene_state("t") == "open"
         assert store.scene_metadata("t")["capture_runs"][-1]["outcome"] == "interrupted"
+
+
+def test_an_edited_plan_is_checked_whole_before_the_first_motion(tmp_path):
+    import json
+
+    from robot.errors import PlanningError
+
+    plan_path = tmp_path / "plan.json"
+    _rig().plan().save(plan_path)
+    data = json.loads(plan_path.read_text())
+    data["views"][2]["joint_positions"][1] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(data))
+    rig = _rig([f"plan={tmp_path / 'nan.json'}"])
+    with rig, open_store_for_capture(tmp_path / "store", rig.cfg.camera, rig.sim) as store:
+        with pytest.raises(PlanningError, match="view 2 has non-finite joint_positions"):
+            capture_scene(store, "s", rig, log=lambda s: None)
+        assert store.num_images == 0 and not store.all_scenes()
+    data = json.loads(plan_path.read_text())
+    view = int(data["order"][3])
+    data["views"][view]["joint_positions"][3] = 3.5           # far outside the Panda's limits
+    (tmp_path / "unsafe.json").write_text(json.dumps(data))
+    rig = _rig([f"plan={tmp_path / 'unsafe.json'}"])
+    with rig, open_store_for_capture(tmp_path / "store", rig.cfg.camera, rig.sim) as store:
+        home = rig.arm.joint_positions()
+        with pytest.raises(PlanningError, match="unsafe on this rig: joint_limits"):
+            capture_scene(store, "s", rig, log=lambda s: None)
+        np.testing.assert_array_equal(rig.arm.joint_positions(), home)
+        assert store.num_images == 0 and not store.all_scenes()
+    # the empty store left behind does not block a capture with another image size
+    rig = _rig(["camera.width=32", "camera.height=24", "n_views=2"])
+    with rig, open_store_for_capture(tmp_path / "store", rig.cfg.camera, rig.sim) as store:
+        capture_scene(store, "s", rig, log=lambda s: None)
+        assert store.width == 32 and store.num_images == 2
