@@ -190,14 +190,21 @@ def compare_command(
 ) -> None:
     """Compare a control run with an LDS run: dSim, duplicate rates, MSE and mIoU with deltas."""
     console = Console()
+    if Path(run_control).resolve() == Path(run_lds).resolve():
+        raise UserError(f"compare takes two different runs; {run_control} was given twice")
     kwargs = dict(batch_size=batch_size, max_images=max_images, device=device, console=console)
     control = _eval_for(run_control, data, **kwargs)
     lds = _eval_for(run_lds, data, **kwargs)
-    for name, result in (("control", control), ("LDS", lds)):
-        if result.meta.get("lds", {}).get("enabled") is True and name == "control":
-            console.print(f"[yellow]note: the control run {run_control} was trained with LDS[/]")
-        if result.meta.get("lds", {}).get("enabled") is False and name == "LDS":
-            console.print(f"[yellow]note: the LDS run {run_lds} was trained without LDS[/]")
+    trained_with = [r.meta.get("lds", {}).get("enabled") for r in (control, lds)]
+    if trained_with == [True, False]:
+        raise UserError(f"the runs are swapped: {run_control} was trained with LDS and {run_lds} "
+                        "without; pass the control run first, then the LDS run")
+    if trained_with[0] is True:
+        raise UserError(f"{run_control} was trained with LDS: compare takes the control run "
+                        "(without LDS) first, then the LDS run")
+    if trained_with[1] is False:
+        raise UserError(f"{run_lds} was trained without LDS: compare takes the control run first, "
+                        "then the LDS run")
     if control.meta.get("data") != lds.meta.get("data") or \
             control.meta.get("num_images") != lds.meta.get("num_images"):
         console.print("[yellow]note: the two runs were evaluated on different data or image counts "

@@ -276,7 +276,9 @@ def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float |
         a, b = control.aggregates[name]["mean"], lds.aggregates[name]["mean"]
         delta = None if a is None or b is None else b - a
         better = None
-        if delta is not None and entry.higher_is_better is not None and delta != 0:
+        # a difference below the shown precision is no difference ("-0.0000 ... better? yes")
+        shown_equal = a is not None and b is not None and entry.format(a) == entry.format(b)
+        if delta is not None and entry.higher_is_better is not None and not shown_equal:
             better = (delta > 0) == entry.higher_is_better
         rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better}
     if "sim" in rows and rows["sim"]["delta"] is not None:

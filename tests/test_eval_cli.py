@@ -74,6 +74,24 @@ def test_compare_command_prints_the_papers_view(tmp_path):
     assert rows["miou"]["delta"] == 0.0
 
 
+def test_compare_refuses_identical_and_swapped_runs_and_calls_no_difference_a_tie(tmp_path):
+    make_store(tmp_path / "store")
+    dataset = ImageDataset(tmp_path / "store")
+    for name, lds in (("control", False), ("lds", True)):
+        result = evaluate(LabelOracle(), dataset, progress=False, meta={"lds": {"enabled": lds}})
+        result.save(tmp_path / name / "eval" / "eval.json")
+    same = CliRunner().invoke(cli_app(), ["compare", str(tmp_path / "lds"), str(tmp_path / "lds")])
+    assert same.exit_code != 0 and "given twice" in str(same.exception)
+    swapped = CliRunner().invoke(cli_app(), ["compare", str(tmp_path / "lds"), str(tmp_path / "control")])
+    assert swapped.exit_code != 0 and "swapped" in str(swapped.exception)
+    from lds.evaluation import compare as compare_results
+
+    control, lds = (EvalResult.load(tmp_path / n / "eval" / "eval.json") for n in ("control", "lds"))
+    lds.aggregates["mse"]["mean"] = control.aggregates["mse"]["mean"] + 1e-9   # shows as 0.00000
+    rows = compare_results(control, lds)
+    assert rows["mse"]["delta"] > 0 and rows["mse"]["lds_better"] is None
+
+
 def test_compare_without_eval_and_without_data_is_a_user_error(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -98,8 +98,19 @@ def test_eval_and_compare_write_mulmon_figures(tmp_path):
     figure = Image.open(run / "eval" / "figure2.png")
     assert figure.size == grid_pixels(rows=4, cols=6)    # 1 scene x 4 views; Obs Rec 3 Seg
 
-    compared = runner.invoke(app, ["compare", str(run), str(run), "--data", str(store),
+    # the same weights as an "LDS run" (compare refuses a run compared with itself)
+    import shutil
+
+    import yaml
+
+    twin = run.parent / (run.name + "_lds")
+    shutil.copytree(run, twin)
+    shutil.rmtree(twin / "eval")
+    saved = yaml.safe_load((twin / "config.yaml").read_text())
+    saved["lds"]["enabled"] = True
+    (twin / "config.yaml").write_text(yaml.safe_dump(saved))
+    compared = runner.invoke(app, ["compare", str(run), str(twin), "--data", str(store),
                                    "--figure", "2"])
     assert compared.exit_code == 0, compared.output + repr(compared.exception)
-    stacked = Image.open(run / "eval" / "figure2_vs_control.png")
+    stacked = Image.open(twin / "eval" / "figure2_vs_control.png")
     assert stacked.size == grid_pixels(rows=2 * 2 * 4, cols=6)   # 2 runs x 2 scenes x 4 views

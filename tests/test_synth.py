@@ -252,6 +252,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
     proc = _cli("cubes", str(not_a_store), "--scenes", "1")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli("cubes", str(tmp_path / "empty.zarr"), "--scenes", "0")
+    assert proc.returncode != 0 and "--scenes must be at least 1" in proc.stderr
+    assert not (tmp_path / "empty.zarr").exists()
 
 
 def test_resume_skips_complete_scenes_and_redoes_an_interrupted_one(tmp_path):

@@ -194,8 +194,9 @@ def generate(out: str | Path, generator: str, settings, num_scenes: int, *, work
     if generator not in GENERATORS:
         raise SynthError(f"unknown generator {generator!r}; one of {sorted(GENERATORS)}")
     settings.validate()
-    if num_scenes < 0:
-        raise SynthError(f"--scenes must be >= 0, got {num_scenes}")
+    if num_scenes < 1:
+        raise SynthError(f"--scenes must be at least 1 (the number of scenes the store should "
+                         f"hold), got {num_scenes}")
     if workers < 1:
         raise SynthError(f"--workers must be at least 1, got {workers}")
     render_scene = GENERATORS[generator][1]
