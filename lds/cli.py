@@ -38,6 +38,7 @@ def _make_train_command(model_name: str):
         out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<model>-<lds|control>-<time>)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Total gradient steps (optim.steps)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+        from_step: Optional[int] = typer.Option(None, "--from-step", help="With --resume: continue from this checkpoint step instead (later ones are moved aside, not deleted)."),
         show_progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. optim.lr=1e-4 model.num_slots=9."),
     ) -> None:
@@ -69,8 +70,10 @@ def _make_train_command(model_name: str):
         run_dir = out if out is not None else _default_run_dir(model_name, cfg.lds.enabled)
         from lds.evaluation import make_validator
 
+        if from_step is not None and not resume:
+            raise UserError("--from-step needs --resume")
         result = train(cfg, run_dir, resume=resume, progress=show_progress,
-                       validator=make_validator(cfg))
+                       validator=make_validator(cfg), resume_step=from_step)
         from lds.distributed import launched_rank
 
         if launched_rank() != 0:      # under torchrun: one summary, from rank 0

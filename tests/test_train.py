@@ -345,3 +345,87 @@ def test_saved_config_has_absolute_paths_so_resume_works_from_anywhere(tmp_path,
     monkeypatch.chdir(tmp_path)
     resumed = read_run_config(tmp_path / "run", ["optim.steps=2"])
     assert train(resumed, tmp_path / "run", resume=True, progress=False).step == 2
+
+
+def test_after_divergence_the_advised_resume_works(tmp_path):
+    """A NaN stop often comes after the weights have already blown up (finite, but huge): the
+    state saved before the NaN would NaN again. The message names the latest checkpoint before
+    the parameter norm jumped and the command to resume from it with a lower learning rate;
+    following that advice trains on without a NaN, and the later checkpoints are kept aside."""
+    import re
+
+    data = ImageList(images(5))
+    train(tiny_cfg("optim.steps=10", "log.checkpoint_every=5"), tmp_path / "run", dataset=data,
+          progress=False)
+    with pytest.raises(NonFiniteLossError) as info:          # far too high a learning rate
+        train(read_run_config(tmp_path / "run", ["optim.steps=60", "optim.lr=0.2"]),
+              tmp_path / "run", dataset=data, resume=True, progress=False)
+    message = str(info.value)
+    advised = re.search(r"--from-step (\d+) optim\.lr=([0-9.e-]+)", message)
+    assert advised, message
+    step, lr = int(advised.group(1)), advised.group(2)
+    ckpt = tmp_path / "run" / "checkpoints"
+    stopped_at = list_checkpoints(ckpt)[-1]
+    assert step == 10 and stopped_at > step                  # not the diverged pre-NaN state
+    result = train(read_run_config(tmp_path / "run", ["optim.steps=30", f"optim.lr={lr}"]),
+                   tmp_path / "run", dataset=data, resume=True, progress=False, resume_step=step)
+    assert result.step == 30 and list_checkpoints(ckpt)[-1] == 30
+    aside = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("after_0000010")]
+    assert aside and (aside[0] / f"step_{stopped_at:07d}.safetensors").is_file()
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})   # one row per step
+
+
+def test_broken_checkpoints_are_one_clear_error(tmp_path):
+    import json as _json
+
+    from safetensors.torch import load_file, save_file
+
+    from lds.training.checkpoint import CheckpointError
+
+    data = ImageList(images(5))
+    train(tiny_cfg("optim.steps=2", "log.checkpoint_every=100"), tmp_path / "good", dataset=data,
+          progress=False)
+
+    def broken(name, damage):
+        import shutil
+
+        shutil.copytree(tmp_path / "good", tmp_path / name)
+        ckpt = tmp_path / name / "checkpoints"
+        damage(ckpt / "step_0000002.safetensors", ckpt / "optim_0000002.safetensors",
+               ckpt / "state_0000002.json")
+        return tmp_path / name
+
+    def model_tensors(edit):
+        def damage(model, optim, state):
+            tensors = load_file(model)
+            edit(tensors)
+            save_file(tensors, str(model))
+        return damage
+
+    def optim_tensors(edit):
+        def damage(model, optim, state):
+            tensors = load_file(optim)
+            edit(tensors)
+            save_file(tensors, str(optim))
+        return damage
+
+    def state_json(edit):
+        def damage(model, optim, state):
+            state.write_text(edit(_json.loads(state.read_text())))
+        return damage
+
+    first = lambda t: sorted(t)[0]                                         # noqa: E731
+    cases = {
+        "wrong_shape": (model_tensors(lambda t: t.update({first(t): t[first(t)][..., :1].clone()})), "does not fit"),
+        "missing_key": (model_tensors(lambda t: t.pop(first(t))), "missing"),
+        "optim_shape": (optim_tensors(lambda t: t.update({k: v[:1].clone() for k, v in t.items() if v.dim() > 1})), "optimiser state"),
+        "bad_groups": (state_json(lambda s: _json.dumps({**s, "optimizer": {**s["optimizer"], "param_groups": [{"lr": 1}]}})), "parameter groups"),
+        "bare_string": (state_json(lambda s: _json.dumps("hello")), "not this checkpoint's state"),
+        "deep": (state_json(lambda s: "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    }
+    for name, (damage, words) in cases.items():
+        run = broken(name, damage)
+        with pytest.raises((CheckpointError, RunError), match=words):
+            train(read_run_config(run, ["optim.steps=3"]), run, dataset=data, resume=True,
+                  progress=False)

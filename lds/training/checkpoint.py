@@ -139,14 +139,64 @@ def load_checkpoint(directory: str | Path, step: int | None = None,
     device = str(map_location)
     try:
         state = json.loads(state_file.read_text())
+        if not isinstance(state, dict) or state.get("step") != step:
+            raise ValueError(f"{state_file.name} is not this checkpoint's state (a JSON object "
+                             f"with step {step})")
         model_state = load_file(str(model_file), device=device)
         optimizer_state = None
         if "optimizer" in state:
             optimizer_state = _unflatten_optimizer(load_file(str(optim_file), device=device),
                                                    state["optimizer"])
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {state_file} is unreadable: its JSON is nested too "
+                              "deeply") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
         raise CheckpointError(f"checkpoint {model_file} is unreadable: {exc}") from None
     return Checkpoint(step, model_state, optimizer_state, state, model_file)
+
+
+def restore(checkpoint: Checkpoint, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer | None) -> None:
+    """Load a checkpoint into a model and its optimiser, or raise one CheckpointError saying
+    what does not fit (a missing or extra key, a tensor of another shape, broken optimiser
+    groups or state) before anything is half-loaded."""
+    where = f"checkpoint {checkpoint.path}"
+    own = model.state_dict()
+    given = checkpoint.model_state
+    missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{where} does not fit the model: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}")
+    wrong = [k for k in own if tuple(own[k].shape) != tuple(given[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{where} does not fit the model: {k} is {tuple(given[k].shape)}, "
+                              f"the model's is {tuple(own[k].shape)}")
+    if optimizer is not None and checkpoint.optimizer_state is not None:
+        groups = checkpoint.optimizer_state.get("param_groups")
+        ours = optimizer.state_dict()["param_groups"]
+        if (not isinstance(groups, list) or len(groups) != len(ours)
+                or any(not isinstance(g, dict) or not isinstance(g.get("params"), list)
+                       or len(g["params"]) != len(o["params"]) for g, o in zip(groups, ours))):
+            raise CheckpointError(f"{where}: the optimiser's parameter groups do not fit this model")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        index_of = {i: p for i, p in zip((i for g in groups for i in g["params"]), params)}
+        for index, entry in checkpoint.optimizer_state["state"].items():
+            param = index_of.get(index)
+            if param is None:
+                raise CheckpointError(f"{where}: optimiser state for an unknown parameter {index}")
+            for name, value in entry.items():
+                if (isinstance(value, torch.Tensor) and value.dim() > 0
+                        and tuple(value.shape) != tuple(param.shape)):
+                    raise CheckpointError(f"{where}: optimiser state {name} of parameter {index} "
+                                          f"is {tuple(value.shape)}, the parameter is "
+                                          f"{tuple(param.shape)}")
+    model.load_state_dict(given)
+    if optimizer is not None and checkpoint.optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{where}: the optimiser state does not load ({exc})") from None
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:

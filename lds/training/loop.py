@@ -31,7 +31,8 @@ from common.config import save_config, to_dict
 from lds import distributed
 from common.errors import ConfigError, UserError
 from lds.models import build_model
-from lds.training.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from lds.training.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, restore,
+                                     save_checkpoint)
 from lds.training.config import TrainConfig
 from lds.training.logging import RunLogger
 from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
@@ -247,6 +248,52 @@ def load_initial_parameters(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+# A checkpoint whose parameter norm grew by more than this factor since the one before is taken
+# as diverging (on a NaN stop the weights are often finite but orders of magnitude too large).
+DIVERGENCE_GROWTH = 1.5
+
+
+def set_aside_checkpoints_after(ckpt_dir: Path, step: int) -> None:
+    """``--from-step``: the checkpoints after ``step`` move to a folder of their own, so the
+    run continues from ``step`` and nothing that was written is lost."""
+    steps = list_checkpoints(ckpt_dir)
+    if step not in steps:
+        raise RunError(f"--from-step {step}: no checkpoint for that step in {ckpt_dir}; have {steps}")
+    later = [s for s in steps if s > step]
+    if not later:
+        return
+    aside = ckpt_dir / f"after_{step:07d}_{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir()
+    for s in later:
+        for name in (f"state_{s:07d}.json", f"step_{s:07d}.safetensors", f"optim_{s:07d}.safetensors"):
+            if (ckpt_dir / name).exists():     # the JSON first: the rest is no longer "complete"
+                (ckpt_dir / name).rename(aside / name)
+
+
+def healthy_checkpoint(ckpt_dir: Path) -> int:
+    """The latest checkpoint step whose parameter norm had not jumped from the one before it
+    (the first checkpoint counts as healthy; checkpoints saved before norms were recorded count
+    as healthy too)."""
+    import json
+
+    steps = list_checkpoints(ckpt_dir)
+    norms = []
+    for step in steps:
+        try:
+            state = json.loads((ckpt_dir / f"state_{step:07d}.json").read_text())
+            norms.append(float(state.get("param_norm", "nan")))
+        except (OSError, ValueError, TypeError):
+            norms.append(math.nan)
+    healthy = steps[0]
+    for k in range(1, len(steps)):
+        before, now = norms[k - 1], norms[k]
+        if math.isfinite(now) and (not math.isfinite(before) or now <= DIVERGENCE_GROWTH * before):
+            healthy = steps[k]
+        else:
+            break
+    return healthy
+
+
 def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse a resume that would change what the run is (``--resume --lds`` on a control run,
     another model, architecture, optimiser or seed): the checkpoints and logs would describe two
@@ -318,12 +365,14 @@ def _progress_bar(enabled: bool, total: int, completed: int, description: str):
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = None,
           resume: bool = False, progress: bool = True,
-          validator: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
+          validator: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+          resume_step: int | None = None) -> TrainResult:
     """Train ``cfg.model`` for ``cfg.optim.steps`` steps in total, writing the run to ``run_dir``.
 
     ``dataset``: any map-style dataset of dicts holding the model's inputs (default: the scene
     store ``cfg.data`` through ``datasets.torch_data.ImageDataset``). ``resume``: continue from
-    the latest checkpoint in ``run_dir`` up to ``cfg.optim.steps``.
+    the latest checkpoint in ``run_dir`` (or from ``resume_step``: the later checkpoints are
+    moved aside to ``checkpoints/after_<step>_<time>/``, not deleted) up to ``cfg.optim.steps``.
 
     Under ``torchrun`` (or inside an initialised process group) this is data-parallel training
     (lds/distributed.py, docs/distributed.md): ``optim.batch_size`` is the global batch, each
@@ -337,11 +386,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None = No
     """
     with distributed.session(cfg.device):
         return _train(cfg, run_dir, dataset=dataset, resume=resume, progress=progress,
-                      validator=validator)
+                      validator=validator, resume_step=resume_step)
 
 
 def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
-           resume: bool, progress: bool, validator=None) -> TrainResult:
+           resume: bool, progress: bool, validator=None, resume_step: int | None = None) -> TrainResult:
     # Every rank writes into rank 0's run directory (a default name holds a timestamp).
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -372,16 +421,20 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     lock = distributed.on_main(lambda: locks.acquire(run_dir / TRAIN_LOCK, f"run {run_dir}", RunError))
     try:
         return _train_locked(cfg, run_dir, dataset, resume, progress, validator, rank,
-                             world_size, main, device)
+                             world_size, main, device, resume_step)
     finally:
         if main:
             locks.release(lock)
 
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progress: bool,
-                  validator, rank: int, world_size: int, main: bool, device) -> TrainResult:
+                  validator, rank: int, world_size: int, main: bool, device,
+                  resume_step: int | None) -> TrainResult:
     if resume:
         distributed.on_main(lambda: check_resume_settings(run_dir, cfg))
+        if resume_step is not None:
+            distributed.on_main(lambda: set_aside_checkpoints_after(run_dir / CHECKPOINT_DIR,
+                                                                    resume_step))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, cfg.model).to(device)
@@ -392,10 +445,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
     if cfg.init_from and not resume:
         load_initial_parameters(model, cfg.init_from)
     if resume:
-        checkpoint = load_checkpoint(ckpt_dir, map_location=device)
-        model.load_state_dict(checkpoint.model_state)
-        if checkpoint.optimizer_state is not None:
-            optimizer.load_state_dict(checkpoint.optimizer_state)
+        checkpoint = load_checkpoint(ckpt_dir, resume_step, map_location=device)
+        restore(checkpoint, model, optimizer)
         start_step = checkpoint.step
     # Paths as absolute paths, so `--resume` works from any working directory.
     for section, key in ((cfg, "data"), (cfg.validate, "data"), (cfg, "init_from")):
@@ -437,12 +488,15 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
     window: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
 
-    def checkpoint_now(step: int) -> Path:
+    def checkpoint_now(step: int, prune: bool = True) -> Path:
         def write() -> Path:
+            # the parameter norm lets a NaN stop tell a healthy checkpoint from a diverging one
+            norm = float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in params)))
             path = save_checkpoint(ckpt_dir, step, model, optimizer,
                                    {"seed": cfg.seed, "model": cfg.model.name,
-                                    "world_size": world_size})
-            prune_checkpoints(ckpt_dir, cfg.log.keep_checkpoints)
+                                    "world_size": world_size, "param_norm": norm})
+            if prune:
+                prune_checkpoints(ckpt_dir, cfg.log.keep_checkpoints)
             return path
         return distributed.on_main(write)     # rank 0 writes; the others wait for its path
 
@@ -492,13 +546,18 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             if bad:
                 # The update was not applied: the parameters are still those after `step` steps.
                 optimizer.zero_grad(set_to_none=True)
-                last_checkpoint = checkpoint_now(step)
+                # kept, but no older checkpoint is pruned for it: the state just before a NaN is
+                # often already diverging, and the healthy ones are what a restart needs
+                last_checkpoint = checkpoint_now(step, prune=False)
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
+                healthy = distributed.on_main(lambda: healthy_checkpoint(ckpt_dir))
                 raise NonFiniteLossError(
                     f"non-finite {what} at step {step + 1} (loss {loss:.4g}; {_format_terms(terms)}; "
-                    f"grad norm {grad_norm:.4g}); training stopped before applying it. The last good "
-                    f"state is checkpoint {last_checkpoint}. Lower optim.lr or check the data, then "
-                    f"--resume.")
+                    f"grad norm {grad_norm:.4g}); training stopped before applying it and saved "
+                    f"the state before it as {last_checkpoint.name}. The latest checkpoint before "
+                    f"the parameters began to grow is step {healthy}: resume from it with a lower "
+                    f"learning rate, e.g. `ldsrig train {cfg.model.name} --out {run_dir} --resume "
+                    f"--from-step {healthy} optim.lr={cfg.optim.lr / 10:.3g}` (or check the data).")
             optimizer.step()
             step += 1
 
