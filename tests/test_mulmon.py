@@ -278,7 +278,7 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
         assert data["aggregates"][f"query_{name}"]["n"] == 2
     assert sum(r["query_view"] for r in data["records"]) == 2
     with_figure = runner.invoke(app, ["eval", str(run), "--data", str(store), "--figure", "1",
-                                    "--no-progress"])
+                                    "--no-progress", "--overwrite"])
     assert with_figure.exit_code == 0 and (run / "eval" / "figure2.png").is_file()
 
     too_few = runner.invoke(app, [
