@@ -424,9 +424,9 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise UserError(f"data store {data} has no images")
-    # Under torchrun whole batches go round-robin to the ranks (lds/distributed.py) and each
-    # batch's samples are seeded by (seed, batch number): the gathered records are those of a
-    # one-process run with the same seed and batch size, whatever the number of processes.
+    # Under torchrun whole batches go round-robin to the ranks (lds/distributed.py); each item's
+    # samples are seeded by (seed, image index), so the gathered records are those of a
+    # one-process run whatever the number of processes, the batch size or the order.
     shards = distributed.shard_batches(count, batch_size)
     loader = DataLoader(Subset(dataset, [i for _, indices in shards for i in indices]),
                         batch_size=batch_size, shuffle=False)
@@ -439,9 +439,18 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     with bar:
         task = bar.add_task("gap", total=sum(len(indices) for _, indices in shards))
         for (batch_number, indices), batch in zip(shards, loader):
-            generator.manual_seed(seed * 1_000_003 + batch_number)
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            values = estimate_gap(model, batch, num_samples, chunk, generator, adapter)
+            # One item at a time, its samples seeded by (seed, its image index): an image's
+            # estimate is the same whatever --batch-size, the order or the number of processes.
+            # (The B samples of one item already batch the decoder: S x K slot images a pass.)
+            parts = []
+            for i in range(batch["image"].shape[0]):
+                item = {k: v[i:i + 1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                key = (int(batch["image_index"][i].reshape(-1)[0]) if "image_index" in batch
+                       else indices[0] + i)
+                generator.manual_seed(seed * 1_000_003 + key)
+                parts.append(estimate_gap(model, item, num_samples, chunk, generator, adapter))
+            values = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
             records = []
             for i in range(batch["image"].shape[0]):
                 record = {"image_index": indices[0] + i}

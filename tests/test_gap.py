@@ -173,6 +173,16 @@ def test_gap_command_on_a_trained_run(tmp_path):
         assert record["gap"] >= 0 and math.isfinite(record["log_px"])
         assert record["log_px"] == pytest.approx(record["elbo"] + record["gap"])
         assert 1 <= record["ess"] <= 40
+    # an image's estimate does not depend on the batch it is estimated in
+    from lds.gap import gap_for_run
+
+    one = gap_for_run(tmp_path / "run", store, num_samples=40, chunk=16, max_images=3,
+                      batch_size=1, progress=False, out=tmp_path / "g1.json")
+    three = gap_for_run(tmp_path / "run", store, num_samples=40, chunk=16, max_images=3,
+                        batch_size=3, progress=False, out=tmp_path / "g3.json")
+    for a, b, c in zip(one["records"], three["records"], data["records"]):
+        assert a["image_index"] == b["image_index"] == c["image_index"]
+        assert a["gap"] == pytest.approx(b["gap"], rel=1e-6) and a["gap"] == pytest.approx(c["gap"], rel=1e-6)
     missing = CliRunner().invoke(app, ["gap", str(tmp_path / "nope"), "--data", str(store)])
     assert missing.exit_code != 0
 

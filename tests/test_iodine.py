@@ -286,3 +286,18 @@ def test_evaluation_is_reproducible_and_the_inference_gap_adapter_works():
     gap = estimate_gap(model, {"image": images}, num_samples=16, chunk=8,
                        generator=torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(gap["log_px"]).all()) and bool((gap["gap"] >= 0).all())
+
+
+def test_evaluation_does_not_depend_on_the_batch():
+    """An image's posterior, metrics and gap are the same alone, in a batch of 3, at another
+    position, or under another batch size: its eval noise is seeded by its image index."""
+    model = tiny_model().eval()
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    index = torch.tensor([40, 41, 42])
+    together = model({"image": images, "image_index": index})
+    alone = model({"image": images[1:2], "image_index": index[1:2]})
+    swapped = model({"image": images[[2, 1]], "image_index": index[[2, 1]]})
+    for a, b in ((together.posterior_mean[1], alone.posterior_mean[0]),
+                 (together.posterior_mean[1], swapped.posterior_mean[1]),
+                 (together.reconstruction[1], alone.reconstruction[0])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -50,8 +50,11 @@ copy of lambda whose graph is freed at once, so each refining iteration costs tw
 forwards (same values, same gradients; tested).
 
 Evaluation (``model.eval()``): the refinement iterations still sample z (all slots start from the
-same lambda_0, and only the sampling noise breaks their symmetry), from a generator seeded with
-0 on every call so an evaluation is reproducible; the last iteration decodes the posterior mean,
+same lambda_0, and only the sampling noise breaks their symmetry). That noise is drawn per image
+from a generator seeded by (the batch's ``image_index`` of that image, the iteration), so an
+evaluation is reproducible and an image's posterior does not change with the batch size or its
+position in the batch (without ``image_index``, the position stands in for it); the last
+iteration decodes the posterior mean,
 so ``slot_latents == posterior_mean``. Under ``torch.no_grad()`` the model turns autograd on
 internally for dL/dlambda and detaches lambda between iterations.
 
@@ -338,10 +341,23 @@ class IODINE(nn.Module):
             raise ValueError(f"IODINE was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            out = self._run(image, keep_graph)
+            out = self._run(image, keep_graph, batch.get("image_index"))
         return out
 
-    def _run(self, image: torch.Tensor, keep_graph: bool) -> ModelOutput:
+    def _eval_noise(self, image_index: torch.Tensor | None, t: int, like: torch.Tensor) -> torch.Tensor:
+        """Evaluation's sampling noise for refinement step ``t``: drawn per image from a
+        generator seeded by (its image index, t), so an image's posterior does not depend on
+        the batch it is in, its position or the batch size (positions stand in for indices
+        when the batch has none)."""
+        b, k, d = like.shape
+        keys = (image_index.reshape(b, -1)[:, 0].tolist() if image_index is not None
+                else list(range(b)))
+        rows = [torch.randn((k, d), generator=torch.Generator().manual_seed(
+            int(key) * 1_000_003 + t), dtype=torch.float32) for key in keys]
+        return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+    def _run(self, image: torch.Tensor, keep_graph: bool,
+             image_index: torch.Tensor | None = None) -> ModelOutput:
         cfg = self.cfg
         b = image.shape[0]
         k, d, iterations = self.num_slots, cfg.latent_dim, cfg.num_iterations
@@ -349,7 +365,6 @@ class IODINE(nn.Module):
         state = None
         nlls, kls, ldss = [], [], []
         diverged_at = None
-        eval_noise = None
         use_checkpoint = cfg.grad_checkpoint and keep_graph
         for t in range(iterations + 1):
             last = t == iterations
@@ -361,10 +376,7 @@ class IODINE(nn.Module):
             elif last:
                 noise = None
             else:
-                if eval_noise is None:
-                    eval_noise = torch.Generator(device=image.device).manual_seed(0)
-                noise = torch.randn(posterior[..., :d].shape, generator=eval_noise,
-                                    device=image.device, dtype=posterior.dtype)
+                noise = self._eval_noise(image_index, t, posterior[..., :d])
             if last or not use_checkpoint:
                 nll, kl, z, r, posterior_next, state_next = self._iteration(
                     image, posterior, state, noise, refine=not last, need_grad=True)
@@ -446,7 +458,7 @@ def _gap_adapter():
             model.eval()
             try:
                 with torch.no_grad():
-                    out = model({"image": batch["image"]})
+                    out = model({k: batch[k] for k in ("image", "image_index") if k in batch})
             finally:
                 model.train(was_training)
             return GaussianPosterior(out.posterior_mean, out.posterior_logvar)
