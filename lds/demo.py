@@ -78,7 +78,7 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
     from datasets.prepare import prepare_store
     from datasets.store import SceneStore
     from datasets.torch_data import ImageDataset
-    from lds.eval_cli import write_figure
+    from lds.figures import figure2_for_dataset
     from lds.evaluation import EvalResult, compare, comparison_table, evaluate
     from lds.training.config import load_train_config
     from lds.training.loop import train
@@ -152,7 +152,7 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
                                  meta={"run": str(run_dir), "data": str(train_path), "scenes": test_scenes})
         results[name].save(run_dir / "eval" / "eval.json")
     console.print(comparison_table(results["control"], results["lds"], "MONet0", "MONet+"))
-    figure = write_figure([models["control"], models["lds"]], test_set, cfg.figure_examples,
+    figure = figure2_for_dataset([models["control"], models["lds"]], test_set, cfg.figure_examples,
                           out / "figure2.png", labels=["MONet0", "MONet+"])
     timings["evaluate"] = time.perf_counter() - started
     report = _write_report(out, cfg, compare(results["control"], results["lds"]), results, timings,

@@ -25,7 +25,9 @@ from rich.console import Console
 from common.config import load_config
 from common.errors import UserError
 from lds import distributed
+from lds.data import open_eval_dataset
 from lds.evaluation import EvalResult, comparison_table, compare, evaluate, print_result
+from lds.figures import figure2_for_dataset
 from lds.metrics import MetricsConfig
 
 EVAL_DIR = "eval"
@@ -49,27 +51,6 @@ def _load_run(run: Path, device: str):
     from lds.training.runs import load_run  # the training package is only needed here
 
     return load_run(run, map_location=device)
-
-
-def _open_dataset(data: Path, model_cfg=None):
-    """The store as the model reads it (scenes as sets of views for MulMON, store view order)."""
-    if not Path(data).exists():
-        raise UserError(f"data store {data} does not exist")
-    if getattr(model_cfg, "dataset", "images") == "views":
-        from lds.training.loop import open_store_dataset
-
-        dataset = open_store_dataset(str(data), model_cfg, training=False)
-    else:
-        from datasets.torch_data import ImageDataset
-
-        dataset = ImageDataset(data)
-    if len(dataset) and model_cfg is not None:
-        size = tuple(dataset[0]["image"].shape[-2:])
-        if size != (model_cfg.height, model_cfg.width):
-            raise UserError(f"{data} holds {size[0]}x{size[1]} images but the model was trained on "
-                            f"{model_cfg.height}x{model_cfg.width}; derive a store of that size "
-                            f"with `ldsrig data prepare {data} OUT --size {model_cfg.height}`")
-    return dataset
 
 
 def _run_meta(run: Path, train_cfg, data: Path) -> dict:
@@ -102,7 +83,7 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device))
-    dataset = _open_dataset(data, train_cfg.model)
+    dataset = open_eval_dataset(data, train_cfg.model)
     if len(dataset) == 0:
         raise UserError(f"data store {data} has no images to evaluate")
     result = evaluate(model, dataset, batch_size=batch_size, device=device, max_images=max_images,
@@ -116,30 +97,10 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     if figure > 0:
         # The evaluated items: images, or scenes for multi-view models (their records are views).
         evaluated = result.meta.get("views", {}).get("scenes", result.meta["num_images"])
-        path = write_figure([model], dataset, figure, out.parent / FIGURE_FILE,
+        path = figure2_for_dataset([model], dataset, figure, out.parent / FIGURE_FILE,
                             limit=evaluated, labels=[run.name])
         console.print(f"wrote {path}")
     return result
-
-
-def write_figure(models: list, dataset, num_examples: int, path: Path, limit: int | None = None,
-                 labels: list[str] | None = None) -> Path:
-    """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images.
-
-    For multi-view models (MulMON) the dataset items are scenes: ``num_examples`` scenes are
-    drawn, each as one row per view (observed views, then query views).
-    """
-    from lds.figures import figure2
-
-    available = len(dataset) if limit is None else min(limit, len(dataset))
-    chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
-    items = [dataset[int(i)] for i in chosen]
-    images = torch.stack([item["image"] for item in items])
-    if any(hasattr(m, "output_batch_size") for m in models):     # scenes x views
-        keys = {key for m in models for key in getattr(m, "input_keys", ("image",))}
-        images = {key: torch.stack([item[key] for item in items]) for key in keys}
-    sources = dict(zip(labels, models)) if labels and len(models) > 1 else models[0]
-    return figure2(sources, images, path)
 
 
 def eval_command(
@@ -229,7 +190,7 @@ def compare_command(
             raise UserError("--figure needs --data (the images to draw)")
         control_model, control_cfg = _load_run(Path(run_control), _check_device(device))
         lds_model, _ = _load_run(Path(run_lds), _check_device(device))
-        path = write_figure([control_model, lds_model], _open_dataset(data, control_cfg.model),
+        path = figure2_for_dataset([control_model, lds_model], open_eval_dataset(data, control_cfg.model),
                             figure,
                             Path(run_lds) / EVAL_DIR / "figure2_vs_control.png", limit=max_images,
                             labels=[f"{Path(run_control).name} (control)",

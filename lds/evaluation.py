@@ -220,7 +220,7 @@ def make_validator(cfg) -> Callable[[torch.nn.Module], dict[str, float]] | None:
     """The held-out evaluation a training run calls every ``cfg.validate.every`` steps
     (lds.training.loop.train's ``validator``), or None when ``cfg.validate`` is off: every
     aggregate of :func:`evaluate` on ``cfg.validate.data``, by name."""
-    from lds.training.loop import open_store_dataset
+    from lds.data import open_store_dataset
 
     settings = cfg.validate
     if not settings.enabled:

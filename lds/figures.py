@@ -201,3 +201,21 @@ def figure2(outputs_or_runs: Source | Sequence[Source] | Mapping[str, Source],
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def figure2_for_dataset(models: list, dataset, num_examples: int, path: Path, limit: int | None = None,
+                 labels: list[str] | None = None) -> Path:
+    """Figure 2 for ``num_examples`` images spread evenly over the first ``limit`` images.
+
+    For multi-view models (MulMON) the dataset items are scenes: ``num_examples`` scenes are
+    drawn, each as one row per view (observed views, then query views).
+    """
+    available = len(dataset) if limit is None else min(limit, len(dataset))
+    chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
+    items = [dataset[int(i)] for i in chosen]
+    images = torch.stack([item["image"] for item in items])
+    if any(hasattr(m, "output_batch_size") for m in models):     # scenes x views
+        keys = {key for m in models for key in getattr(m, "input_keys", ("image",))}
+        images = {key: torch.stack([item[key] for item in items]) for key in keys}
+    sources = dict(zip(labels, models)) if labels and len(models) > 1 else models[0]
+    return figure2(sources, images, path)

@@ -412,7 +412,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lds.eval_cli import _open_dataset
+    from lds.data import open_eval_dataset
     from lds.training.runs import latest_checkpoint_step, load_run
 
     run = Path(run)
@@ -420,7 +420,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
         raise UserError(f"data store {data} does not exist")
     model, cfg = load_run(run, map_location=device)
     adapter = adapter_for(model)
-    dataset = _open_dataset(Path(data), cfg.model)      # scene-view items for view models
+    dataset = open_eval_dataset(Path(data), cfg.model)      # scene-view items for view models
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise UserError(f"data store {data} has no images")

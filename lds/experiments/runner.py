@@ -130,7 +130,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     from lds.evaluation import evaluate, make_validator
     from lds.metrics import MetricsConfig
     from common.config import load_config
-    from lds.eval_cli import _open_dataset
+    from lds.data import open_eval_dataset
     from lds.training.loop import train
 
     log = log or StageLog(study_dir, print)
@@ -164,7 +164,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
             happened[stage] = "skipped"
             continue
         model, cfg = load_run_with_slots(run_dir, num_slots, spec.device)
-        dataset = dataset or _open_dataset(Path(store), cfg.model)   # views for MulMON
+        dataset = dataset or open_eval_dataset(Path(store), cfg.model)   # views for MulMON
         started = time.perf_counter()
         meta = {"run": str(run_dir), "run_id": run.run_id, "data": str(Path(store).resolve()),
                 "model": cfg.model.name, "num_slots": cfg.model.num_slots,

@@ -30,6 +30,7 @@ from common import locks
 from common.config import save_config, to_dict
 from lds import distributed
 from common.errors import ConfigError, UserError
+from lds.data import open_store_dataset
 from lds.models import build_model
 from lds.training.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, restore,
                                      save_checkpoint)
@@ -174,26 +175,6 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_max = -1, -4
     libc.mallopt(m_mmap_max, 0)
     libc.mallopt(m_trim_threshold, 2**30 * 16)
-
-
-def open_store_dataset(path: str, model_cfg=None, training: bool = True) -> Dataset:
-    """The store as the model reads it: single images, or scenes as sets of views when the
-    model config says ``dataset = "views"`` (MulMON: ``num_views`` views per scene, shuffled in
-    training, store order in evaluation; a ``viewpoint`` of "auto" is resolved from the store
-    and written back into ``model_cfg`` so the saved run config names the vector it used)."""
-    if not path:
-        raise ConfigError("no training data: pass --data STORE (or set data: in the config)")
-    if not Path(path).exists():
-        raise ConfigError(f"training data {path} does not exist")
-    from datasets.torch_data import ImageDataset, SceneViewsDataset
-
-    if getattr(model_cfg, "dataset", "images") == "views":
-        kind = getattr(model_cfg, "viewpoint", "auto")
-        dataset = SceneViewsDataset(path, num_views=model_cfg.num_views, shuffle_views=training,
-                                    viewpoint=None if kind == "auto" else kind)
-        model_cfg.viewpoint = dataset.viewpoint_kind
-        return dataset
-    return ImageDataset(path)
 
 
 def cpu_has_native_bf16() -> bool:
