@@ -40,16 +40,19 @@ def time_prior(batch: int, slots: int, dim: int, repeats: int) -> float:
 
 def time_monet_step(batch: int, steps: int, lds_weight: float) -> float:
     from lds.models.monet import MONet, MONetConfig
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
 
     torch.manual_seed(0)
-    model = MONet(MONetConfig(lds_weight=lds_weight))
+    model = MONet(MONetConfig())
+    lds = LDSConfig(enabled=lds_weight > 0, weight=lds_weight)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=3e-4)
     image = torch.rand(batch, 3, 64, 64)
 
     def step():
         optimiser.zero_grad(set_to_none=True)
         out = model({"image": image})
-        out.loss.backward()
+        training_objective(out, lds)[0].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimiser.step()
 

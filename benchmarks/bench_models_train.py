@@ -91,13 +91,16 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
 
     from lds.models import MODEL_CONFIGS, build_model
     from lds.prior import lds_prior
+    from lds.training.config import LDSConfig
     from lds.training.loop import keep_freed_memory
+    from lds.training.objective import training_objective
 
     keep_freed_memory()                       # as the training loop runs
     if threads > 0:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    changes = dict(height=size, width=size, lds_weight=1.0 if lds else 0.0)
+    changes = dict(height=size, width=size)
+    lds_cfg = LDSConfig(enabled=lds, weight=1.0)          # Tables 2-3: weight 1 per iteration
     if grad_checkpoint:
         changes["grad_checkpoint"] = True
     cfg = MODEL_CONFIGS[model_name](**changes)
@@ -109,7 +112,7 @@ def run_case(model_name: str, lds: bool, grad_checkpoint: bool, batch: int, size
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             out = model({"image": images})
-        out.loss.float().backward()
+        training_objective(out, lds_cfg)[0].float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         return out

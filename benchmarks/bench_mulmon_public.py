@@ -15,7 +15,7 @@ gradient-norm clip 5.0, Adam (lr 2e-4). Theirs is driven as their trainer drives
 (trainer/model_trainer.py: ``model(images, targets, std)``, sum of the loss dict) with their
 CLEVR-MV configuration (train.py + scripts/train_clevr.sh: K=7, D=16, pixel sigma 0.1,
 temperature 0 so sigma stays 0.1, view code size = viewpoint size 3, all ELBO weights 1);
-ours is ``MulMONConfig(viewpoint="clevr-mv", lds_weight=0.0)``. One warm-up step each, then
+ours is ``MulMONConfig(viewpoint="clevr-mv")`` without LDS. One warm-up step each, then
 ``--pairs`` pairs of steps alternating (the first model of a pair alternates too); the
 per-pair time ratio theirs/ours survives the shared machine's drifting load better than two
 separate runs. FLOPs of one step of each are counted with FlopCounterMode (convs and matmuls:
@@ -251,7 +251,7 @@ def main() -> None:
         their_optimizer.step()
         return float(losses.detach())
 
-    cfg = MulMONConfig(height=size, width=size, viewpoint="clevr-mv", lds_weight=0.0)
+    cfg = MulMONConfig(height=size, width=size, viewpoint="clevr-mv")
     ours = build_model(cfg).train()
     our_optimizer = torch.optim.Adam(ours.parameters(), lr=2e-4)
     batch = {"image": image, "viewpoint": viewpoint}

@@ -52,7 +52,9 @@ import contextlib  # noqa: E402
 
 from lds.models import MulMONConfig, build_model  # noqa: E402
 from lds.prior import lds_prior  # noqa: E402
+from lds.training.config import LDSConfig  # noqa: E402
 from lds.training.loop import keep_freed_memory  # noqa: E402
+from lds.training.objective import training_objective  # noqa: E402
 
 
 def _status_kib(field: str) -> int:
@@ -169,8 +171,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     cfg = MulMONConfig(height=args.size, width=args.size, viewpoint="clevr-mv",
-                       lds_weight=0.0 if args.no_lds else 1.0,
                        checkpoint_iterations=args.checkpoint_iterations)
+    lds_cfg = LDSConfig(enabled=not args.no_lds, weight=1.0)
     model = build_model(cfg).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     s, v = args.scenes, args.views
@@ -181,10 +183,11 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(amp):
             out = model(batch, num_observed=args.observed)
-        out.loss.float().backward()
+        loss = training_objective(out, lds_cfg)[0]
+        loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        return float(out.loss.detach())
+        return float(loss.detach())
 
     title = (f"MulMON training step: {s} scenes x {v} views ({args.observed} observed + "
              f"{v - args.observed} query), {args.size}x{args.size}, K={cfg.num_slots}, "

@@ -166,7 +166,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Defaults of ``cls`` (or ``base``), then the YAML file, then the overrides."""
     data = to_dict(base if base is not None else cls())
     if path is not None:
-        _merge(data, read_yaml_mapping(path), "")
+        merge_mapping(data, read_yaml_mapping(path), "")
     apply_overrides(data, overrides or [])
     return from_dict(cls, data)
 
@@ -188,12 +188,13 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
     return loaded
 
 
-def _merge(into: dict, new: dict, prefix: str) -> None:
+def merge_mapping(into: dict, new: dict, prefix: str = "") -> None:
+    """Merge a loaded mapping into config data in place, refusing keys the config lacks."""
     for k, v in new.items():
         if k not in into:
             raise ConfigError(f"unknown config key {prefix + k}; known: {', '.join(sorted(into))}")
         if isinstance(into[k], dict) and isinstance(v, dict):
-            _merge(into[k], v, f"{prefix}{k}.")
+            merge_mapping(into[k], v, f"{prefix}{k}.")
         else:
             into[k] = v
 

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lds.models import MODEL_CONFIGS, build_model  # noqa: E402
+from lds.training.config import LDSConfig  # noqa: E402
+from lds.training.objective import training_objective  # noqa: E402
 
 # Small but paper-shaped: K = 7 and D = 16 as in the paper; 32x32 images.
 TRAIN_OVERRIDES = {
@@ -44,7 +46,8 @@ TRAIN_OVERRIDES = {
 def term_errors(name: str) -> list[str]:
     """Part 1 for one model: loss-term dtypes and bf16-vs-fp32 differences at one point."""
     extra = {"viewpoint": "clevr-mv"} if name == "mulmon" else {}
-    cfg = MODEL_CONFIGS[name](height=32, width=32, lds_weight=1.0, **extra)
+    cfg = MODEL_CONFIGS[name](height=32, width=32, **extra)
+    lds_cfg = LDSConfig(enabled=True, weight=1.0)
     torch.manual_seed(0)
     model = build_model(name, cfg).train()
     generator = torch.Generator().manual_seed(1)
@@ -59,10 +62,11 @@ def term_errors(name: str) -> list[str]:
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out = model(batch)
-        out.loss.float().backward()
+        loss, prior = training_objective(out, lds_cfg)
+        loss.float().backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         terms = {k: (float(v.detach()), str(v.dtype).removeprefix("torch."))
-                 for k, v in out.loss_terms.items()}
+                 for k, v in {**out.loss_terms, "lds": prior}.items()}
         results[amp] = (terms, grads)
     (fp32_terms, fp32_grads), (bf16_terms, bf16_grads) = results[False], results[True]
     lines = [f"{name}:"]

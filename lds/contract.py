@@ -24,6 +24,13 @@ Shapes (B images, K slots, D latent size, H x W pixels):
                                    its attention masks, which its likelihood mixes with
     segmentation_source str        what those masks are, for labels ("decoded masks",
                                    "attention masks")
+    lds_latents      (T, R, K, D)  the latents the LDS prior applies to at each of T inference
+                                   steps, for R rows (images, or scenes), in the graph; default
+                                   ``slot_latents[None]``. The trainer applies the prior, once,
+                                   to these (lds.training.objective); the models know no LDS
+    lds_weights      (T,)          the steps' weights in the ELBO (default: one step, 1)
+    query_rows       (B,) bool     multi-view models: which rows are query (unobserved) views;
+                                   None for single-image models
 
 Multi-view models flatten views into the batch axis for every image-shaped field
 (B = scenes * views) and keep their latents per scene-view pair the same way, so metrics and
@@ -60,14 +67,38 @@ class ModelOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # model-specific, optional
     segmentation_masks: torch.Tensor | None = None                 # None: the decoded masks
     segmentation_source: str = "decoded masks"
+    lds_latents: torch.Tensor | None = None                        # None: slot_latents[None]
+    lds_weights: torch.Tensor | None = None                        # None: one step, weight 1
+    query_rows: torch.Tensor | None = None                         # multi-view models only
 
     def __post_init__(self) -> None:
         if self.segmentation_masks is None:
             self.segmentation_masks = self.masks
+        if self.lds_latents is None:
+            self.lds_latents = self.slot_latents.unsqueeze(0)
+        if self.lds_weights is None:
+            self.lds_weights = self.slot_latents.new_ones(self.lds_latents.shape[0])
 
     @property
     def segments_with_decoded_masks(self) -> bool:
         return self.segmentation_masks is self.masks
+
+    def detached(self) -> "ModelOutput":
+        """A copy with every tensor detached (evaluation: nothing keeps a graph alive). The
+        decoded masks stay the segmenting masks when they were."""
+        import dataclasses
+
+        def cut(value):
+            if isinstance(value, torch.Tensor):
+                return value.detach()
+            if isinstance(value, dict):
+                return {k: cut(v) for k, v in value.items()}
+            return value
+
+        fields = {f.name: cut(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if self.segments_with_decoded_masks:
+            fields["segmentation_masks"] = fields["masks"]
+        return ModelOutput(**fields)
 
     def check(self, batch_size: int, num_slots: int, height: int, width: int) -> "ModelOutput":
         """Raise ContractError unless every field has the documented shape."""
@@ -93,4 +124,10 @@ class ModelOutput:
         expect("appearance", self.appearance, (B, K, 3, H, W))
         expect("reconstruction", self.reconstruction, (B, 3, H, W))
         expect("segmentation_masks", self.segmentation_masks, (B, K, 1, H, W))
+        T = self.lds_latents.shape[0] if self.lds_latents.dim() == 4 else -1
+        R = self.lds_latents.shape[1] if self.lds_latents.dim() == 4 else -1
+        expect("lds_latents", self.lds_latents, (T, R, K, D))
+        expect("lds_weights", self.lds_weights, (T,))
+        if self.query_rows is not None:
+            expect("query_rows", self.query_rows, (B,))
         return self

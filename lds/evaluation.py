@@ -178,8 +178,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                 }
                 if "scene_index" in batch:
                     record["scene_index"] = int(batch["scene_index"][i])
-                if "query_view" in output.extras:   # multi-view models: observed or query view
-                    record["query_view"] = bool(output.extras["query_view"][i])
+                if output.query_rows is not None:   # multi-view models: observed or query view
+                    record["query_view"] = bool(output.query_rows[i])
                 for name, value in values.items():
                     record[name] = _json_number(float(value[i]))
                 records.append(record)

@@ -93,7 +93,7 @@ def _outside_unit_range(t: torch.Tensor) -> bool:
 
 def _view_labels(output: ModelOutput, views_per_scene: int) -> list[str]:
     """Row labels for multi-view outputs: scene number and observed / query view number."""
-    query = output.extras.get("query_view")
+    query = output.query_rows
     if query is None:
         return [""] * output.masks.shape[0]
     labels, seen, asked = [], 0, 0

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["cosine_similarity_matrix", "lds_prior", "off_diagonal_mean"]
+__all__ = ["cosine_similarity_matrix", "lds_prior", "off_diagonal_mean", "weighted_lds_prior"]
 
 
 def cosine_similarity_matrix(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -53,6 +53,19 @@ def lds_prior(slot_latents: torch.Tensor, sigma: float = 0.1, eps: float = 1e-8)
     log_norm_const = math.log(sigma) + 0.5 * math.log(2.0 * math.pi)
     num_pairs = num_slots * (num_slots - 1)
     return -off_diagonal_sq / (2.0 * sigma * sigma) - num_pairs * log_norm_const
+
+
+def weighted_lds_prior(latents: torch.Tensor, weights: torch.Tensor, sigma: float = 0.1,
+                       eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior as a model's objective uses it: (sum_t w_t mean_r L_LDS(z_t), per-step values).
+
+    ``latents`` (T, R, K, D): the slot latents at each of T inference steps (T = 1 for MONet and
+    GENESIS; one per refinement iteration, and per observed view, for IODINE and MulMON) for R
+    rows (images, or scenes); ``weights`` (T,): the steps' weights in the ELBO. Returns the
+    scalar weighted prior and the (T,) batch-mean prior of each step.
+    """
+    per_step = torch.stack([lds_prior(z, sigma, eps).mean() for z in latents.unbind(0)])
+    return (weights.to(per_step.dtype) * per_step).sum(), per_step
 
 
 def off_diagonal_mean(matrix: torch.Tensor) -> torch.Tensor:

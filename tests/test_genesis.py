@@ -51,19 +51,24 @@ def test_stick_breaking_masks_sum_to_one_and_follow_the_recursion():
 
 
 def test_output_contract_and_loss_terms_match_direct_formulas():
-    model = tiny_model(geco=False, beta=0.7, lds_weight=0.5, pixel_std=0.2).train()
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
+    model = tiny_model(geco=False, beta=0.7, pixel_std=0.2).train()
     images = torch.rand(2, 3, 16, 16)
     out = model({"image": images}).check(2, 3, 16, 16)
     assert out.slot_latents.shape[-1] == 6 + 4                # [z^m, z^c]
-    assert set(out.loss_terms) == {"nll", "kl_mask", "kl_comp", "lds"}
+    assert set(out.loss_terms) == {"nll", "kl_mask", "kl_comp"}
     torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
     torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
     dens = torch.distributions.Normal(out.appearance, 0.2).log_prob(images[:, None]).sum(2, keepdim=True)
     nll = -torch.log((out.masks * dens.exp()).sum(1)).sum((1, 2, 3)).mean()
     torch.testing.assert_close(out.loss_terms["nll"], nll, rtol=1e-4, atol=1e-2)
     t = out.loss_terms
-    torch.testing.assert_close(out.loss, t["nll"] + 0.7 * (t["kl_mask"] + t["kl_comp"]) - 0.5 * t["lds"])
-    torch.testing.assert_close(t["lds"], lds_prior(out.slot_latents, 0.1).mean())
+    torch.testing.assert_close(out.loss, t["nll"] + 0.7 * (t["kl_mask"] + t["kl_comp"]))
+    objective, prior = training_objective(out, LDSConfig(enabled=True, weight=0.5))
+    torch.testing.assert_close(prior, lds_prior(out.slot_latents, 0.1).mean())   # on [z^m, z^c]
+    torch.testing.assert_close(objective, out.loss - 0.5 * prior)
     # The first mask latent's prior is N(0, I): its KL share has the closed-form expectation
     # structure; here check the sampled latents differ from the means in training, not in eval.
     assert not torch.equal(out.slot_latents, out.posterior_mean)
@@ -74,17 +79,16 @@ def test_output_contract_and_loss_terms_match_direct_formulas():
 
 
 def test_lds_changes_the_loss_by_exactly_the_weighted_prior():
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     images = torch.rand(2, 3, 16, 16)
-    outs = []
-    for weight in (0.0, 1.0):
-        model = tiny_model(geco=False, lds_weight=weight)
-        torch.manual_seed(3)
-        outs.append(model({"image": images}))
-    off, on = outs
-    assert off.loss_terms["lds"].item() == 0.0
-    torch.testing.assert_close(on.slot_latents, off.slot_latents)
-    torch.testing.assert_close(on.loss - off.loss, -lds_prior(on.slot_latents).mean(),
-                               rtol=1e-5, atol=1e-3)
+    torch.manual_seed(3)
+    out = tiny_model(geco=False)({"image": images})
+    off, zero = training_objective(out, LDSConfig(enabled=False))
+    on, _ = training_objective(out, LDSConfig(enabled=True, weight=1.0))
+    assert zero.item() == 0.0
+    torch.testing.assert_close(on - off, -lds_prior(out.slot_latents).mean(), rtol=1e-5, atol=1e-3)
 
 
 def test_geco_updates_beta_in_training_only_and_keeps_it_in_the_state_dict():

@@ -40,25 +40,28 @@ def run(model: IODINE, images: torch.Tensor, seed: int = 1) -> ModelOutput:
 
 
 def test_output_contract_loss_composition_and_eval_mode():
-    model = tiny_model(lds_weight=1.0).train()
+    from lds.prior import weighted_lds_prior
+
+    model = tiny_model().train()
     images = torch.rand(2, 3, 16, 16)
     out = run(model, images).check(2, 3, 16, 16)
-    assert set(out.loss_terms) == {"nll", "kl_z", "lds"}
+    assert set(out.loss_terms) == {"nll", "kl_z"}
     torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
     torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
     assert 0 <= out.appearance.min() and out.appearance.max() <= 1
     # T = 3 refinement updates, 4 decodes: loss = sum_t t/T [nll_t + beta kl_t - lambda lds_t]
     # (the original's linspace weights), and the terms are those sums.
-    weights = out.extras["iteration_weights"]
+    weights = out.lds_weights
     torch.testing.assert_close(weights, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
     e = out.extras
-    for term, per_iteration in (("nll", "nll_per_iteration"), ("kl_z", "kl_per_iteration"),
-                                ("lds", "lds_per_iteration")):
+    for term, per_iteration in (("nll", "nll_per_iteration"), ("kl_z", "kl_per_iteration")):
         torch.testing.assert_close(out.loss_terms[term], (weights * e[per_iteration]).sum())
     t = out.loss_terms
-    torch.testing.assert_close(out.loss, t["nll"] + t["kl_z"] - t["lds"])
-    # The reported latents are the last iteration's sample; its prior is the last lds term.
-    torch.testing.assert_close(e["lds_per_iteration"][-1], lds_prior(out.slot_latents).mean())
+    torch.testing.assert_close(out.loss, t["nll"] + t["kl_z"])
+    # One latent sample per decode for the prior; the reported latents are the last one.
+    assert out.lds_latents.shape == (4, 2, 3, 4)
+    _, per_step = weighted_lds_prior(out.lds_latents, weights)
+    torch.testing.assert_close(per_step[-1], lds_prior(out.slot_latents).mean())
     assert not torch.equal(out.slot_latents, out.posterior_mean)
     # The refinement moved the posterior away from the shared initial one.
     assert not torch.allclose(out.posterior_mean, model.initial_posterior[:4].expand(2, 3, 4))
@@ -73,22 +76,27 @@ def test_output_contract_loss_composition_and_eval_mode():
 
 
 def test_lds_changes_the_loss_by_exactly_the_weighted_prior_of_every_iteration():
+    from lds.prior import weighted_lds_prior
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     images = torch.rand(2, 3, 16, 16)
-    off = run(tiny_model(lds_weight=0.0), images)
-    on = run(tiny_model(lds_weight=1.0), images)
-    assert off.loss_terms["lds"].item() == 0.0
-    lds_t = on.extras["lds_per_iteration"]
+    out = run(tiny_model(), images)
+    off, _ = training_objective(out, LDSConfig(enabled=False))
+    on, prior = training_objective(out, LDSConfig(enabled=True, weight=1.0))
+    total, lds_t = weighted_lds_prior(out.lds_latents, out.lds_weights)
     assert lds_t.shape == (4,) and bool((lds_t != 0).all())   # T + 1 = 4 decodes
-    # LDS shapes training only: the refinement trajectory is identical with and without it.
-    torch.testing.assert_close(on.slot_latents, off.slot_latents)
-    expected = -(on.extras["iteration_weights"] * lds_t).sum()
-    torch.testing.assert_close(on.loss - off.loss, expected, rtol=1e-5, atol=1e-3)
-    # ... and it changes the gradients of the parameters.
+    expected = -(out.lds_weights * lds_t).sum()
+    torch.testing.assert_close(on - off, expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(prior, total)
+    # ... and it changes the gradients of the parameters (LDS shapes training only: the
+    # refinement trajectory is the model's own, the same with and without it).
     grads = []
-    for out, model_weight in ((off, 0.0), (on, 1.0)):
-        model = tiny_model(lds_weight=model_weight)
+    for enabled in (False, True):
+        model = tiny_model()
         out = run(model, images)
-        out.loss.backward()
+        objective, _ = training_objective(out, LDSConfig(enabled=enabled, weight=1.0))
+        objective.backward()
         grads.append(model.refine.head.weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
 
@@ -171,11 +179,15 @@ def test_posterior_is_mean_and_softplus_variance():
 def test_gradient_checkpointing_is_the_same_function():
     images = torch.rand(2, 3, 16, 16)
     results = []
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     for flag in (False, True):
-        model = tiny_model(grad_checkpoint=flag, lds_weight=1.0)
+        model = tiny_model(grad_checkpoint=flag)
         out = run(model, images)
-        out.loss.backward()
-        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        loss, _ = training_objective(out, LDSConfig(enabled=True, weight=1.0))   # through z_t too
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss_a, grads_a), (loss_b, grads_b) = results
     torch.testing.assert_close(loss_a, loss_b)
     for name in grads_a:

@@ -49,13 +49,21 @@ def tiny_model(seed: int = 0, **changes) -> MONet:
     return build_model("monet", MONetConfig(**{**TINY, **changes}))
 
 
+def lds_on(weight: float = 0.5):
+    from lds.training.config import LDSConfig
+
+    return LDSConfig(enabled=True, weight=weight, sigma=0.1)
+
+
 def test_output_contract_and_rendering():
-    model = tiny_model(lds_weight=0.5).train()
+    from lds.training.objective import training_objective
+
+    model = tiny_model().train()
     images = torch.rand(2, 3, 16, 16)
     out = model({"image": images, "camera_pose_world": torch.eye(4).repeat(2, 1, 1)})
     assert isinstance(out, ModelOutput)
     out.check(2, 3, 16, 16)
-    assert set(out.loss_terms) == {"nll", "kl_z", "kl_mask", "lds"}
+    assert set(out.loss_terms) == {"nll", "kl_z", "kl_mask"}
     # Scene rendering: softmax of the decoded mask logits; components: sigmoid RGB in [0, 1].
     torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
     torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 1, 16, 16))
@@ -64,11 +72,13 @@ def test_output_contract_and_rendering():
     attention = out.segmentation_masks
     assert attention.shape == (2, 3, 1, 16, 16)
     torch.testing.assert_close(attention.sum(1), torch.ones(2, 1, 16, 16))
-    # The loss is exactly the documented combination of its terms.
+    # The loss is exactly the documented combination of its terms; the trainer's objective
+    # subtracts the LDS prior of the sampled latents.
     t = out.loss_terms
-    expected = t["nll"] + 0.5 * t["kl_z"] + 0.5 * t["kl_mask"] - 0.5 * t["lds"]
-    torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(t["lds"], lds_prior(out.slot_latents, 0.1).mean())
+    torch.testing.assert_close(out.loss, t["nll"] + 0.5 * t["kl_z"] + 0.5 * t["kl_mask"])
+    objective, prior = training_objective(out, lds_on(0.5))
+    torch.testing.assert_close(prior, lds_prior(out.slot_latents, 0.1).mean())
+    torch.testing.assert_close(objective, out.loss - 0.5 * prior)
     # Training samples z; eval mode decodes the posterior mean.
     assert not torch.equal(out.slot_latents, out.posterior_mean)
     model.eval()
@@ -79,14 +89,18 @@ def test_output_contract_and_rendering():
 
 def test_lds_term_is_zero_when_off_and_changes_gradients_when_on():
     images = torch.rand(2, 3, 16, 16)
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     grads = []
     for weight in (0.0, 1.0):
-        model = tiny_model(lds_weight=weight)
+        model = tiny_model()
         torch.manual_seed(5)
         out = model({"image": images})
+        objective, prior = training_objective(out, LDSConfig(enabled=weight > 0, weight=weight))
         if weight == 0:
-            assert out.loss_terms["lds"].item() == 0.0
-        out.loss.backward()
+            assert prior.item() == 0.0 and objective is out.loss
+        objective.backward()
         grads.append(model.encoder.mlp[-1].weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
 

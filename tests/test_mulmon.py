@@ -59,7 +59,7 @@ def test_contract_with_1_and_6_observed_views(num_observed):
     out = model(batch, num_observed=num_observed)
     out.check(2 * 7, 3, H, W)
     assert model.output_batch_size(batch) == 14
-    query = out.extras["query_view"].view(2, 7)
+    query = out.query_rows.view(2, 7)
     assert query.sum(1).tolist() == [7 - num_observed] * 2       # observed first, then queries
     assert not query[:, :num_observed].any()
     assert torch.allclose(out.masks.sum(1), torch.ones(14, 1, H, W), atol=1e-5)
@@ -68,7 +68,7 @@ def test_contract_with_1_and_6_observed_views(num_observed):
     latents = out.posterior_mean.view(2, 7, 3, -1)
     assert torch.equal(latents[:, -1], latents[:, num_observed])
     terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
-    assert set(terms) == {"nll", "kl", "query_nll", "lds"}
+    assert set(terms) == {"nll", "kl", "query_nll"}        # the trainer adds "lds"
     assert all(np.isfinite(list(terms.values())))
     assert terms["query_nll"] > 0
     out.loss.backward()
@@ -87,44 +87,42 @@ def test_training_draws_1_to_6_observed_views_and_evaluation_uses_5_plus_queries
     for seed in range(12):
         torch.manual_seed(seed)
         out = model(batch)
-        counts.add(int((~out.extras["query_view"]).sum()))
+        counts.add(int((~out.query_rows).sum()))
     assert counts <= set(range(1, 7)) and len(counts) >= 3
     model.eval()
     with torch.no_grad():
         first = model(batch)
         second = model(batch)
-    assert int((~first.extras["query_view"]).sum()) == 5          # MulMON's eval: 5 + 5
+    assert int((~first.query_rows).sum()) == 5                    # MulMON's eval: 5 + 5
     assert not first.loss.requires_grad and not first.masks.requires_grad
     assert torch.equal(first.reconstruction, second.reconstruction)  # deterministic (means)
 
 
 def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_prior():
+    from lds.prior import weighted_lds_prior
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     model = tiny_model(num_iterations=4).train()
     batch = scenes_batch(scenes=2, views=6)
-    outputs = {}
-    for weight in (0.0, 1.0, 0.5):
-        model.cfg.lds_weight = weight
-        torch.manual_seed(3)
-        outputs[weight] = model(batch, num_observed=3)
-    off, on, half = outputs[0.0], outputs[1.0], outputs[0.5]
-    # inference is the same procedure with and without LDS: every ELBO term is identical
-    for key in ("nll", "kl", "query_nll"):
-        assert torch.equal(off.loss_terms[key], on.loss_terms[key]), key
-        assert torch.equal(off.loss_terms[key], half.loss_terms[key]), key
-    assert float(off.loss_terms["lds"]) == 0.0
-    lds = on.loss_terms["lds"].detach()
-    assert float(lds) < 0
+    torch.manual_seed(3)
+    out = model(batch, num_observed=3)
+    off, none = training_objective(out, LDSConfig(enabled=False))
+    on, lds = training_objective(out, LDSConfig(enabled=True, weight=1.0))
+    half, _ = training_objective(out, LDSConfig(enabled=True, weight=0.5))
+    assert off is out.loss and float(none) == 0.0 and float(lds) < 0
     # (the losses are ~6e4 in float32, whose spacing there is ~0.004)
-    assert torch.allclose(off.loss - on.loss, lds, rtol=1e-5, atol=0.02)
-    assert torch.allclose(off.loss - half.loss, 0.5 * half.loss_terms["lds"], rtol=1e-5, atol=0.02)
+    assert torch.allclose(off - on, lds, rtol=1e-5, atol=0.02)
+    assert torch.allclose(off - half, 0.5 * lds, rtol=1e-5, atol=0.02)
     # one prior per refinement iteration per observed view, weighted (t+1)/T and (v+1)/V
-    per_iteration = on.extras["lds_per_iteration"]
-    latents = on.extras["lds_latents"]
-    assert per_iteration.shape == (3 * 4,) and latents.shape == (12, 2, 3, 16)
+    latents = out.lds_latents
+    assert latents.shape == (12, 2, 3, 16) and latents.requires_grad
+    _, per_iteration = weighted_lds_prior(latents, out.lds_weights)
     recomputed = torch.stack([lds_prior(z, sigma=0.1).mean() for z in latents])
     assert torch.allclose(per_iteration, recomputed)
     weights = torch.tensor([wv * wt for wv in _normalised_linear_weights(3)
                             for wt in _normalised_linear_weights(4)])
+    assert torch.allclose(out.lds_weights, weights)
     assert torch.allclose((weights * recomputed).sum(), lds, rtol=1e-5)
     # refinement moves the latents, so each iteration's prior is its own value
     assert len({round(float(x), 3) for x in per_iteration}) > 6
@@ -160,12 +158,16 @@ def test_fused_decoder_equals_the_plain_broadcast_decoder():
 def test_checkpointed_iterations_give_the_same_loss_and_gradients():
     batch = scenes_batch(scenes=2, views=5)
     results = []
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
     for flag in (False, True):
-        model = tiny_model(checkpoint_iterations=flag, lds_weight=1.0).train()
+        model = tiny_model(checkpoint_iterations=flag).train()
         torch.manual_seed(5)
         out = model(batch, num_observed=2)
-        out.loss.backward()
-        results.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+        loss, _ = training_objective(out, LDSConfig(enabled=True, weight=1.0))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.allclose(loss_a, loss_b, rtol=1e-6)
     for name in grads_a:

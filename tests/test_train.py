@@ -63,7 +63,7 @@ def test_paper_defaults_and_overrides(tmp_path):
     yaml_path.write_text(yaml.safe_dump({"optim": {"lr": 1e-4}, "lds": {"enabled": True}}))
     cfg = load_train_config("monet", yaml_path, ["model.num_slots=9", "optim.lr=2e-4"])
     assert cfg.optim.lr == 2e-4 and cfg.model.num_slots == 9      # overrides beat the file
-    assert cfg.lds.enabled and cfg.model.lds_weight == 0.5           # model reads the lds section
+    assert cfg.lds.enabled and cfg.lds.weight == 0.5 and not hasattr(cfg.model, "lds_weight")
     with pytest.raises(ConfigError, match="unknown"):
         load_train_config("monet", overrides=["optim.learning_rate=1"])
     with pytest.raises(ConfigError, match="optim.lr"):
@@ -160,7 +160,14 @@ def test_load_run_gives_an_eval_model_and_its_config(tmp_path):
     train(tiny_cfg("optim.steps=2", "lds.enabled=true"), tmp_path / "run", dataset=data, progress=False)
     model, cfg = load_run(tmp_path / "run")
     assert not model.training and cfg.model.name == "monet" and cfg.lds.enabled
-    assert cfg.model.lds_weight == 0.5 and cfg.optim.steps == 2
+    assert cfg.lds.weight == 0.5 and cfg.optim.steps == 2
+    # a config.yaml saved before LDS left the model configs still loads (its copies are dropped)
+    import yaml as _yaml
+
+    saved = _yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved["model"].update(lds_weight=0.5, lds_sigma=0.1)
+    (tmp_path / "run" / "config.yaml").write_text(_yaml.safe_dump(saved))
+    assert load_run(tmp_path / "run")[1].lds.enabled
     with torch.no_grad():
         out = model({"image": images(2)})
     out.check(2, 3, H, W)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from common.config import _merge, apply_overrides, from_dict, read_yaml_mapping, to_dict
+from common.config import apply_overrides, merge_mapping, from_dict, read_yaml_mapping, to_dict
 from common.errors import ConfigError, UserError
 
 
@@ -140,7 +140,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
         for key in ("stores", "models"):
             if key in loaded:
                 data[key] = loaded.pop(key)
-        _merge(data, loaded, "")
+        merge_mapping(data, loaded)
         apply_overrides(data, overrides or [])
         spec = from_dict(ExperimentSpec, data)
     except ConfigError as exc:

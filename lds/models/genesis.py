@@ -45,7 +45,6 @@ from torch.nn import functional as F
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, gaussian_log_density
-from lds.prior import lds_prior
 
 
 @dataclass
@@ -76,9 +75,6 @@ class GENESISConfig:
     geco_beta_init: float = 1.0
     geco_beta_min: float = 1e-10
     geco_speedup: float = 10.0
-    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
-    lds_weight: float = 0.0
-    lds_sigma: float = 0.1
     channels_last: bool = True
     fused_broadcast: bool = True
     # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
@@ -92,8 +88,8 @@ class GENESISConfig:
             raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
         if min(self.mask_latent_dim, self.comp_latent_dim) < 1:
             raise ConfigError("model.mask_latent_dim and model.comp_latent_dim must be positive")
-        if self.pixel_std <= 0 or self.lds_sigma <= 0:
-            raise ConfigError("model.pixel_std and model.lds_sigma must be positive")
+        if self.pixel_std <= 0:
+            raise ConfigError("model.pixel_std must be positive")
         for key in ("encoder_channels", "comp_encoder_channels"):
             h, w = self.height, self.width
             for _ in getattr(self, key):
@@ -226,17 +222,13 @@ class GENESIS(nn.Module):
                    ).sum(1).mean()
 
         slot_latents = torch.cat([z_mask, z_comp], dim=-1)
-        if cfg.lds_weight > 0:
-            lds = lds_prior(slot_latents, sigma=cfg.lds_sigma).mean()
-        else:
-            lds = image.new_zeros(())
         beta = self._kl_weight(nll)
-        loss = nll + beta * (kl_mask + kl_comp) - cfg.lds_weight * lds
+        loss = nll + beta * (kl_mask + kl_comp)
 
         masks = log_masks.exp()
         return ModelOutput(
             loss=loss,
-            loss_terms={"nll": nll, "kl_mask": kl_mask, "kl_comp": kl_comp, "lds": lds},
+            loss_terms={"nll": nll, "kl_mask": kl_mask, "kl_comp": kl_comp},
             slot_latents=slot_latents,
             posterior_mean=torch.cat([mask_mean, comp_mean], dim=-1),
             posterior_logvar=2.0 * torch.log(torch.cat([mask_std, comp_std], dim=-1)),

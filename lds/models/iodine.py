@@ -37,7 +37,9 @@ dL/dlambda goes back through the decoder with torch.autograd.grad(create_graph=F
 input-gradient pass per iteration with no weight gradients. L here is the ELBO loss of the
 iteration *without* the LDS term: LDS shapes training only, so inference (the refinement
 trajectory) is the same function with and without it, which also makes the LDS contribution to
-the loss exactly ``-lambda_LDS * sum_t w_t L_LDS(z_t)`` (extras["lds_per_iteration"]).
+the loss exactly ``-lambda_LDS * sum_t w_t L_LDS(z_t)``: the model returns each iteration's
+sample z_t and weight w_t (``lds_latents``, ``lds_weights``) and the trainer applies the prior
+(lds.training.objective).
 
 Stability: after every refinement update the posterior is checked for NaN/inf (as the reference
 code does); on a non-finite value refinement stops, a warning names the iteration and the loss is
@@ -87,7 +89,6 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, coordinate_grid
-from lds.prior import lds_prior
 
 REFINE_IMAGE_CHANNELS = 17
 
@@ -108,9 +109,6 @@ class IODINEConfig:
     lstm_hidden: int = 256
     pixel_sigma: float = 0.1                            # fixed Gaussian pixel std
     beta: float = 1.0                                   # KL weight
-    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
-    lds_weight: float = 0.0
-    lds_sigma: float = 0.1
     # Memory: recompute each refinement iteration in the backward pass (same function).
     grad_checkpoint: bool = False
     # Speed only (same function, same parameters).
@@ -130,8 +128,6 @@ class IODINEConfig:
             raise ConfigError(f"model.num_iterations must be at least 1, got {self.num_iterations}")
         if self.pixel_sigma <= 0:
             raise ConfigError("model.pixel_sigma must be positive")
-        if self.lds_sigma <= 0:
-            raise ConfigError("model.lds_sigma must be positive")
         h, w = self.height, self.width
         for _ in self.refine_channels:
             h, w = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2)
@@ -363,7 +359,7 @@ class IODINE(nn.Module):
         k, d, iterations = self.num_slots, cfg.latent_dim, cfg.num_iterations
         posterior = self.initial_posterior.view(1, 1, 2 * d).expand(b, k, 2 * d)
         state = None
-        nlls, kls, ldss = [], [], []
+        nlls, kls, samples = [], [], []
         diverged_at = None
         use_checkpoint = cfg.grad_checkpoint and keep_graph
         for t in range(iterations + 1):
@@ -391,8 +387,7 @@ class IODINE(nn.Module):
                 state_next, r = (hs, cs), None
             nlls.append(nll.mean())
             kls.append(kl.mean())
-            ldss.append(lds_prior(z, sigma=cfg.lds_sigma).mean() if cfg.lds_weight > 0
-                        else image.new_zeros(()))
+            samples.append(z)
             if last:
                 final_posterior, final_z, final_render = posterior, z, r
                 break
@@ -406,11 +401,10 @@ class IODINE(nn.Module):
 
         n = len(nlls)
         weights = self.iteration_weights[:n]
-        nll_t, kl_t, lds_t = torch.stack(nlls), torch.stack(kls), torch.stack(ldss)
+        nll_t, kl_t = torch.stack(nlls), torch.stack(kls)
         nll_sum = (weights * nll_t).sum()
         kl_sum = (weights * kl_t).sum()
-        lds_sum = (weights * lds_t).sum()
-        loss = nll_sum + cfg.beta * kl_sum - cfg.lds_weight * lds_sum
+        loss = nll_sum + cfg.beta * kl_sum
         if diverged_at is not None:
             warnings.warn(f"IODINE: non-finite posterior after refinement step {diverged_at}; "
                           f"the loss is set to NaN so training stops at the last good state",
@@ -423,7 +417,7 @@ class IODINE(nn.Module):
         log_masks = r["log_masks"]
         out = ModelOutput(
             loss=loss,
-            loss_terms={"nll": nll_sum, "kl_z": kl_sum, "lds": lds_sum},
+            loss_terms={"nll": nll_sum, "kl_z": kl_sum},
             slot_latents=final_z,
             posterior_mean=mean,
             posterior_logvar=logvar,
@@ -431,11 +425,12 @@ class IODINE(nn.Module):
             masks=log_masks.exp(),
             appearance=r["appearance"],
             reconstruction=(log_masks.exp() * r["appearance"]).sum(1),
-            extras={"nll_per_iteration": nll_t, "kl_per_iteration": kl_t,
-                    "lds_per_iteration": lds_t, "iteration_weights": weights},
+            lds_latents=torch.stack(samples),             # (T + 1, B, K, D): z_t of every decode
+            lds_weights=weights,
+            extras={"nll_per_iteration": nll_t, "kl_per_iteration": kl_t},
         )
         if not keep_graph:
-            out = _detach_output(out)
+            out = out.detached()
         return out
 
 
@@ -472,15 +467,3 @@ def _gap_adapter():
             return log_likelihood + standard_normal_log_density(z)
 
     return IODINEGapAdapter()
-
-
-def _detach_output(out: ModelOutput) -> ModelOutput:
-    detach = lambda t: t.detach()  # noqa: E731
-    return ModelOutput(
-        loss=detach(out.loss), loss_terms={k: detach(v) for k, v in out.loss_terms.items()},
-        slot_latents=detach(out.slot_latents), posterior_mean=detach(out.posterior_mean),
-        posterior_logvar=detach(out.posterior_logvar), mask_logits=detach(out.mask_logits),
-        masks=detach(out.masks), appearance=detach(out.appearance),
-        reconstruction=detach(out.reconstruction),
-        extras={k: detach(v) for k, v in out.extras.items()},
-    )

@@ -7,9 +7,10 @@ a spatial broadcast decoder turns each z_k into RGB means and a mask logit. The 
     -log sum_k m_k N(x; x_k, sigma_k^2)                     (m_k: attention masks; sigma_0 = bg)
     + beta  * sum_k KL(q(z_k | x) || N(0, I))
     + gamma * KL(attention masks || softmax of decoded mask logits)   (masks clamped >= 1e-5)
-    - lambda * L_LDS(z)                                     (the LDS prior, Eq. 3; 0 when off)
 
-each summed over pixels/slots/dims and averaged over the batch.
+
+each summed over pixels/slots/dims and averaged over the batch; the trainer subtracts
+lambda * L_LDS(z) (Eq. 3) when LDS is on (lds.training.objective).
 
 Output contract (lds.contract): ``mask_logits`` are the decoder's m_k^lg, ``masks`` their softmax
 over slots and ``reconstruction = sum_k masks * appearance`` - the supplement's rendering
@@ -38,7 +39,6 @@ from lds.models.base import (
     mixture_log_likelihood,
     reparameterize,
 )
-from lds.prior import lds_prior
 
 
 def unet_channels_for(size: int) -> tuple[int, ...]:
@@ -76,9 +76,6 @@ class MONetConfig:
     # "pixel": Eq. 1 (each pixel's RGB vector is one mixture draw); "channel": logsumexp per
     # colour channel, as addtt's MONet and MulMON compute it.
     likelihood: Literal["pixel", "channel"] = "pixel"
-    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
-    lds_weight: float = 0.0
-    lds_sigma: float = 0.1
     # Speed only (same function, same parameters): NHWC tensors for the convs, and the
     # decoder's first conv computed without materialising the broadcast grid.
     channels_last: bool = True
@@ -116,8 +113,6 @@ class MONetConfig:
                 f"stride-2 encoder convs; use fewer model.encoder_channels")
         if min(self.sigma_bg, self.sigma_fg) <= 0:
             raise ConfigError("model.sigma_bg and model.sigma_fg must be positive")
-        if self.lds_sigma <= 0:
-            raise ConfigError("model.lds_sigma must be positive")
 
 
 class _ConvNormReLU(nn.Sequential):
@@ -269,15 +264,11 @@ class MONet(nn.Module):
         mean = mean.view(b, k, -1)
         logvar = logvar.view(b, k, -1)
         z = z.view(b, k, -1)
-        if cfg.lds_weight > 0:
-            lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
-        else:
-            lds = image.new_zeros(())
-        loss = nll + cfg.beta * kl_z + cfg.gamma * kl_mask - cfg.lds_weight * lds
+        loss = nll + cfg.beta * kl_z + cfg.gamma * kl_mask
 
         return ModelOutput(
             loss=loss,
-            loss_terms={"nll": nll, "kl_z": kl_z, "kl_mask": kl_mask, "lds": lds},
+            loss_terms={"nll": nll, "kl_z": kl_z, "kl_mask": kl_mask},
             slot_latents=z,
             posterior_mean=mean,
             posterior_logvar=logvar,

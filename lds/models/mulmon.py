@@ -15,14 +15,16 @@ The posterior after one view is the prior (and the start) for the next; the firs
 and start is the learned lambda_0. After the observed views the final posterior predicts the
 remaining *query* views, whose NLL is added to the loss. The training loss is
 
-    sum_v w_v sum_t w_t [ NLL_vt + KL_vt - lds_weight * L_LDS(z_vt) ]  +  mean_q NLL_q
+    sum_v w_v sum_t w_t [ NLL_vt + KL_vt - lambda * L_LDS(z_vt) ]  +  mean_q NLL_q
 
 with w_t = (t+1)/T and w_v = (v+1)/V_obs, each normalised to sum to 1 (MulMON's weights), and
-the LDS prior (Eq. 3 of the LDS paper) applied to the slot latents at *every* iteration.
+the LDS prior (Eq. 3 of the LDS paper) applied to the slot latents at *every* iteration: the
+model returns every z_vt with its weight w_v w_t (``lds_latents``, ``lds_weights``) and the
+trainer applies the prior (lds.training.objective).
 
 LDS is a training term only: the refinement network is fed gradients of -ELBO (NLL + KL), not of
 the LDS term, so inference is the same procedure with and without LDS and the loss with LDS
-differs from the loss without by exactly ``lds_weight * loss_terms["lds"]``.
+differs from the loss without by exactly lambda times the weighted prior.
 
 Speed: every decoder call renders all S scenes x K slots (and, for the query views, all query
 views) at once; the refinement gradients come from one ``torch.autograd.grad`` per iteration
@@ -31,7 +33,7 @@ that reuses the forward graph (retain_graph) which the training backward then wa
 Output contract (lds.contract): views are flattened into the batch axis, B = scenes * views,
 observed views first (in the order they were seen), then the query views. An observed view's
 fields come from the last refinement iteration on that view; a query view's from the final
-posterior. ``extras["query_view"]`` (B,) says which rows are queries.
+posterior. ``query_rows`` (B,) says which rows are queries.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
 from lds.models.base import LOG_2PI, _BroadcastAddReLU, conv_output_size, coordinate_grid
 from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
-from lds.prior import lds_prior
 
 REFINE_INPUT_CHANNELS = 17
 # Query views per decoder call. One call over all query views (8 scenes x 7 views x 7 slots at
@@ -89,9 +90,6 @@ class MulMONConfig:
     min_observed: int = 1                               # observed views drawn per training step
     max_observed: int = 6
     eval_observed: int = 5                              # evaluation: first 5 observed, rest query
-    # LDS prior; set by the trainer from the run's `lds` section (weight 0 = off).
-    lds_weight: float = 0.0
-    lds_sigma: float = 0.1
     # Memory knob: gradient checkpointing of every refinement iteration (activations are
     # recomputed when needed; same values, more compute). See docs/mulmon.md for the figures.
     checkpoint_iterations: bool = False
@@ -108,8 +106,8 @@ class MulMONConfig:
             raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
         if self.latent_dim < 1 or self.num_iterations < 1:
             raise ConfigError("model.latent_dim and model.num_iterations must be positive")
-        if self.pixel_sigma <= 0 or self.lds_sigma <= 0:
-            raise ConfigError("model.pixel_sigma and model.lds_sigma must be positive")
+        if self.pixel_sigma <= 0:
+            raise ConfigError("model.pixel_sigma must be positive")
         if self.viewpoint not in ("auto", *VIEWPOINT_KINDS):
             raise ConfigError(f"model.viewpoint must be auto, clevr-mv or pose, got {self.viewpoint!r}")
         if self.num_views < 2:
@@ -350,7 +348,7 @@ class MulMON(nn.Module):
                    refine: bool = True):
         """One inference iteration on one observed view x (S, 3, H, W).
 
-        Returns the scene-mean NLL, KL and LDS prior of this iteration, its rendering and
+        Returns the scene-mean NLL and KL of this iteration, its rendering and
         latents, and the refined posterior and LSTM state (unchanged when ``refine`` is false:
         the last iteration on a view is scored, not refined, as in MulMON's code).
         """
@@ -366,12 +364,8 @@ class MulMON(nn.Module):
         prior_mean, prior_logvar = prior.chunk(2, dim=-1)
         kl = (_gaussian_log_prob(z, mean, logvar)
               - _gaussian_log_prob(z, prior_mean, prior_logvar)).flatten(1).sum(1)
-        if cfg.lds_weight > 0:
-            lds = lds_prior(z, sigma=cfg.lds_sigma).mean()
-        else:
-            lds = x.new_zeros(())
         if not refine:
-            return (nll.mean(), kl.mean(), lds, means, log_masks, logits, z, mean, logvar, lam,
+            return (nll.mean(), kl.mean(), means, log_masks, logits, z, mean, logvar, lam,
                     h_state, c_state)
         # Refinement: one autograd.grad over the ELBO terms (not LDS: inference is the same with
         # and without the prior), reusing this iteration's forward graph.
@@ -382,7 +376,7 @@ class MulMON(nn.Module):
         state = None if h_state is None else (h_state, c_state)
         delta, (h_state, c_state) = self.refine(aux, vector, state)
         new_lam = lam + delta.view(s, k, 2 * d)
-        return (nll.mean(), kl.mean(), lds, means, log_masks, logits, z, mean, logvar, new_lam,
+        return (nll.mean(), kl.mean(), means, log_masks, logits, z, mean, logvar, new_lam,
                 h_state, c_state)
 
     def forward(self, batch: dict, num_observed: int | None = None) -> ModelOutput:
@@ -425,8 +419,8 @@ class MulMON(nn.Module):
         prior = lam
         iteration_weights = _normalised_linear_weights(steps)
         view_weights = _normalised_linear_weights(num_observed)
-        nll_total = kl_total = lds_total = image.new_zeros(())
-        lds_values, lds_latents = [], []
+        nll_total = kl_total = image.new_zeros(())
+        samples, sample_weights = [], []            # every z_vt and w_v w_t, for the LDS prior
         observed_fields = []
         self.last_nonfinite = None
         for view in range(num_observed):
@@ -444,15 +438,13 @@ class MulMON(nn.Module):
                     result = checkpoint(self._iteration, *args, use_reentrant=False)
                 else:
                     result = self._iteration(*args)
-                nll, kl, lds, means, log_masks, logits, z, mean, logvar, lam, h_state, c_state = result
+                nll, kl, means, log_masks, logits, z, mean, logvar, lam, h_state, c_state = result
                 state = (h_state, c_state)
                 weight = view_weights[view] * iteration_weights[t]
                 nll_total = nll_total + weight * nll
                 kl_total = kl_total + weight * kl
-                if cfg.lds_weight > 0:
-                    lds_total = lds_total + weight * lds
-                    lds_values.append(lds.detach())
-                    lds_latents.append(z.detach())
+                samples.append(z)
+                sample_weights.append(weight)
                 if t == steps - 1:
                     observed_fields.append((means, log_masks, logits, z, mean, logvar))
                 # MulMON asserts a finite posterior after every refinement step; here the step
@@ -480,8 +472,8 @@ class MulMON(nn.Module):
         if num_query:
             query_nll = query_nll / num_query                  # mean over query views and scenes
 
-        loss = nll_total + kl_total + query_nll - cfg.lds_weight * lds_total
-        terms = {"nll": nll_total, "kl": kl_total, "query_nll": query_nll, "lds": lds_total}
+        loss = nll_total + kl_total + query_nll
+        terms = {"nll": nll_total, "kl": kl_total, "query_nll": query_nll}
         if self.last_nonfinite is not None:
             loss = loss + float("nan")
             view, t = self.last_nonfinite
@@ -502,12 +494,8 @@ class MulMON(nn.Module):
         masks = log_masks_all.exp()
         query_view = torch.zeros(s, v_total, dtype=torch.bool, device=image.device)
         query_view[:, num_observed:] = True
-        extras = {"query_view": query_view.flatten(),
-                  "view_weights": image.new_tensor(view_weights),
+        extras = {"view_weights": image.new_tensor(view_weights),
                   "iteration_weights": image.new_tensor(iteration_weights)}
-        if lds_values:
-            extras["lds_per_iteration"] = torch.stack(lds_values)        # (V_obs * T,)
-            extras["lds_latents"] = torch.stack(lds_latents)             # (V_obs * T, S, K, D)
         out = ModelOutput(
             loss=loss,
             loss_terms=terms,
@@ -519,20 +507,10 @@ class MulMON(nn.Module):
             appearance=all_means,
             reconstruction=(masks * all_means).sum(dim=1),
             extras=extras,
+            lds_latents=torch.stack(samples),                 # (V_obs * T, S, K, D)
+            lds_weights=image.new_tensor(sample_weights),
+            query_rows=query_view.flatten(),
         )
         if not training:
-            out = _detached(out)
+            out = out.detached()
         return out
-
-
-def _detached(out: ModelOutput) -> ModelOutput:
-    def det(t):
-        return t.detach() if isinstance(t, torch.Tensor) else t
-
-    return ModelOutput(
-        loss=det(out.loss), loss_terms={k: det(v) for k, v in out.loss_terms.items()},
-        slot_latents=det(out.slot_latents), posterior_mean=det(out.posterior_mean),
-        posterior_logvar=det(out.posterior_logvar), mask_logits=det(out.mask_logits),
-        masks=det(out.masks), appearance=det(out.appearance),
-        reconstruction=det(out.reconstruction), extras={k: det(v) for k, v in out.extras.items()},
-    )

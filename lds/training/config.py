@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from common.config import apply_overrides, from_dict, load_config, to_dict
+from common.config import apply_overrides, from_dict, load_config, merge_mapping, read_yaml_mapping, to_dict
 from common.errors import ConfigError
 from lds.models import MODEL_CONFIGS, PAPER_TRAIN_SETTINGS
 
@@ -131,10 +131,12 @@ class TrainConfig:
             raise ConfigError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, "
                               "mps, ...)") from None
 
-    def sync_model_lds(self) -> None:
-        """The model reads LDS from its own config; the run's ``lds`` section is the source."""
-        self.model.lds_weight = self.lds.weight if self.lds.enabled else 0.0
-        self.model.lds_sigma = self.lds.sigma
+
+
+# Model keys that older runs saved in their config.yaml and that no longer exist: the LDS
+# weight and sigma were copied into every model's config; the run's `lds` section is now the
+# only source (the trainer applies the prior).
+LEGACY_MODEL_KEYS = ("lds_weight", "lds_sigma")
 
 
 @functools.cache
@@ -173,10 +175,18 @@ def load_train_config(model_name: str, yaml_path: str | Path | None = None,
                       overrides: list[str] | None = None) -> TrainConfig:
     """Paper defaults for the model, then the YAML file, then key=value overrides."""
     cls = train_config_class(model_name)
-    cfg = load_config(cls, yaml_path, overrides, base=default_train_config(model_name))
+    data = to_dict(default_train_config(model_name))
+    if yaml_path is not None:
+        loaded = read_yaml_mapping(yaml_path)
+        model = loaded.get("model")
+        if isinstance(model, dict):
+            for key in LEGACY_MODEL_KEYS:       # configs saved by runs made before they went
+                model.pop(key, None)
+        merge_mapping(data, loaded)
+    apply_overrides(data, overrides or [])
+    cfg = from_dict(cls, data)
     if cfg.model.name != model_name:
         raise ConfigError(f"the config is for model {cfg.model.name!r}, not {model_name!r}")
-    cfg.sync_model_lds()
     return cfg
 
 

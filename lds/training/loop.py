@@ -34,8 +34,9 @@ from lds.data import open_store_dataset
 from lds.models import build_model
 from lds.training.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, restore,
                                      save_checkpoint)
-from lds.training.config import TrainConfig
+from lds.training.config import LEGACY_MODEL_KEYS, TrainConfig
 from lds.training.logging import RunLogger
+from lds.training.objective import training_objective
 from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
 
 TRAIN_LOCK = ".train.lock"
@@ -43,8 +44,7 @@ TRAIN_LOCK = ".train.lock"
 # a resume may change them. Everything else in model.*, the LDS section, optim.name and the
 # seed defines the run.
 RUNTIME_MODEL_FIELDS = frozenset({"channels_last", "fused_broadcast", "fused_decoder",
-                                  "grad_checkpoint", "checkpoint_iterations", "lds_weight",
-                                  "lds_sigma"})
+                                  "grad_checkpoint", "checkpoint_iterations"})
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, index) pairs map to distinct generator seeds
 
@@ -291,7 +291,7 @@ def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
 
     model_before, model_now = saved.get("model") or {}, now["model"]
     for key in sorted(set(model_before) | set(model_now)):
-        if key not in RUNTIME_MODEL_FIELDS:
+        if key not in RUNTIME_MODEL_FIELDS and key not in LEGACY_MODEL_KEYS:
             compare(f"model.{key}", model_before.get(key), model_now.get(key))
     lds_before, lds_now = saved.get("lds") or {}, now["lds"]
     compare("lds.enabled", lds_before.get("enabled"), lds_now["enabled"])
@@ -375,7 +375,6 @@ def _train(cfg: TrainConfig, run_dir: str | Path, *, dataset: Dataset | None,
     # Every rank writes into rank 0's run directory (a default name holds a timestamp).
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    cfg.sync_model_lds()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
@@ -511,15 +510,18 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             # multi-view models flatten views into the batch axis (B = scenes * views)
             out_rows = model.output_batch_size(batch) if hasattr(model, "output_batch_size") else local_batch
             out.check(out_rows, num_slots, height, width)
+            # LDS is applied here, once, to the latents every model returns (objective.py)
+            objective, prior = training_objective(out, cfg.lds)
             terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
-            loss = float(out.loss.detach())
+            terms["lds"] = float(prior.detach())
+            loss = float(objective.detach())
             bad = not math.isfinite(loss)
             grad_norm = math.nan
             # Under DDP every rank runs backward even after a bad loss (a rank that skipped it
             # would leave the others waiting in the gradient all-reduce); NaNs spread through
             # the averaged gradients, and any_rank makes the stop decision the same everywhere.
             if not bad or world_size > 1:
-                out.loss.float().backward()
+                objective.float().backward()
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 bad = bad or not math.isfinite(grad_norm)

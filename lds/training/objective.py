@@ -1,0 +1,25 @@
+"""The training objective: the model's negative ELBO, and the LDS prior applied once, here.
+
+    loss = -ELBO - lambda * sum_t w_t mean_r L_LDS(z_t)        (Eq. 4, per inference step for
+                                                               IODINE and MulMON: supplement A)
+
+Every model returns its negative ELBO as ``ModelOutput.loss`` and the latents the prior applies
+to (``lds_latents``, with the steps' weights ``lds_weights``); none of them knows about LDS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lds.contract import ModelOutput
+from lds.prior import weighted_lds_prior
+
+
+def training_objective(out: ModelOutput, lds) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to minimise, the weighted LDS prior value) for one forward pass. ``lds``: the run's
+    ``LDSConfig`` (enabled, weight, sigma); off, the prior is a detached zero and the loss is
+    the model's own."""
+    if not lds.enabled or lds.weight == 0:
+        return out.loss, out.loss.new_zeros(())
+    prior, _ = weighted_lds_prior(out.lds_latents, out.lds_weights, lds.sigma)
+    return out.loss - lds.weight * prior, prior
