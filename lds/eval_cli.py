@@ -54,12 +54,9 @@ def _load_run(run: Path, device: str):
 
 
 def _run_meta(run: Path, train_cfg, data: Path) -> dict:
-    meta = {"run": str(run), "data": str(Path(data).resolve())}
-    model_cfg = getattr(train_cfg, "model", None)
-    meta["model"] = getattr(model_cfg, "name", None)
-    lds = getattr(train_cfg, "lds", None)
-    if lds is not None:
-        meta["lds"] = {k: getattr(lds, k) for k in ("enabled", "weight", "sigma") if hasattr(lds, k)}
+    meta = {"run": str(run), "data": str(Path(data).resolve()), "model": train_cfg.model.name,
+            "lds": {"enabled": train_cfg.lds.enabled, "weight": train_cfg.lds.weight,
+                    "sigma": train_cfg.lds.sigma}}
     return meta
 
 

@@ -68,7 +68,7 @@ def _as_output(source: Source, batch: dict) -> ModelOutput:
         source, _ = load_run(source, map_location="cpu")
     if isinstance(source, nn.Module):
         device = next(source.parameters(), torch.empty(0)).device
-        keys = getattr(source, "input_keys", ("image",))
+        keys = source.input_keys
         missing = [key for key in keys if key not in batch]
         if missing:
             raise ValueError(f"{type(source).__name__} needs batch keys {missing} for Figure 2 "
@@ -214,8 +214,8 @@ def figure2_for_dataset(models: list, dataset, num_examples: int, path: Path, li
     chosen = np.unique(np.linspace(0, available - 1, num=min(num_examples, available)).round())
     items = [dataset[int(i)] for i in chosen]
     images = torch.stack([item["image"] for item in items])
-    if any(hasattr(m, "output_batch_size") for m in models):     # scenes x views
-        keys = {key for m in models for key in getattr(m, "input_keys", ("image",))}
+    if any(m.item_kind == "scenes" for m in models):              # scenes x views
+        keys = {key for m in models for key in m.input_keys}
         images = {key: torch.stack([item[key] for item in items]) for key in keys}
     sources = dict(zip(labels, models)) if labels and len(models) > 1 else models[0]
     return figure2(sources, images, path)

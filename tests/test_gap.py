@@ -1,5 +1,5 @@
 """The inference-gap estimator: exact on a linear Gaussian model, converging as B grows; the
-MONet adapter's ELBO is MONet's own objective at unit weights; `ldsrig gap` on a trained run."""
+MONet's ELBO for the gap is its own objective at unit weights; `ldsrig gap` on a trained run."""
 
 import json
 import math
@@ -10,14 +10,18 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from lds.gap import (GapAdapter, GaussianPosterior, MONetGapAdapter, estimate_gap,
-                     gap_from_log_weights, importance_weights, standard_normal_log_density)
+from lds.gap import estimate_gap, gap_from_log_weights, importance_weights
+from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
 
 
-class LinearGaussian(nn.Module):
-    """z ~ N(0, I_d), x = W z + b + N(0, s^2 I_m): log p(x) = log N(x; b, W W^T + s^2 I)."""
+class LinearGaussian(MultiObjectVAE):
+    """z ~ N(0, I_d), x = W z + b + N(0, s^2 I_m): log p(x) = log N(x; b, W W^T + s^2 I).
 
-    def __init__(self, m: int = 6, d: int = 3, s: float = 0.5, seed: int = 0):
+    Its q is the exact posterior, or (``offset`` / ``inflate``) a deliberately wrong one: a
+    model with the gap's interface whose log p(x) is known exactly."""
+
+    def __init__(self, m: int = 6, d: int = 3, s: float = 0.5, seed: int = 0,
+                 offset: float = 0.0, inflate: float = 1.0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         # Orthogonal columns (scaled) make the true posterior covariance diagonal, so a diagonal
@@ -26,6 +30,10 @@ class LinearGaussian(nn.Module):
         self.W = q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)[:d]
         self.b = torch.randn(m, generator=g, dtype=torch.float64)
         self.s = s
+        self.offset, self.inflate = offset, inflate
+
+    def forward(self, batch):                   # not needed by the gap
+        raise NotImplementedError
 
     def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
         cov = self.W @ self.W.T + self.s ** 2 * torch.eye(self.W.shape[0], dtype=torch.float64)
@@ -37,21 +45,14 @@ class LinearGaussian(nn.Module):
         mean = (x - self.b) @ self.W @ cov / self.s ** 2
         return mean, torch.diagonal(cov).log().expand_as(mean)
 
-
-class LinearGaussianAdapter(GapAdapter):
-    """q = the exact posterior, or (``offset`` / ``inflate``) a deliberately wrong one."""
-
-    def __init__(self, offset: float = 0.0, inflate: float = 1.0):
-        self.offset, self.inflate = offset, inflate
-
-    def posterior(self, model, batch):
-        mean, logvar = model.exact_posterior(batch["x"])
+    def posterior(self, batch):
+        mean, logvar = self.exact_posterior(batch["x"])
         return GaussianPosterior(mean + self.offset, logvar + math.log(self.inflate))
 
-    def log_joint(self, model, batch, posterior, z):
+    def log_joint(self, batch, posterior, z):
         x = batch["x"]
-        residual = x.unsqueeze(0) - z @ model.W.T - model.b
-        log_lik = (-0.5 * (residual / model.s) ** 2 - math.log(model.s)
+        residual = x.unsqueeze(0) - z @ self.W.T - self.b
+        log_lik = (-0.5 * (residual / self.s) ** 2 - math.log(self.s)
                    - 0.5 * math.log(2 * math.pi)).sum(-1)
         return log_lik + standard_normal_log_density(z)
 
@@ -66,7 +67,7 @@ def _data(model, n=5, seed=1):
 def test_exact_posterior_gives_exact_log_px_and_zero_gap():
     model = LinearGaussian()
     batch = _data(model)
-    out = estimate_gap(model, batch, num_samples=3, adapter=LinearGaussianAdapter())
+    out = estimate_gap(model, batch, num_samples=3)
     truth = model.exact_log_px(batch["x"])
     assert torch.allclose(out["log_px"], truth, atol=1e-9)
     assert torch.allclose(out["elbo"], truth, atol=1e-9)
@@ -74,13 +75,12 @@ def test_exact_posterior_gives_exact_log_px_and_zero_gap():
 
 
 def test_estimate_converges_to_the_true_log_px_as_samples_grow():
-    model = LinearGaussian()
+    model = LinearGaussian(offset=0.4, inflate=1.8)
     batch = _data(model)
     truth = model.exact_log_px(batch["x"])
-    adapter = LinearGaussianAdapter(offset=0.4, inflate=1.8)
     errors, gaps = {}, {}
     for num_samples in (1, 10, 100, 1000, 20000):
-        runs = [estimate_gap(model, batch, num_samples, chunk=4099, adapter=adapter,
+        runs = [estimate_gap(model, batch, num_samples, chunk=4099,
                              generator=torch.Generator().manual_seed(rep))
                 for rep in range(6)]
         est = torch.stack([r["log_px"] for r in runs])
@@ -97,13 +97,12 @@ def test_estimate_converges_to_the_true_log_px_as_samples_grow():
 
 
 def test_elbo_matches_the_closed_form_elbo():
-    model = LinearGaussian()
+    model = LinearGaussian(offset=0.3, inflate=2.0)
     batch = _data(model, n=3)
-    adapter = LinearGaussianAdapter(offset=0.3, inflate=2.0)
-    out = estimate_gap(model, batch, num_samples=20000, chunk=5000, adapter=adapter,
+    out = estimate_gap(model, batch, num_samples=20000, chunk=5000,
                        generator=torch.Generator().manual_seed(0))
     # Closed form: ELBO = log p(x) - KL(q || p(z | x)) between two diagonal Gaussians.
-    mean_q, logvar_q = adapter.posterior(model, batch).mean, adapter.posterior(model, batch).logvar
+    mean_q, logvar_q = model.posterior(batch).mean, model.posterior(batch).logvar
     mean_p, logvar_p = model.exact_posterior(batch["x"])
     kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p) ** 2) / logvar_p.exp()
                 - 1).sum(-1)
@@ -126,7 +125,7 @@ TINY_MONET = ["model.height=16", "model.width=16", "model.num_slots=4", "model.l
 
 
 def test_monet_log_joint_is_its_objective_at_unit_weights():
-    """At z = the posterior mean (what MONet's eval-mode forward decodes), the adapter's
+    """At z = the posterior mean (what MONet's eval-mode forward decodes), MONet's
     log p~(x, z) equals -(nll + kl_mask) of MONet's own forward plus log N(z; 0, I): the gap's
     joint is MONet's objective with beta = gamma = 1 and no LDS term."""
     from lds.models import MONetConfig, build_model
@@ -137,10 +136,9 @@ def test_monet_log_joint_is_its_objective_at_unit_weights():
                                              encoder_channels=(8, 8), encoder_hidden=16,
                                              decoder_channels=(8, 8))).eval()
     image = torch.rand(2, 3, 16, 16)
-    adapter = MONetGapAdapter()
     with torch.no_grad():
-        posterior = adapter.posterior(model, {"image": image})
-        log_joint = adapter.log_joint(model, {"image": image}, posterior, posterior.mean[None])
+        posterior = model.posterior({"image": image})
+        log_joint = model.log_joint({"image": image}, posterior, posterior.mean[None])
         for i in range(2):
             terms = model({"image": image[i:i + 1]}).loss_terms
             expected = -(terms["nll"] + terms["kl_mask"]) + standard_normal_log_density(

@@ -1,4 +1,4 @@
-"""Inference-gap adapters for MulMON and GENESIS: each adapter's ELBO at unit weights is the
+"""The inference-gap interface of MulMON and GENESIS: each model's ELBO at unit weights is the
 model's own loss terms recombined with unit weights, G >= 0, the estimate is finite and stable
 across chunk sizes, and `ldsrig gap` runs on tiny trained runs of both models."""
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lds.gap import (GENESISGapAdapter, MulMONGapAdapter, adapter_for, estimate_gap,
-                     gap_from_log_weights, importance_weights)
+from lds.gap import estimate_gap, gap_from_log_weights, importance_weights
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +58,12 @@ def test_mulmon_log_weight_at_the_mean_is_its_elbo_terms_at_unit_weights():
 
     model = _tiny_mulmon()
     batch = scenes_batch(scenes=2, views=4)
-    adapter = adapter_for(model)
-    assert isinstance(adapter, MulMONGapAdapter)
-    observed = adapter.num_observed(model, 4)
+    observed = model.gap_observed_views(4)
     assert observed == 3                                  # eval split: one query view left out
     with torch.no_grad():
-        posterior = adapter.posterior(model, batch)
+        posterior = model.posterior(batch)
         z = posterior.mean.unsqueeze(0)
-        log_w = adapter.log_joint(model, batch, posterior, z) - adapter.log_q(posterior, z)
+        log_w = model.log_joint(batch, posterior, z) - model.log_q(posterior, z)
     # The final posterior is the one MulMON's eval forward predicts the query views from.
     out = model(batch)
     assert torch.allclose(posterior.mean, out.posterior_mean.view(2, 4, 3, -1)[:, -1])
@@ -109,20 +106,18 @@ def _tiny_genesis():
 
 def test_genesis_log_weight_at_the_mean_is_its_loss_at_unit_weights():
     """At z = GENESIS's eval latents ([mask mean, component mean given the mean's masks]) the
-    adapter's log p~(x, z) - log q(z | x) equals -(nll + kl_mask + kl_comp) of GENESIS's own
+    model's log p~(x, z) - log q(z | x) equals -(nll + kl_mask + kl_comp) of GENESIS's own
     forward: its loss at beta = 1 and lambda = 0."""
     model = _tiny_genesis()
     image = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    adapter = adapter_for(model)
-    assert isinstance(adapter, GENESISGapAdapter)
     with torch.no_grad():
-        posterior = adapter.posterior(model, {"image": image})
+        posterior = model.posterior({"image": image})
         for i in range(3):
             batch = {"image": image[i:i + 1]}
             out = model(batch)
             z = out.posterior_mean.unsqueeze(0)                        # (1, 1, K, Dm + Dc)
-            one = adapter.posterior(model, batch)
-            log_w = adapter.log_joint(model, batch, one, z) - adapter.log_q_at(model, batch, one, z)
+            one = model.posterior(batch)
+            log_w = model.log_joint(batch, one, z) - model.log_q_at(batch, one, z)
             terms = out.loss_terms
             expected = -(terms["nll"] + terms["kl_mask"] + terms["kl_comp"])
             assert float(log_w[0, 0]) == pytest.approx(float(expected), rel=1e-5, abs=1e-2)
@@ -130,21 +125,19 @@ def test_genesis_log_weight_at_the_mean_is_its_loss_at_unit_weights():
 
 
 def test_genesis_sample_draws_the_sequential_proposal_and_scores_it():
-    """sample() returns z^c drawn from q(z^c | x, pi(z^m)) for *its own* z^m: the returned log q
+    """sample_posterior() returns z^c drawn from q(z^c | x, pi(z^m)) for *its own* z^m: the returned log q
     equals log_q_at on the same z, and z^c's spread follows the component posterior."""
     model = _tiny_genesis()
     batch = {"image": torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))}
-    adapter = adapter_for(model)
     with torch.no_grad():
-        posterior = adapter.posterior(model, batch)
-        z, log_q = adapter.sample(model, batch, posterior, 5, torch.Generator().manual_seed(0))
+        posterior = model.posterior(batch)
+        z, log_q = model.sample_posterior(batch, posterior, 5, torch.Generator().manual_seed(0))
         assert z.shape == (5, 2, 3, 6 + 4) and log_q.shape == (5, 2)
-        assert torch.allclose(log_q, adapter.log_q_at(model, batch, posterior, z), atol=1e-4)
+        assert torch.allclose(log_q, model.log_q_at(batch, posterior, z), atol=1e-4)
         # The joint with and without the cached masks agrees (the cache is only a speed-up).
-        cached = adapter.log_joint(model, batch, posterior, z)
+        cached = model.log_joint(batch, posterior, z)
         posterior.context.clear()
-        assert torch.allclose(cached, adapter.log_joint(model, batch, posterior, z.clone()),
-                              atol=1e-4)
+        assert torch.allclose(cached, model.log_joint(batch, posterior, z.clone()), atol=1e-4)
 
 
 def test_genesis_estimate_is_finite_non_negative_and_chunk_stable():

@@ -276,8 +276,9 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
     assert isinstance(model, IODINE) and cfg.model.num_iterations == 3
 
 
-def test_evaluation_is_reproducible_and_the_inference_gap_adapter_works():
-    from lds.gap import estimate_gap, standard_normal_log_density
+def test_evaluation_is_reproducible_and_the_inference_gap_interface_works():
+    from lds.gap import estimate_gap
+    from lds.models.interface import standard_normal_log_density
 
     model = tiny_model().eval()
     images = torch.rand(2, 3, 16, 16)
@@ -285,13 +286,12 @@ def test_evaluation_is_reproducible_and_the_inference_gap_adapter_works():
         a, b = model({"image": images}), model({"image": images})
     torch.testing.assert_close(a.posterior_mean, b.posterior_mean)   # seeded eval noise
     torch.testing.assert_close(a.reconstruction, b.reconstruction)
-    # log p~(x, z) of the adapter is the mixture likelihood plus the standard normal prior.
-    adapter = model.gap_adapter
-    posterior = adapter.posterior(model, {"image": images})
+    # log p~(x, z) is the mixture likelihood plus the standard normal prior.
+    posterior = model.posterior({"image": images})
     torch.testing.assert_close(posterior.mean, a.posterior_mean)
     z = torch.randn(3, 2, 3, 4)
     with torch.no_grad():
-        got = adapter.log_joint(model, {"image": images}, posterior, z)
+        got = model.log_joint({"image": images}, posterior, z)
         expected = torch.stack([-model._render(images, z[i])["log_pixel"].flatten(1).sum(1).neg()
                                 for i in range(3)]) + standard_normal_log_density(z)
     torch.testing.assert_close(got, expected)

@@ -58,7 +58,7 @@ def test_contract_with_1_and_6_observed_views(num_observed):
     batch = scenes_batch(scenes=2, views=7)
     out = model(batch, num_observed=num_observed)
     out.check(2 * 7, 3, H, W)
-    assert model.output_batch_size(batch) == 14
+    assert model.output_rows(batch) == 14
     query = out.query_rows.view(2, 7)
     assert query.sum(1).tolist() == [7 - num_observed] * 2       # observed first, then queries
     assert not query[:, :num_observed].any()

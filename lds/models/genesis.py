@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
+from lds.models.interface import GaussianPosterior, MultiObjectVAE
 from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, gaussian_log_density
 
 
@@ -119,10 +120,8 @@ def normal_log_density(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
     return gaussian_log_density(z, mean, std).sum(-1)
 
 
-class GENESIS(nn.Module):
-    """GENESIS with optional LDS prior. ``model(batch) -> ModelOutput``; uses ``batch["image"]``."""
-
-    input_keys = ("image",)
+class GENESIS(MultiObjectVAE):
+    """GENESIS. ``model(batch) -> ModelOutput``; uses ``batch["image"]``."""
 
     def __init__(self, cfg: GENESISConfig):
         super().__init__()
@@ -173,6 +172,63 @@ class GENESIS(nn.Module):
         log_scope_before = torch.cat([torch.zeros_like(log_scope[:, :1]), log_scope[:, :-1]], 1)
         return torch.cat([log_scope_before + log_keep, log_scope[:, -1:]], dim=1)
 
+    # ---- the named steps of GENESIS's forward pass (the gap's q and joint reuse them) ------
+    # .float() casts: no-ops in fp32; under bf16 autocast the densities and KLs stay fp32.
+    def mask_posterior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z^m | x): the posterior LSTM sees the image encoding at every one of the K steps
+        -> mean, std (B, K, Dm)."""
+        b, k = image.shape[0], self.num_slots
+        features = self.image_encoder(self._memory_format(image))            # (B, F)
+        hidden, _ = self.posterior_lstm(features.unsqueeze(1).expand(b, k, features.shape[1]))
+        mask_mean, mask_raw = self.posterior_head(hidden).float().chunk(2, dim=-1)
+        return mask_mean, std_from_raw(mask_raw)
+
+    def mask_prior(self, z_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The autoregressive p(z^m_k | z^m_{<k}) (teacher forcing: one LSTM call for all
+        steps; p(z^m_1) = N(0, I)) -> mean, std (N, K, Dm)."""
+        prior_hidden, _ = self.prior_lstm(z_mask[:, :-1])
+        prior_mean, prior_raw = self.prior_head(prior_hidden).float().chunk(2, dim=-1)
+        prior_mean = torch.cat([torch.zeros_like(z_mask[:, :1]), prior_mean], dim=1)
+        prior_std = torch.cat([torch.ones_like(z_mask[:, :1]), std_from_raw(prior_raw)], dim=1)
+        return prior_mean, prior_std
+
+    def log_masks_of(self, z_mask: torch.Tensor) -> torch.Tensor:
+        """z^m (N, K, Dm) -> log pi (N, K, 1, H, W): stick breaking on the decoded logits."""
+        n, k, dm = z_mask.shape
+        cfg = self.cfg
+        alpha = self.mask_decoder(z_mask.reshape(n * k, dm)).float().view(n, k, 1, cfg.height, cfg.width)
+        return self.stick_breaking(alpha)
+
+    def component_posterior(self, image: torch.Tensor, log_masks: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z^c | x, log pi) for (N, 3, H, W) images and their log masks -> mean, std (N, K, Dc)."""
+        n, c, h, w = image.shape
+        k, dc = self.num_slots, self.cfg.comp_latent_dim
+        enc_in = torch.cat([image.unsqueeze(1).expand(n, k, c, h, w), log_masks], dim=2)
+        comp_mean, comp_raw = self.comp_encoder(
+            self._memory_format(enc_in.reshape(n * k, c + 1, h, w))).float().view(n, k, 2 * dc).chunk(2, -1)
+        return comp_mean, std_from_raw(comp_raw)
+
+    def component_prior(self, z_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z^c_k | z^m_k) -> mean, std (N, K, Dc)."""
+        comp_prior_mean, comp_prior_raw = self.comp_prior(z_mask).float().chunk(2, dim=-1)
+        return comp_prior_mean, std_from_raw(comp_prior_raw)
+
+    def appearance_of(self, z_comp: torch.Tensor) -> torch.Tensor:
+        """z^c (N, K, Dc) -> RGB means (N, K, 3, H, W) in [0, 1]."""
+        n, k, dc = z_comp.shape
+        cfg = self.cfg
+        return torch.sigmoid(self.comp_decoder(z_comp.reshape(n * k, dc)).float()).view(
+            n, k, 3, cfg.height, cfg.width)
+
+    def log_likelihood(self, image: torch.Tensor, appearance: torch.Tensor,
+                       log_masks: torch.Tensor) -> torch.Tensor:
+        """log p(x | z): Eq. 1 with one pixel std for every slot -> (N,)."""
+        sigma = self.cfg.pixel_std
+        log_comp = (-0.5 / sigma**2) * (image.unsqueeze(1) - appearance).pow(2).sum(2, keepdim=True) \
+            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)
+        return torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1)
+
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
         image = batch["image"]
@@ -181,45 +237,22 @@ class GENESIS(nn.Module):
         b, c, h, w = image.shape
         if (h, w) != (cfg.height, cfg.width):
             raise ValueError(f"GENESIS was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
-        k, dm, dc = self.num_slots, cfg.mask_latent_dim, cfg.comp_latent_dim
         sample = self.training
 
-        # Mask latents: the posterior LSTM sees the image encoding at every one of the K steps.
-        features = self.image_encoder(self._memory_format(image))            # (B, F)
-        hidden, _ = self.posterior_lstm(features.unsqueeze(1).expand(b, k, features.shape[1]))
-        # .float(): no-ops in fp32; under bf16 autocast the densities and KLs stay fp32.
-        mask_mean, mask_raw = self.posterior_head(hidden).float().chunk(2, dim=-1)   # (B, K, Dm)
-        mask_std = std_from_raw(mask_raw)
+        mask_mean, mask_std = self.mask_posterior(image)                     # (B, K, Dm)
         z_mask = mask_mean + mask_std * torch.randn_like(mask_std) if sample else mask_mean
-        # Autoregressive prior on z^m_{1:K-1} (teacher forcing: one LSTM call for all steps).
-        prior_hidden, _ = self.prior_lstm(z_mask[:, :-1])
-        prior_mean, prior_raw = self.prior_head(prior_hidden).float().chunk(2, dim=-1)
-        prior_mean = torch.cat([torch.zeros_like(mask_mean[:, :1]), prior_mean], dim=1)
-        prior_std = torch.cat([torch.ones_like(mask_std[:, :1]), std_from_raw(prior_raw)], dim=1)
-
-        # Masks by stick breaking on the decoded logits (all B*K slots in one decoder call).
-        alpha = self.mask_decoder(z_mask.reshape(b * k, dm)).float().view(b, k, 1, h, w)
-        log_masks = self.stick_breaking(alpha)
-
-        # Component VAE, batched over slots.
-        enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_masks], dim=2)
-        comp_mean, comp_raw = self.comp_encoder(
-            self._memory_format(enc_in.reshape(b * k, c + 1, h, w))).float().view(b, k, 2 * dc).chunk(2, -1)
-        comp_std = std_from_raw(comp_raw)
+        prior_mean, prior_std = self.mask_prior(z_mask)
+        log_masks = self.log_masks_of(z_mask)
+        comp_mean, comp_std = self.component_posterior(image, log_masks)
         z_comp = comp_mean + comp_std * torch.randn_like(comp_std) if sample else comp_mean
-        comp_prior_mean, comp_prior_raw = self.comp_prior(z_mask).float().chunk(2, dim=-1)
-        appearance = torch.sigmoid(self.comp_decoder(z_comp.reshape(b * k, dc)).float()).view(b, k, 3, h, w)
+        comp_prior_mean, comp_prior_std = self.component_prior(z_mask)
+        appearance = self.appearance_of(z_comp)
 
-        # Likelihood: Eq. 1 with one pixel std for every slot.
-        sigma = cfg.pixel_std
-        log_comp = (-0.5 / sigma**2) * (image.unsqueeze(1) - appearance).pow(2).sum(2, keepdim=True) \
-            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)
-        nll = -torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1).mean()
+        nll = -self.log_likelihood(image, appearance, log_masks).mean()
         kl_mask = (normal_log_density(z_mask, mask_mean, mask_std)
                    - normal_log_density(z_mask, prior_mean, prior_std)).sum(1).mean()
         kl_comp = (normal_log_density(z_comp, comp_mean, comp_std)
-                   - normal_log_density(z_comp, comp_prior_mean, std_from_raw(comp_prior_raw))
-                   ).sum(1).mean()
+                   - normal_log_density(z_comp, comp_prior_mean, comp_prior_std)).sum(1).mean()
 
         slot_latents = torch.cat([z_mask, z_comp], dim=-1)
         beta = self._kl_weight(nll)
@@ -238,6 +271,72 @@ class GENESIS(nn.Module):
             reconstruction=(masks * appearance).sum(1),
             extras={"kl_weight": torch.as_tensor(beta, dtype=image.dtype).detach()},
         )
+
+    # ---- the probabilistic interface (lds.models.interface) -------------------------------
+    # z_k = [z^m_k, z^c_k] (the slot latents), q sequential as in the model:
+    #     q(z | x) = q(z^m_{1:K} | x) prod_k q(z^c_k | x, pi_k(z^m))
+    # the mask posterior is a fixed diagonal Gaussian given x (its LSTM runs on the image
+    # encoding, not on sampled latents); the component posterior is re-encoded from
+    # (x, log pi_k) for every sampled z^m. The joint is GENESIS's generative model,
+    #     log p~(x, z) = log sum_k pi_k(z^m) N(x; mu_k(z^c_k), sigma_x^2 I)
+    #                    + log p(z^m_{1:K}) (autoregressive) + sum_k log p(z^c_k | z^m_k)
+    # so ELBO = -(nll + kl_mask + kl_comp): GENESIS's loss at beta = 1 (no GECO), no LDS.
+
+    def posterior(self, batch: dict) -> GaussianPosterior:
+        mask_mean, mask_std = self.mask_posterior(batch["image"])
+        return GaussianPosterior(mask_mean, 2.0 * torch.log(mask_std))
+
+    def _q_given_masks(self, batch: dict, posterior: GaussianPosterior, z_mask: torch.Tensor,
+                       z_comp: torch.Tensor | None = None, generator=None):
+        """(z = [z^m, z^c], log q(z | x)) for z^m (S, N, K, Dm); z^c drawn when not given."""
+        s, n, k, dm = z_mask.shape
+        image = batch["image"]
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
+        log_masks = self.log_masks_of(z_mask.reshape(s * n, k, dm))
+        comp_mean, comp_std = (t.view(s, n, k, -1) for t in self.component_posterior(images, log_masks))
+        if z_comp is None:
+            noise = torch.randn(comp_mean.shape, generator=generator, device=comp_mean.device,
+                                dtype=comp_mean.dtype)
+            z_comp = comp_mean + comp_std * noise
+        mask_std = torch.exp(0.5 * posterior.logvar).unsqueeze(0)
+        log_q = (normal_log_density(z_mask, posterior.mean.unsqueeze(0), mask_std)
+                 + normal_log_density(z_comp, comp_mean, comp_std)).sum(-1)
+        z = torch.cat([z_mask, z_comp], dim=-1)
+        posterior.context["decoded"] = (z, log_masks)      # log_joint reuses these masks
+        return z, log_q
+
+    def sample_posterior(self, batch, posterior, num_samples, generator=None):
+        mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
+        noise = torch.randn((num_samples, *mean.shape), generator=generator, device=mean.device,
+                            dtype=mean.dtype)
+        return self._q_given_masks(batch, posterior, mean.unsqueeze(0) + std.unsqueeze(0) * noise,
+                                   generator=generator)
+
+    def log_q(self, posterior, z):
+        """log q(z | x) needs the model (z^c's proposal depends on z^m): use log_q_at."""
+        raise NotImplementedError("GENESIS's q depends on the batch: use log_q_at(batch, q, z)")
+
+    def log_q_at(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        """log q(z | x) for given z = [z^m, z^c] (S, N, K, Dm + Dc): (S, N)."""
+        z_mask, z_comp = z.split([self.cfg.mask_latent_dim, self.cfg.comp_latent_dim], dim=-1)
+        return self._q_given_masks(batch, posterior, z_mask, z_comp)[1]
+
+    def log_joint(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        image = batch["image"]
+        s, n, k, _ = z.shape
+        z_mask, z_comp = z.split([cfg.mask_latent_dim, cfg.comp_latent_dim], dim=-1)
+        flat_mask = z_mask.reshape(s * n, k, cfg.mask_latent_dim)
+        decoded = posterior.context.get("decoded")
+        log_masks = decoded[1] if decoded is not None and decoded[0] is z else self.log_masks_of(flat_mask)
+        prior_mean, prior_std = self.mask_prior(flat_mask)
+        log_p_mask = normal_log_density(flat_mask, prior_mean, prior_std).sum(1)
+        comp_prior_mean, comp_prior_std = self.component_prior(z_mask)
+        log_p_comp = normal_log_density(z_comp, comp_prior_mean, comp_prior_std).sum(-1)
+        appearance = self.appearance_of(z_comp.reshape(s * n, k, -1))
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
+        log_lik = self.log_likelihood(images, appearance, log_masks)
+        return (log_lik + log_p_mask).view(s, n) + log_p_comp
 
     def _kl_weight(self, nll: torch.Tensor) -> torch.Tensor | float:
         """The KL weight of this step: GECO's beta (then updated, in training only) or cfg.beta.

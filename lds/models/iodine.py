@@ -60,7 +60,7 @@ iteration decodes the posterior mean,
 so ``slot_latents == posterior_mean``. Under ``torch.no_grad()`` the model turns autograd on
 internally for dL/dlambda and detaches lambda between iterations.
 
-Inference gap (lds.gap): ``model.gap_adapter`` takes q = the posterior after the last refinement
+Inference gap (lds.models.interface): ``posterior`` is q after the last refinement
 step (eval mode) and log p~(x, z) = log sum_k m_k(z) N(x; mu_k(z), sigma^2) + log N(z; 0, I), so
 its ELBO is the final iteration's -(NLL + KL) at unit weights.
 
@@ -75,7 +75,6 @@ avg-pooled.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -88,6 +87,7 @@ from torch.utils.checkpoint import checkpoint
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
+from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
 from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, coordinate_grid
 
 REFINE_IMAGE_CHANNELS = 17
@@ -171,10 +171,8 @@ class RefinementNetwork(nn.Module):
         return self.head(h), (h, c)
 
 
-class IODINE(nn.Module):
-    """IODINE with optional LDS at every iteration. ``model(batch) -> ModelOutput``."""
-
-    input_keys = ("image",)
+class IODINE(MultiObjectVAE):
+    """IODINE. ``model(batch) -> ModelOutput``; the trainer's LDS sees every iteration's z_t."""
 
     def __init__(self, cfg: IODINEConfig):
         super().__init__()
@@ -433,37 +431,24 @@ class IODINE(nn.Module):
             out = out.detached()
         return out
 
+    # ---- the probabilistic interface (lds.models.interface) -------------------------------
+    def posterior(self, batch: dict) -> GaussianPosterior:
+        """q = the posterior after the last refinement step (eval mode: per-image noise)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self({k: batch[k] for k in ("image", "image_index") if k in batch})
+        finally:
+            self.train(was_training)
+        return GaussianPosterior(out.posterior_mean, out.posterior_logvar)
 
-    @property
-    def gap_adapter(self):
-        """The inference-gap adapter for lds.gap (module docstring)."""
-        return _gap_adapter()
-
-
-@functools.cache
-def _gap_adapter():
-    # Imported lazily: lds.gap is an application module above the models.
-    from lds.gap import GapAdapter, GaussianPosterior, standard_normal_log_density
-
-    class IODINEGapAdapter(GapAdapter):
-        """z = the K slot latents; q = the posterior after the last refinement step."""
-
-        def posterior(self, model, batch) -> GaussianPosterior:
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    out = model({k: batch[k] for k in ("image", "image_index") if k in batch})
-            finally:
-                model.train(was_training)
-            return GaussianPosterior(out.posterior_mean, out.posterior_logvar)
-
-        def log_joint(self, model, batch, posterior, z) -> torch.Tensor:
-            image = batch["image"]
-            s, n, k, d = z.shape
-            images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
-            r = model._render(images, z.reshape(s * n, k, d))
-            log_likelihood = r["log_pixel"].flatten(1).sum(1).view(s, n)
-            return log_likelihood + standard_normal_log_density(z)
-
-    return IODINEGapAdapter()
+    def log_joint(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        """log p~(x, z) = log sum_k m_k(z) N(x; mu_k(z), sigma^2) + log N(z; 0, I): the final
+        iteration's -(NLL + KL) at unit weights is its ELBO."""
+        image = batch["image"]
+        s, n, k, d = z.shape
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
+        r = self._render(images, z.reshape(s * n, k, d))
+        log_likelihood = r["log_pixel"].flatten(1).sum(1).view(s, n)
+        return log_likelihood + standard_normal_log_density(z)

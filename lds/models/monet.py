@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
+from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
 from lds.models.base import (
     ComponentEncoder,
     SpatialBroadcastDecoder,
@@ -189,10 +190,8 @@ class AttentionUNet(nn.Module):
         return pointwise_conv(h, self.final)
 
 
-class MONet(nn.Module):
-    """MONet with optional LDS prior. ``model(batch) -> ModelOutput``; uses ``batch["image"]``."""
-
-    input_keys = ("image",)
+class MONet(MultiObjectVAE):
+    """MONet. ``model(batch) -> ModelOutput``; uses ``batch["image"]``."""
 
     def __init__(self, cfg: MONetConfig):
         super().__init__()
@@ -229,6 +228,34 @@ class MONet(nn.Module):
         log_masks.append(log_scope)
         return torch.stack(log_masks, dim=1)
 
+    # ---- the named steps of MONet's forward pass (the gap's joint reuses them) ------------
+    def encode(self, image: torch.Tensor, log_att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Component VAE encoder on (x, log m_k) of every slot -> mean, logvar (B, K, D), fp32."""
+        b, c, h, w = image.shape
+        k = self.num_slots
+        enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_att], dim=2)
+        mean, logvar = self.encoder(self._memory_format(enc_in.flatten(0, 1)))
+        # KL and LDS in fp32 under autocast (no-op casts in fp32 runs)
+        return mean.float().view(b, k, -1), logvar.float().view(b, k, -1)
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (N, K, D) -> appearance (N, K, 3, H, W) in [0, 1] and mask logits (N, K, 1, H, W)."""
+        n, k, d = z.shape
+        decoded = self.decoder(z.reshape(n * k, d)).float().view(n, k, 4, self.cfg.height, self.cfg.width)
+        return torch.sigmoid(decoded[:, :, :3]), decoded[:, :, 3:]
+
+    def log_likelihood(self, image: torch.Tensor, appearance: torch.Tensor,
+                       log_att: torch.Tensor) -> torch.Tensor:
+        """log p(x | z): the pixel mixture with the attention masks' weights (Eq. 1) -> (N,)."""
+        return mixture_log_likelihood(image, appearance, log_att, self.pixel_sigma,
+                                      per_channel=self.cfg.likelihood == "channel")
+
+    def mask_kl(self, log_att: torch.Tensor, log_decoded: torch.Tensor) -> torch.Tensor:
+        """KL(attention masks || decoded masks) per image, both clamped below -> (N,)."""
+        q = log_att.exp().clamp_min(self.cfg.mask_clamp)
+        p = log_decoded.exp().clamp_min(self.cfg.mask_clamp)
+        return (q * (q.log() - p.log())).flatten(1).sum(1)
+
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
         image = batch["image"]
@@ -237,33 +264,19 @@ class MONet(nn.Module):
         b, c, h, w = image.shape
         if (h, w) != (cfg.height, cfg.width):
             raise ValueError(f"MONet was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
-        k = self.num_slots
 
         log_att = self.attention_log_masks(image)                           # (B, K, 1, H, W)
-
-        # Component VAE, batched over all B*K slots.
-        enc_in = torch.cat([image.unsqueeze(1).expand(b, k, c, h, w), log_att], dim=2)
-        mean, logvar = self.encoder(self._memory_format(enc_in.flatten(0, 1)))
-        mean, logvar = mean.float(), logvar.float()          # KL and LDS in fp32 under autocast
+        mean, logvar = self.encode(image, log_att)                          # (B, K, D)
         z = reparameterize(mean, logvar, sample=self.training)
-        decoded = self.decoder(z).float().view(b, k, 4, h, w)
-        appearance = torch.sigmoid(decoded[:, :, :3])
-        mask_logits = decoded[:, :, 3:]
+        appearance, mask_logits = self.decode(z)
         log_dec = F.log_softmax(mask_logits, dim=1)
         masks = log_dec.exp()
         reconstruction = (masks * appearance).sum(dim=1)
 
         # Loss terms (each summed over pixels / slots / dims, averaged over the batch).
-        nll = -mixture_log_likelihood(image, appearance, log_att, self.pixel_sigma,
-                                      per_channel=cfg.likelihood == "channel").mean()
-        kl_z = gaussian_kl_standard_normal(mean, logvar).sum(dim=1).view(b, k).sum(1).mean()
-        q = log_att.exp().clamp_min(cfg.mask_clamp)
-        p = masks.clamp_min(cfg.mask_clamp)
-        kl_mask = (q * (q.log() - p.log())).flatten(1).sum(1).mean()
-
-        mean = mean.view(b, k, -1)
-        logvar = logvar.view(b, k, -1)
-        z = z.view(b, k, -1)
+        nll = -self.log_likelihood(image, appearance, log_att).mean()
+        kl_z = gaussian_kl_standard_normal(mean, logvar).sum(dim=2).sum(1).mean()
+        kl_mask = self.mask_kl(log_att, log_dec).mean()
         loss = nll + cfg.beta * kl_z + cfg.gamma * kl_mask
 
         return ModelOutput(
@@ -279,3 +292,26 @@ class MONet(nn.Module):
             segmentation_masks=log_att.exp(),
             segmentation_source="attention masks",
         )
+
+    # ---- the probabilistic interface (lds.models.interface) -------------------------------
+    def posterior(self, batch: dict) -> GaussianPosterior:
+        """q(z | x): the component VAE's Gaussian; the attention masks are deterministic given
+        x and part of q's amortisation (they are not sampled and have no density)."""
+        image = batch["image"]
+        log_att = self.attention_log_masks(image)
+        mean, logvar = self.encode(image, log_att)
+        return GaussianPosterior(mean, logvar, {"log_attention": log_att})
+
+    def log_joint(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        """log p~(x, z) = log sum_k m_k N(x; x_k(z_k), sigma_k^2) + sum_k log N(z_k; 0, I)
+        - KL(m || softmax(m^lg(z))): MONet's objective at unit weights (beta = gamma = 1, no LDS),
+        so the ELBO of the gap is -(MONet loss) at those weights."""
+        image = batch["image"]
+        s, n, k, d = z.shape
+        appearance, mask_logits = self.decode(z.reshape(s * n, k, d))
+        log_dec = F.log_softmax(mask_logits, dim=1)
+        log_att = posterior.context["log_attention"]
+        log_att = log_att.unsqueeze(0).expand(s, *log_att.shape).reshape(s * n, *log_att.shape[1:])
+        images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
+        joint = self.log_likelihood(images, appearance, log_att) - self.mask_kl(log_att, log_dec)
+        return joint.view(s, n) + standard_normal_log_density(z)

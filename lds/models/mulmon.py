@@ -50,6 +50,7 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
+from lds.models.interface import GaussianPosterior, MultiObjectVAE, diagonal_gaussian_log_density
 from lds.models.base import LOG_2PI, _BroadcastAddReLU, conv_output_size, coordinate_grid
 from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
 
@@ -245,8 +246,8 @@ def _normalised_linear_weights(n: int) -> list[float]:
     return [(i + 1) / n / total for i in range(n)]
 
 
-class MulMON(nn.Module):
-    """MulMON with the optional LDS prior at every refinement iteration.
+class MulMON(MultiObjectVAE):
+    """MulMON; the trainer's LDS prior sees every refinement iteration on every observed view.
 
     ``model(batch, num_observed=None) -> ModelOutput``; uses ``batch["image"]`` (S, V, 3, H, W)
     in [0, 1] and ``batch["viewpoint"]`` (S, V, v). The first ``num_observed`` views are
@@ -255,6 +256,7 @@ class MulMON(nn.Module):
     """
 
     input_keys = ("image", "viewpoint")
+    item_kind = "scenes"
 
     def __init__(self, cfg: MulMONConfig):
         super().__init__()
@@ -277,7 +279,7 @@ class MulMON(nn.Module):
 
     # ---- pieces --------------------------------------------------------------------------
 
-    def output_batch_size(self, batch: dict) -> int:
+    def output_rows(self, batch: dict) -> int:
         """Rows of every image-shaped output field: scenes * views."""
         return int(batch["image"].shape[0] * batch["image"].shape[1])
 
@@ -514,3 +516,64 @@ class MulMON(nn.Module):
         if not training:
             out = out.detached()
         return out
+
+    # ---- the probabilistic interface (lds.models.interface) -------------------------------
+    # One item is a scene; x = its observed views, z = the K slot latents. Observed views: the
+    # evaluation split, the first min(eval_observed, V - 1) views (all of them when V = 1); the
+    # query views are not part of x. q = the posterior after the last refinement step on the
+    # last observed view. The joint is MulMON's ELBO at unit weights over those views, with the
+    # learned initial prior lambda_0 = p(z) (the prior of the first view, where the sequence of
+    # per-view KLs starts):
+    #     log p~(x, z) = sum_v log p(x_v | z, v) + log N(z; lambda_0)
+    # with the per-colour-channel mixture at pixel sigma, so ELBO = E_q[sum_v log p(x_v | z, v)]
+    # - KL(q || lambda_0). The training loss's view and iteration weights and its query NLL are
+    # training devices, not part of the bound on log p(x_observed) (docs/experiments.md).
+
+    def gap_observed_views(self, num_views: int) -> int:
+        return min(self.cfg.eval_observed, num_views - 1) if num_views > 1 else 1
+
+    def posterior(self, batch: dict) -> GaussianPosterior:
+        image, viewpoint = batch["image"], batch["viewpoint"]
+        s, v = image.shape[:2]
+        observed = self.gap_observed_views(v)
+        if observed == v:
+            # One view only: repeat it as a query so the forward returns the final posterior
+            # (the query rows carry it); the query's rendering is not used.
+            image = torch.cat([image, image[:, -1:]], dim=1)
+            viewpoint = torch.cat([viewpoint, viewpoint[:, -1:]], dim=1)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self({"image": image, "viewpoint": viewpoint}, num_observed=observed)
+            view_embedding = self.view_encoder(viewpoint[:, :observed])     # no noise at eval
+        finally:
+            self.train(was_training)
+        k, d = self.cfg.num_slots, self.cfg.latent_dim
+        mean = out.posterior_mean.view(s, image.shape[1], k, d)[:, -1]      # a query row: final q
+        logvar = out.posterior_logvar.view(s, image.shape[1], k, d)[:, -1]
+        return GaussianPosterior(mean.detach(), logvar.detach(),
+                                 {"num_observed": observed, "view_embedding": view_embedding})
+
+    def observed_log_likelihood(self, batch: dict, posterior: GaussianPosterior,
+                                z: torch.Tensor) -> torch.Tensor:
+        """sum over the observed views of log p(x_v | z, v): (S, N). One decoder pass per view
+        (memory: S x N x K slot images, as for the single-image models)."""
+        s, n, k, d = z.shape
+        embedding = posterior.context["view_embedding"]                     # (N, V_obs, E)
+        flat_z = z.reshape(s * n, k, d)
+        coordinate_features = self.decoder.coordinate_features()
+        total = z.new_zeros(s * n)
+        for view in range(posterior.context["num_observed"]):
+            view_embedding = embedding[:, view: view + 1]
+            view_embedding = view_embedding.unsqueeze(0).expand(s, *view_embedding.shape)
+            means, log_masks, _ = self.render(flat_z, view_embedding.reshape(s * n, 1, -1),
+                                              coordinate_features)
+            x = batch["image"][:, view: view + 1]
+            x = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
+            total = total + self._nll(self._log_components(x, means), log_masks)[:, 0]
+        return -total.view(s, n)
+
+    def log_joint(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
+        prior_mean, prior_logvar = self.initial_posterior.chunk(2, dim=-1)   # (1, 1, D)
+        return (self.observed_log_likelihood(batch, posterior, z)
+                + diagonal_gaussian_log_density(z, prior_mean, prior_logvar))

@@ -451,7 +451,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
         batch_sampler=RankBatchSampler(len(dataset), batch_size, cfg.seed, start_step, end_step,
                                        rank, world_size,
                                        item_seeds=getattr(dataset, "takes_item_seeds", False)),
-        collate_fn=KeyCollate(tuple(getattr(model, "input_keys", ("image",)))),
+        collate_fn=KeyCollate(tuple(model.input_keys)),
         num_workers=cfg.workers,
         persistent_workers=False,
         pin_memory=cfg.pin_memory and device.type == "cuda",
@@ -508,7 +508,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             with autocast:
                 out = forward(batch)
             # multi-view models flatten views into the batch axis (B = scenes * views)
-            out_rows = model.output_batch_size(batch) if hasattr(model, "output_batch_size") else local_batch
+            out_rows = model.output_rows(batch)
             out.check(out_rows, num_slots, height, width)
             # LDS is applied here, once, to the latents every model returns (objective.py)
             objective, prior = training_objective(out, cfg.lds)
