@@ -1,7 +1,7 @@
 """ldsrig: capture table-top scenes with a camera on a robot arm, train multi-object VAEs with and
 without the LDS prior, and evaluate them.
 
-Each area owns its commands (datasets/cli.py, robot/cli.py, capture/cli.py, lds/cli.py); this
+Each area owns its commands (datasets/cli.py, robot/cli.py, capture/cli.py, lds/cli/train.py); this
 file only mounts them and turns user errors into one clear line instead of a traceback.
 """
 
@@ -34,15 +34,15 @@ _GROUPS = [
     ("robot.cli", "app", "robot", "The arm: configuration, viewpoint planning, state, homing."),
     ("capture.cli", "capture_app", "capture", "Capture scenes at the rig (or the simulated rig)."),
     ("capture.cli", "calib_app", "calib", "Camera intrinsics and hand-eye calibration."),
-    ("lds.cli", "train_app", "train", "Train a model with or without the LDS prior."),
-    ("lds.experiment_cli", "experiment_app", "experiment", "Run and report the paper's studies."),
+    ("lds.cli.train", "train_app", "train", "Train a model with or without the LDS prior."),
+    ("lds.cli.experiment", "experiment_app", "experiment", "Run and report the paper's studies."),
 ]
 # (module, attribute, name): single commands mounted as `ldsrig NAME ...`.
 _COMMANDS = [
-    ("lds.cli", "eval_command", "eval"),
-    ("lds.cli", "compare_command", "compare"),
-    ("lds.experiment_cli", "gap_command", "gap"),
-    ("lds.demo", "demo_command", "demo"),
+    ("lds.cli.evaluate", "eval_command", "eval"),
+    ("lds.cli.evaluate", "compare_command", "compare"),
+    ("lds.cli.experiment", "gap_command", "gap"),
+    ("lds.cli.demo", "demo_command", "demo"),
 ]
 
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 from lds.contract import ModelOutput
-from lds.metrics import (MetricsConfig, adjusted_rand_index, batch_metrics,
+from lds.evaluation.metrics import (MetricsConfig, adjusted_rand_index, batch_metrics,
                          duplicate_pairs_without_gt, duplicated_gt_components, miou_greedy,
                          miou_hungarian, mse, rmse_mulmon, slot_binary_masks, slot_similarity)
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lds.gap import estimate_gap  # noqa: E402
+from lds.evaluation.gap import estimate_gap  # noqa: E402
 from lds.models import MONetConfig, build_model  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lds.metrics import metric  # noqa: E402
+from lds.evaluation.metrics import metric  # noqa: E402
 from lds.training.logging import read_metrics  # noqa: E402
 
 

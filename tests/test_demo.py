@@ -40,7 +40,7 @@ def test_demo_config_errors_are_one_line():
     import pytest
 
     from common.errors import ConfigError
-    from lds.demo import DemoConfig
+    from lds.experiments.demo import DemoConfig
 
     with pytest.raises(ConfigError, match="init must be"):
         DemoConfig(init="imagenet")

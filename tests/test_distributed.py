@@ -80,7 +80,7 @@ class PoisonRank1:
 
 
 def _scenarios(rank: int, root: Path) -> dict:
-    from lds.eval_cli import evaluate_run
+    from lds.cli.evaluate import evaluate_run
     from lds.training.loop import NonFiniteLossError, train
 
     store, report = root / "store", {}
@@ -110,7 +110,7 @@ def _scenarios(rank: int, root: Path) -> dict:
     evaluate_run(root / "ddp_2steps", store, out=root / ("eval_ddp.json" if rank == 0 else
                                                          "eval_r1.json"),
                  batch_size=2, progress=False)
-    from lds.gap import gap_for_run
+    from lds.evaluation.gap import gap_for_run
 
     gap_for_run(root / "ddp_2steps", store, out=root / ("gap_ddp.json" if rank == 0 else
                                                         "gap_r1.json"), **GAP_ARGS)
@@ -172,7 +172,7 @@ def runs(tmp_path_factory):
 
         model, _ = load_run(root / "ddp_2steps", step=2)
         single_eval = evaluate(model, ImageDataset(root / "store"), batch_size=2, progress=False)
-        from lds.gap import gap_for_run
+        from lds.evaluation.gap import gap_for_run
 
         single_gap = _gap_at_step_2(root, gap_for_run)
     finally:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from common.errors import UserError
 from datasets.store import SceneStore
 from datasets.torch_data import ImageDataset
-from lds.eval_cli import compare_command, eval_command
+from lds.cli.evaluate import compare_command, eval_command
 from lds.evaluation import EvalResult, evaluate
 from tests.test_eval import LabelOracle
 

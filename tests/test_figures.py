@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from lds.contract import ModelOutput
-from lds.figures import PALETTE, figure2, render_components_alone, segmentation_rgb
+from lds.evaluation.figures import PALETTE, figure2, render_components_alone, segmentation_rgb
 from lds.models.monet import MONet, MONetConfig
 
 

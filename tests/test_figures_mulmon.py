@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lds.figures import _view_labels, figure2
+from lds.evaluation.figures import _view_labels, figure2
 from lds.models import MulMONConfig, build_model
 from tests.test_mulmon import H, W, make_views_store, scenes_batch
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from lds.gap import estimate_gap, gap_from_log_weights, importance_weights
+from lds.evaluation.gap import estimate_gap, gap_from_log_weights, importance_weights
 from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
 
 
@@ -172,7 +172,7 @@ def test_gap_command_on_a_trained_run(tmp_path):
         assert record["log_px"] == pytest.approx(record["elbo"] + record["gap"])
         assert 1 <= record["ess"] <= 40
     # an image's estimate does not depend on the batch it is estimated in
-    from lds.gap import gap_for_run
+    from lds.evaluation.gap import gap_for_run
 
     one = gap_for_run(tmp_path / "run", store, num_samples=40, chunk=16, max_images=3,
                       batch_size=1, progress=False, out=tmp_path / "g1.json")
@@ -202,7 +202,7 @@ def test_gap_command_on_a_trained_run(tmp_path):
 
 
 def test_gap_difference_joins_on_image_index_and_correlates():
-    from lds.gap import gap_difference
+    from lds.evaluation.gap import gap_difference
 
     control = {"records": [{"image_index": i, "gap": 10.0 + i} for i in range(6)]}
     lds = {"records": [{"image_index": i, "gap": 10.0} for i in (5, 4, 3, 2, 1, 0)]}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lds.gap import estimate_gap, gap_from_log_weights, importance_weights
+from lds.evaluation.gap import estimate_gap, gap_from_log_weights, importance_weights
 
 
 @pytest.fixture(autouse=True)

@@ -277,7 +277,7 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
 
 
 def test_evaluation_is_reproducible_and_the_inference_gap_interface_works():
-    from lds.gap import estimate_gap
+    from lds.evaluation.gap import estimate_gap
     from lds.models.interface import standard_normal_log_density
 
     model = tiny_model().eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lds.contract import ModelOutput
-from lds.metrics import (MetricsConfig, adjusted_rand_index, batch_metrics, binary_iou,
+from lds.evaluation.metrics import (MetricsConfig, adjusted_rand_index, batch_metrics, binary_iou,
                          duplicate_pairs_without_gt, duplicated_gt_components, miou_greedy,
                          miou_hungarian, mse, rmse_mulmon, slot_binary_masks, slot_similarity)
 
@@ -284,7 +284,7 @@ def test_model_segmentation_source_is_used_and_decoded_masks_reported_beside_it(
 
 
 def test_metric_table_labels_both_sources():
-    from lds.metrics import METRICS, metric
+    from lds.evaluation.metrics import METRICS, metric
 
     assert metric("decoded_fg_ari").label == "FG-ARI, decoded masks"
     assert metric("fg_ari", "attention masks").label == "FG-ARI, attention masks"

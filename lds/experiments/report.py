@@ -30,12 +30,12 @@ import numpy as np
 from common.errors import UserError
 from lds.experiments.runner import RUNS_DIR, run_dir_of, study_spec
 from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
-from lds.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
+from lds.evaluation.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
 
 TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "dup_bg",
                   "active_slots"]
 # Where a model segments with other masks than its decoded ones (MONet), these are shown on the
-# decoded masks too, labelled (lds.metrics.table).
+# decoded masks too, labelled (lds.evaluation.metrics.table).
 TABLE1_DECODED = ["miou", "fg_ari", "dup_gt"]
 
 
@@ -293,7 +293,7 @@ def table2(report: Report, results, spec, summary) -> None:
     import matplotlib.pyplot as plt
     from scipy.stats import pearsonr
 
-    from lds.gap import gap_difference
+    from lds.evaluation.gap import gap_difference
 
     report.heading("Table 2: inference gap drop dG and its correlations")
     pairs = _main_pairs(results, spec)
@@ -364,7 +364,7 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
     import torch
 
     from datasets.torch_data import ImageDataset
-    from lds.figures import figure2
+    from lds.evaluation.figures import figure2
     from lds.training.runs import load_run
 
     report.heading("Figure 2: qualitative grids (first seed; control above LDS)")
@@ -568,7 +568,7 @@ def figure5(report: Report, results, spec, study_dir: Path, summary) -> None:
     import torch
 
     from datasets.torch_data import ImageDataset
-    from lds.figures import figure2
+    from lds.evaluation.figures import figure2
     from lds.training.runs import load_run
 
     pairs = _main_pairs(results, spec)

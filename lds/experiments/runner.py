@@ -128,7 +128,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     """Bring one run up to date: train (or resume), evaluate, test-K, gap. Returns stage -> what
     happened ("done" / "skipped")."""
     from lds.evaluation import evaluate, make_validator
-    from lds.metrics import MetricsConfig
+    from lds.evaluation.metrics import MetricsConfig
     from common.config import load_config
     from lds.data import open_eval_dataset
     from lds.training.loop import train
@@ -179,7 +179,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         happened[stage] = "done"
 
     if spec.gap.enabled and run.is_main:
-        from lds.gap import GAP_DIR, GAP_FILE, gap_for_run
+        from lds.evaluation.gap import GAP_DIR, GAP_FILE, gap_for_run
 
         path = run_dir / GAP_DIR / GAP_FILE
         if _eval_file_current(path, steps, samples=spec.gap.samples, max_images=spec.gap.max_images):

@@ -30,7 +30,7 @@ from common.config import to_dict
 from common.errors import UserError
 from lds import distributed
 from lds.contract import ModelOutput
-from lds.metrics import (DECODED_PREFIX, METRICS, QUERY_PREFIX, MetricsConfig, batch_metrics, metric,
+from lds.evaluation.metrics import (DECODED_PREFIX, METRICS, QUERY_PREFIX, MetricsConfig, batch_metrics, metric,
                          segmentation_masks, segmentation_source_of)
 
 EVAL_FILE_VERSION = 1

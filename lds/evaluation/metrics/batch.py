@@ -6,14 +6,14 @@ import torch
 
 from common.errors import ConfigError
 from lds.contract import ModelOutput
-from lds.metrics.config import MetricsConfig
-from lds.metrics.reconstruction import mse, rmse_mulmon
-from lds.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
+from lds.evaluation.metrics.config import MetricsConfig
+from lds.evaluation.metrics.reconstruction import mse, rmse_mulmon
+from lds.evaluation.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
                                       miou_greedy_from_contingency,
                                       miou_hungarian_from_contingency)
-from lds.metrics.slots import (duplicate_pairs_without_gt, gt_component_claims,
+from lds.evaluation.metrics.slots import (duplicate_pairs_without_gt, gt_component_claims,
                                slot_binary_masks, slot_similarity)
-from lds.metrics.table import DECODED_LABEL, DECODED_PREFIX, METRICS
+from lds.evaluation.metrics.table import DECODED_LABEL, DECODED_PREFIX, METRICS
 
 
 def segmentation_masks(output: ModelOutput, source: str = "model") -> tuple[torch.Tensor, str]:
@@ -35,7 +35,7 @@ def segmentation_masks(output: ModelOutput, source: str = "model") -> tuple[torc
 def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.Tensor,
                          posterior_mean: torch.Tensor, gt: torch.Tensor | None,
                          config: MetricsConfig) -> dict[str, torch.Tensor]:
-    """The metrics that depend on which masks segment (lds.metrics.table.SEGMENTATION_METRICS)."""
+    """The metrics that depend on which masks segment (lds.evaluation.metrics.table.SEGMENTATION_METRICS)."""
     kind = config.duplicate_masks
     if kind == "auto":
         kind = "alone" if decoded else "argmax"

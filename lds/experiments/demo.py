@@ -1,4 +1,4 @@
-"""`ldsrig demo`: the whole loop on the simulated rig, no hardware needed.
+"""The demo (`ldsrig demo`, lds/cli/demo.py): the whole loop on the simulated rig, no hardware needed.
 
     simulated capture (arm + camera + random cube scenes)  ->  raw store
     prepare (centre crop, resize)                           ->  training store
@@ -22,16 +22,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
-import typer
 from rich.console import Console
 
 from common.config import load_config, save_config
 from common.errors import ConfigError
 
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 # The regime the shipped checkpoints were trained in (experiments/monet_cpu_regime.yaml).
 REGIME = ["model.num_slots=5", "optim.lr=1e-3"]
 
@@ -78,7 +76,7 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
     from datasets.prepare import prepare_store
     from datasets.store import SceneStore
     from datasets.torch_data import ImageDataset
-    from lds.figures import figure2_for_dataset
+    from lds.evaluation.figures import figure2_for_dataset
     from lds.evaluation import EvalResult, compare, comparison_table, evaluate
     from lds.training.config import load_train_config
     from lds.training.loop import train
@@ -161,7 +159,7 @@ def run_demo(out: Path, cfg: DemoConfig, console: Console | None = None) -> Path
 
 
 def _fmt(name: str, value, signed: bool = False) -> str:
-    from lds.metrics import metric
+    from lds.evaluation.metrics import metric
 
     if value is None:
         return "-"
@@ -203,7 +201,7 @@ def _write_report(out: Path, cfg: DemoConfig, rows: dict, results: dict, timings
         "| metric | MONet0 (control) | MONet+ (LDS) | LDS - control |",
         "| --- | --- | --- | --- |",
     ]
-    from lds.metrics import metric, segmentation_source_of
+    from lds.evaluation.metrics import metric, segmentation_source_of
 
     source = segmentation_source_of(results["control"].meta)
     for name, row in rows.items():
@@ -240,20 +238,4 @@ def _write_report(out: Path, cfg: DemoConfig, rows: dict, results: dict, timings
     return path
 
 
-def demo_command(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the stores, runs and report."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with DemoConfig keys."),
-    overrides: Optional[List[str]] = typer.Argument(
-        None, help="Overrides, e.g. scenes=8 steps=1000 size=64."),
-) -> None:
-    """The main job on the embedded default: simulated capture -> training store -> MONet and
-    MONet+ -> evaluation -> report (report.md with tables and figures)."""
-    cfg = load_config(DemoConfig, config, list(overrides or []))
-    console = Console()
-    started = time.perf_counter()
-    report = run_demo(out, cfg, console)
-    console.rule()
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s; report: [bold]{report}[/]")
-
-
-__all__ = ["DemoConfig", "run_demo", "demo_command"]
+__all__ = ["DemoConfig", "run_demo"]

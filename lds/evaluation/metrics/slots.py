@@ -1,7 +1,7 @@
 """Slot-level metrics: average pairwise latent similarity and automatic duplicate counts.
 
 The paper counted duplicates by eye on 100 images; these two definitions count them
-automatically (thresholds in :class:`lds.metrics.config.MetricsConfig`, documented in
+automatically (thresholds in :class:`lds.evaluation.metrics.config.MetricsConfig`, documented in
 docs/evaluation.md):
 
 * with ground truth: slot k *claims* visible GT component g (background included) when
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from lds.metrics.segmentation import (argmax_labels, binary_iou, flatten_slot_masks,
+from lds.evaluation.metrics.segmentation import (argmax_labels, binary_iou, flatten_slot_masks,
                                       one_hot_labels)
 from lds.prior import cosine_similarity_matrix, off_diagonal_mean
 

@@ -1,4 +1,4 @@
-"""`ldsrig eval` and `ldsrig compare` (mounted by root cli.py through lds/cli.py).
+"""`ldsrig eval` and `ldsrig compare` (mounted by root cli.py through lds/cli/train.py).
 
     ldsrig eval RUN --data STORE [--out FILE] [--batch-size 32] [--max-images N] [--figure N]
                 [--metric claim_iou=0.6 ...]
@@ -27,8 +27,8 @@ from common.errors import UserError
 from lds import distributed
 from lds.data import open_eval_dataset
 from lds.evaluation import EvalResult, comparison_table, compare, evaluate, print_result
-from lds.figures import figure2_for_dataset
-from lds.metrics import MetricsConfig
+from lds.evaluation.figures import figure2_for_dataset
+from lds.evaluation.metrics import MetricsConfig
 
 EVAL_DIR = "eval"
 EVAL_FILE = "eval.json"
@@ -170,7 +170,7 @@ def compare_command(
                       f"{lds.meta.get('data')}, {lds.meta.get('num_images')} images)[/]")
     console.print(comparison_table(control, lds, Path(run_control).name, Path(run_lds).name))
     # Table 2 when both runs have RUN/gap/gap.json (`ldsrig gap`): dG per image and correlations.
-    from lds.gap import gap_difference, gap_table, load_gap
+    from lds.evaluation.gap import gap_difference, gap_table, load_gap
 
     gaps = load_gap(run_control), load_gap(run_lds)
     gap_rows = None

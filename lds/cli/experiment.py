@@ -86,7 +86,7 @@ def gap_command(
 ) -> None:
     """Inference gap per image: G = log p(x) (importance-weighted, B samples) - ELBO (unit weights)."""
     from lds import distributed
-    from lds.gap import gap_for_run
+    from lds.evaluation.gap import gap_for_run
 
     with distributed.session(device):     # under torchrun: images sharded, rank 0 writes
         result = gap_for_run(run, data, num_samples=samples, max_images=max_images, chunk=chunk,

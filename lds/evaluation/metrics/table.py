@@ -1,7 +1,7 @@
 """The one table of metrics: name, label, format, direction, and whether it needs ground truth.
 
 Evaluation tables, comparisons, study reports and the demo read this table, so a new metric is
-one entry here (plus the function that computes it in :mod:`lds.metrics.batch`).
+one entry here (plus the function that computes it in :mod:`lds.evaluation.metrics.batch`).
 
 Segmentation sources.  A model segments with its own masks (``ModelOutput.segmentation_masks``:
 MONet's attention masks, the decoded mixing masks for the other models).  When those are not the

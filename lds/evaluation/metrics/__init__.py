@@ -1,14 +1,14 @@
 """Evaluation metrics, each a function returning one value per image (see docs/evaluation.md)."""
 
-from lds.metrics.batch import batch_metrics, segmentation_masks
-from lds.metrics.table import (DECODED_PREFIX, METRICS, METRICS_WITH_GT, METRICS_WITHOUT_GT,
+from lds.evaluation.metrics.batch import batch_metrics, segmentation_masks
+from lds.evaluation.metrics.table import (DECODED_PREFIX, METRICS, METRICS_WITH_GT, METRICS_WITHOUT_GT,
                                QUERY_PREFIX, SEGMENTATION_METRICS, Metric, metric,
                                segmentation_source_of)
-from lds.metrics.config import MetricsConfig
-from lds.metrics.reconstruction import mse, rmse_mulmon
-from lds.metrics.segmentation import (adjusted_rand_index, argmax_labels, binary_iou,
+from lds.evaluation.metrics.config import MetricsConfig
+from lds.evaluation.metrics.reconstruction import mse, rmse_mulmon
+from lds.evaluation.metrics.segmentation import (adjusted_rand_index, argmax_labels, binary_iou,
                                       miou_greedy, miou_hungarian)
-from lds.metrics.slots import (duplicate_pairs_without_gt, duplicated_gt_components,
+from lds.evaluation.metrics.slots import (duplicate_pairs_without_gt, duplicated_gt_components,
                                slot_binary_masks, slot_similarity)
 
 __all__ = [

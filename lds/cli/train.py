@@ -3,8 +3,7 @@
     ldsrig train monet --data STORE [--lds/--no-lds] [--config FILE] [--out RUN_DIR]
                        [--steps N] [--resume] [key=value ...]
 
-Root cli.py mounts ``train_app`` as `ldsrig train` and ``eval_command`` / ``compare_command``
-(defined in lds/eval_cli.py) as `ldsrig eval` / `ldsrig compare`.
+Root cli.py mounts ``train_app`` as `ldsrig train`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import List, Optional
 
 import typer
 
-from lds.eval_cli import compare_command, eval_command  # noqa: F401  (mounted by root cli.py)
 from lds.models import MODEL_CONFIGS
 
 train_app = typer.Typer(
