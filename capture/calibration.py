@@ -24,6 +24,7 @@ import yaml
 
 from common.config import read_yaml_mapping
 from common.errors import UserError
+from common.io import atomic_write_text
 
 
 class CalibrationError(UserError):
@@ -297,10 +298,7 @@ def save_calibration_section(path: str | Path, section: str, values: dict) -> No
     path = Path(path)
     data = load_calibration(path) if path.exists() else {}
     data[section] = values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def calibrated_intrinsics(data: dict, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -12,7 +12,6 @@
 from robot.arm import Arm, BaseArm, MovePlan, open_arm
 from robot.config import RigConfig, load_rig_config, pose_matrix, rig_fingerprint
 from robot.errors import ModelLoadError, PlanningError, RobotError, UnsafeMoveError
-from robot.geometry import look_at
 from robot.model import ArmModel, arm_model_for, load_robot_model, offline_model_names
 from robot.planning import ViewPlan, plan_viewpoints
 from robot.safety import SafetyChecker, Violation
@@ -31,7 +30,7 @@ def __getattr__(name):
 
 __all__ = [
     "Arm", "BaseArm", "MovePlan", "open_arm", "RigConfig", "load_rig_config", "pose_matrix",
-    "rig_fingerprint", "RobotError", "ModelLoadError", "PlanningError", "UnsafeMoveError", "look_at",
+    "rig_fingerprint", "RobotError", "ModelLoadError", "PlanningError", "UnsafeMoveError",
     "ArmModel", "arm_model_for", "load_robot_model", "offline_model_names", "ViewPlan",
     "plan_viewpoints", "SafetyChecker", "Violation", "SimulatedArm", "URArm", "JointTrajectory",
     "check_move", "plan_trajectory",

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import atomic_write_text
 from robot.config import RigConfig, rig_fingerprint
 from robot.errors import PlanningError
-from robot.geometry import invert, look_at, pose_error
+from common.geometry import look_at
+from robot.geometry import invert, pose_error
 from robot.model import ArmModel, arm_model_for
 from robot.safety import SafetyChecker
 
@@ -124,12 +126,7 @@ class ViewPlan:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)                 # never leave half a plan behind
-        return path
+        return atomic_write_text(path, self.to_json())      # never leave half a plan behind
 
     @classmethod
     def load(cls, path: str | Path) -> "ViewPlan":

@@ -14,16 +14,10 @@ from datasets.torch_data import ImageDataset, SceneViewsDataset
 from datasets.viewpoints import clevr_mv_viewpoint, pose_viewpoint
 
 
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
-    eye, target, up = map(np.asarray, (eye, target, up))
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    T = np.eye(4)
-    T[:3, :3] = np.column_stack([x, y, z])
-    T[:3, 3] = eye
-    return T
+def look_at(eye, target=(0.0, 0.0, 0.0)):
+    from common.geometry import look_at as shared
+
+    return shared(eye, target)
 
 
 def project(K, T_world_cam, point):

@@ -8,7 +8,8 @@ import pytest
 from common.errors import ConfigError, UserError
 from robot.config import ViewPlanConfig, load_rig_config, pose_matrix
 from robot.errors import ModelLoadError, PlanningError
-from robot.geometry import invert, look_at, pose_error
+from common.geometry import look_at
+from robot.geometry import invert, pose_error
 from robot.model import ArmModel, arm_model_for, segment_distances
 from robot.planning import ViewPlan, joint_travel, order_views, plan_viewpoints
 from robot.safety import SafetyChecker

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.geometry import intrinsics_from_fov, look_at
 from datasets.store import SceneStore
 from datasets.synth import camera, clevr, cubes, meshes, render
 from datasets.synth.generate import (ClevrMVSettings, CubesSettings, SynthError, generate,
@@ -34,10 +35,10 @@ def test_pose_and_intrinsics_reproduce_mitsuba_rays_exactly():
     non-square image, camera rolled (not a look-at pose)."""
     mi = render.mitsuba()
     width, height = 48, 32
-    K = camera.intrinsics_from_fov(width, height, 70.0)
+    K = intrinsics_from_fov(width, height, 70.0)
     K[0, 2] += 3.25
     K[1, 2] -= 2.5
-    pose = camera.look_at_pose([3.0, -4.0, 2.5], [0.2, 0.1, 0.0])
+    pose = look_at([3.0, -4.0, 2.5], [0.2, 0.1, 0.0])
     pose[:3, :3] = pose[:3, :3] @ _rotation([0, 0, 1], 17.0)  # roll about the optical axis
     scene = mi.load_dict({"type": "scene",
                           "ground": {"type": "rectangle", "to_world": mi.ScalarTransform4f().scale([50, 50, 1])},
@@ -57,9 +58,9 @@ def test_clevr_cameras_match_the_real_cle_mv_sample():
     """Our CLE-MV camera (look at the origin, 49.13 degree FOV) reprojects the sample's objects
     onto the generator's own pixel_coords (Blender's, truncated to integers)."""
     meta = json.loads((FIXTURE / "scenes" / "CLEVR_new_000000.json").read_text())
-    K = camera.intrinsics_from_fov(64, 64, clevr.CAMERA_FOV_X_DEG)
+    K = intrinsics_from_fov(64, 64, clevr.CAMERA_FOV_X_DEG)
     for v, location in enumerate(meta["camera"]["location"]):
-        pose = camera.look_at_pose(location, [0, 0, 0])
+        pose = look_at(location, [0, 0, 0])
         assert np.hypot(*location[:2]) == pytest.approx(clevr.CAMERA_RING_RADIUS, abs=0.01)
         assert location[2] == pytest.approx(clevr.CAMERA_HEIGHT, abs=0.01)
         for obj in meta["objects"]:
@@ -107,8 +108,8 @@ def test_masks_align_with_the_rgb_render():
         shapes.append(s)
     loaded = render.load_scene({}, shapes)
     width, height = 80, 60
-    pose = camera.look_at_pose([1.0, -5.0, 3.0], [0.1, 0.1, 0.4])
-    K = camera.intrinsics_from_fov(width, height, 45.0)
+    pose = look_at([1.0, -5.0, 3.0], [0.1, 0.1, 0.4])
+    K = intrinsics_from_fov(width, height, 45.0)
     rgb = render.render_linear_rgb(loaded, pose, K, width, height, spp=16, seed=1)
     label_map, amodal = render.render_masks(loaded, pose, K, width, height)
     padded = np.pad(label_map, 1, mode="edge")
@@ -210,7 +211,7 @@ def test_cubes_scene_is_deterministic():
 
 
 def test_rendering_refuses_non_square_pixels():
-    K = camera.intrinsics_from_fov(64, 48, 60.0)
+    K = intrinsics_from_fov(64, 48, 60.0)
     K[0, 0] *= 1.05
     with pytest.raises(ValueError, match="square pixels"):
         camera.mitsuba_sensor_dict(np.eye(4), K, 64, 48, spp=1)

@@ -21,7 +21,6 @@ from datasets.importers.base import (
     ImportReport,
     ImportSourceError,
     ImportTargetError,
-    look_at_camera_pose_world,
     write_import,
 )
 
@@ -79,6 +78,5 @@ __all__ = [
     "ImportSourceError",
     "ImportTargetError",
     "import_dataset",
-    "look_at_camera_pose_world",
     "plan_import",
 ]

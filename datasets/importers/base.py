@@ -33,49 +33,7 @@ class ImportTargetError(UserError):
     """DST exists but cannot take this import (another source, other image size, ...)."""
 
 
-# --- camera helpers --------------------------------------------------------------------------
-
-
-def look_at_camera_pose_world(
-    camera_position_world: np.ndarray,
-    target_world: np.ndarray | None = None,
-    up_world: np.ndarray | None = None,
-) -> np.ndarray:
-    """4x4 camera-to-world pose, OpenCV axes (+x right, +y down, +z forward), for a camera at
-    ``camera_position_world`` looking at ``target_world`` (default: origin) with ``up_world``
-    (default: +z) pointing up in the image."""
-    position = np.asarray(camera_position_world, dtype=np.float64)
-    target = np.zeros(3) if target_world is None else np.asarray(target_world, dtype=np.float64)
-    up = np.array([0.0, 0.0, 1.0]) if up_world is None else np.asarray(up_world, dtype=np.float64)
-    forward = target - position
-    forward_norm = np.linalg.norm(forward)
-    if forward_norm < 1e-12:
-        raise ValueError("camera sits on its look-at target")
-    forward /= forward_norm
-    right = np.cross(forward, up)
-    right_norm = np.linalg.norm(right)
-    if right_norm < 1e-9:
-        raise ValueError("viewing direction is parallel to the up vector")
-    right /= right_norm
-    down = np.cross(forward, right)  # completes a right-handed frame with +y pointing down
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, forward, position
-    return pose
-
-
-def pinhole_intrinsics(fx: float, fy: float, width: int, height: int) -> np.ndarray:
-    """K with the principal point at the image centre in OpenCV pixel coordinates (pixel (0,0)'s
-    centre is at 0,0, so the centre of a W-pixel row is (W-1)/2)."""
-    return np.array(
-        [[fx, 0.0, (width - 1) / 2.0], [0.0, fy, (height - 1) / 2.0], [0.0, 0.0, 1.0]],
-        dtype=np.float64,
-    )
-
-
-def horizontal_fov_intrinsics(fov_degrees: float, width: int, height: int) -> np.ndarray:
-    """Square-pixel K for a horizontal field of view (used where a source gives no camera)."""
-    focal = (width / 2.0) / math.tan(math.radians(fov_degrees) / 2.0)
-    return pinhole_intrinsics(focal, focal, width, height)
+# --- camera helpers: common.geometry (look-at poses, pinhole K, K from a field of view) ----
 
 
 # --- what a reader hands the writer ----------------------------------------------------------

@@ -31,10 +31,9 @@ from datasets.importers.base import (
     PendingScene,
     SceneData,
     import_metadata,
-    look_at_camera_pose_world,
-    pinhole_intrinsics,
     read_json_file,
 )
+from common.geometry import look_at, pinhole_intrinsics
 
 CLEVR_FOCAL_LENGTH_MM = 35.0
 CLEVR_SENSOR_WIDTH_MM = 32.0
@@ -138,7 +137,7 @@ def convert_clevr_scene(
         raise ImportSourceError(f"{where}: amodal masks hold NaN or infinity")
     amodal_masks = np.ascontiguousarray(np.moveaxis(amodal > 0.5, -1, 1))  # (V,N,H,W)
 
-    poses = np.stack([look_at_camera_pose_world(location) for location in locations])
+    poses = np.stack([look_at(location, (0.0, 0.0, 0.0)) for location in locations])
     intrinsics = np.repeat(clevr_intrinsics(width, height)[None], views, axis=0)
     objects = []
     for index, obj in enumerate(objects_src):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.geometry import intrinsics_from_fov
 from datasets.importers.base import (
     ImportPlan,
     ImportSourceError,
     PendingScene,
     SceneData,
-    horizontal_fov_intrinsics,
     import_metadata,
 )
 
@@ -86,7 +86,7 @@ def read_gqn_jaco(src: str | Path, source: str = SOURCE) -> ImportPlan:
         handle.close()
         raise
     num_scenes, num_views, height, width = images.shape[:4]
-    intrinsics = horizontal_fov_intrinsics(NOMINAL_HORIZONTAL_FOV_DEGREES, width, height)
+    intrinsics = intrinsics_from_fov(width, height, NOMINAL_HORIZONTAL_FOV_DEGREES)
     digits = max(6, len(str(num_scenes - 1)))
 
     def pending_scenes():

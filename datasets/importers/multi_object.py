@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.geometry import pinhole_intrinsics
 from datasets.importers.base import (
     ImportPlan,
     ImportSourceError,
     PendingScene,
     SceneData,
     import_metadata,
-    pinhole_intrinsics,
 )
 from datasets.importers.tfrecord import ExampleDecodeError, iter_records, parse_example
 

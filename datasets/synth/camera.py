@@ -1,5 +1,5 @@
-"""Camera geometry shared by the synthetic generators: look-at poses, pinhole K, projection, and
-the conversion between the store's OpenCV camera convention and Mitsuba's.
+"""Camera geometry of the synthetic generators: projection and the conversion between the
+store's OpenCV camera convention and Mitsuba's (look-at poses and pinhole K: common.geometry).
 
 Conventions (checked by tests/test_synth.py against Mitsuba's own position AOV):
 
@@ -22,33 +22,6 @@ OPENCV_TO_MITSUBA_AXES = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Mitsuba's perspective camera has square pixels; a K whose focal lengths differ by more than
 # this relative amount cannot be rendered exactly and is refused.
 MAX_FOCAL_ASPECT_ERROR = 1e-3
-
-
-def look_at_pose(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world pose (OpenCV axes) of a camera at ``eye`` looking at ``target``, with the
-    image's up direction as close to world ``up`` as possible (no roll)."""
-    eye = np.asarray(eye, dtype=np.float64)
-    forward = np.asarray(target, dtype=np.float64) - eye
-    norm = np.linalg.norm(forward)
-    if norm < 1e-12:
-        raise ValueError("look_at_pose: eye and target coincide")
-    forward /= norm
-    right = np.cross(forward, np.asarray(up, dtype=np.float64))
-    if np.linalg.norm(right) < 1e-9:
-        raise ValueError("look_at_pose: viewing direction is parallel to up")
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, forward, eye
-    return pose
-
-
-def intrinsics_from_fov(width: int, height: int, fov_x_deg: float) -> np.ndarray:
-    """Square-pixel K with the given horizontal field of view and a centred principal point."""
-    focal = (width / 2.0) / np.tan(np.radians(fov_x_deg) / 2.0)
-    return np.array([[focal, 0.0, (width - 1) / 2.0],
-                     [0.0, focal, (height - 1) / 2.0],
-                     [0.0, 0.0, 1.0]])
 
 
 def project_points(points_world, camera_pose_world, intrinsics) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datasets.synth import render
-from datasets.synth.camera import intrinsics_from_fov, look_at_pose
+from common.geometry import intrinsics_from_fov, look_at
 from datasets.synth.meshes import half_height
 from datasets.synth.objects import SceneObject, place_without_overlap
 
@@ -88,7 +88,7 @@ def camera_ring(num_views: int, start_azimuth_deg: float = 0.0, width: int = 64,
     """CLE-MV cameras: evenly spaced on a circle, all looking at the origin.
     Returns (poses (V,4,4), intrinsics (V,3,3))."""
     az = np.radians(start_azimuth_deg) + 2 * np.pi * np.arange(num_views) / num_views
-    poses = np.stack([look_at_pose([radius * np.cos(a), radius * np.sin(a), camera_height], [0, 0, 0])
+    poses = np.stack([look_at([radius * np.cos(a), radius * np.sin(a), camera_height], [0, 0, 0])
                       for a in az])
     K = intrinsics_from_fov(width, height, fov_x_deg)
     return poses, np.repeat(K[None], num_views, 0)

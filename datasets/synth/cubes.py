@@ -17,7 +17,7 @@ import numpy as np
 
 from datasets.synth import render
 from datasets.synth.webcam import webcam_image
-from datasets.synth.camera import intrinsics_from_fov, look_at_pose
+from common.geometry import intrinsics_from_fov, look_at
 from datasets.synth.objects import SceneObject, place_without_overlap
 
 CUBE_COLORS = {  # linear reflectances of saturated toy-block paints
@@ -92,7 +92,7 @@ def sample_cube_viewpoints(rng: np.random.Generator, num_views: int, *,
     for a, e, d in zip(az, el, radius):
         target = np.array([*rng.uniform(-target_jitter_m, target_jitter_m, 2), 0.0])
         eye = target + d * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
-        poses.append(look_at_pose(eye, target))
+        poses.append(look_at(eye, target))
     return np.stack(poses)
 
 

@@ -22,14 +22,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from common.config import to_dict
 from common.errors import UserError
-from lds import distributed
+from common.io import atomic_write_text
 from lds.contract import ModelOutput
+from lds.evaluation.sharding import ShardedBatches
 from lds.evaluation.metrics import (DECODED_PREFIX, METRICS, QUERY_PREFIX, MetricsConfig, batch_metrics, metric,
                          segmentation_masks, segmentation_source_of)
 
@@ -63,12 +63,7 @@ class EvalResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON (strict: NaN is written as null) atomically; return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalResult":
@@ -138,14 +133,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     num_images = len(dataset) if max_images is None else min(len(dataset), max_images)
     if num_images == 0:
         raise UserError("nothing to evaluate: the dataset has no images")
-    # Under torchrun whole batches go round-robin to the ranks (one process: all of them), and
-    # each batch's random draws (iterative models sample during inference) are seeded by its
-    # number, so the gathered records equal a one-process run's whatever the world size.
-    shards = (distributed.shard_batches(num_images, batch_size) if shard else
-              [(j, list(range(lo, min(lo + batch_size, num_images))))
-               for j, lo in enumerate(range(0, num_images, batch_size))])
-    mine = [i for _, indices in shards for i in indices]
-    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=0)
+    # Each batch's random draws (iterative models may sample during inference) are seeded by
+    # its number, so the gathered records equal a one-process run's whatever the world size.
+    batches = ShardedBatches(dataset, num_images, batch_size, shard)
     device = torch.device(device)
     model = model.to(device).eval()
 
@@ -153,13 +143,11 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     has_gt: bool | None = None
     source: str | None = None
     started = time.perf_counter()
-    bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("images"), TimeRemainingColumn(),
-                   disable=not progress or (shard and not distributed.is_main()), transient=True)
+    bar = batches.progress("evaluating", progress)
     rng_devices = [device] if device.type == "cuda" else []
     with bar, torch.random.fork_rng(devices=rng_devices):
-        task = bar.add_task("eval", total=len(mine))
-        for (batch_number, indices), batch in zip(shards, loader):
+        task = bar.add_task("eval", total=batches.num_items)
+        for batch_number, indices, batch in batches:
             torch.manual_seed(batch_number)
             batch = _to_device(batch, device)
             output: ModelOutput = model(batch)
@@ -185,12 +173,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                 records.append(record)
             per_batch.append((batch_number, records))
             bar.advance(task, len(indices))
-    if shard:
-        records = [record for part in distributed.gather_batches(per_batch) for record in part]
-        has_gt = any(distributed.all_gather_objects(bool(has_gt)))
-    else:
-        records = [record for _, part in per_batch for record in part]
-        has_gt = bool(has_gt)
+    records = batches.gather(per_batch)
+    has_gt = batches.any_rank(bool(has_gt))
     seconds = time.perf_counter() - started
 
     names = [n for n in METRICS if n in records[0]]

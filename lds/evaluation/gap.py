@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from common.errors import UserError
+from common.io import atomic_write_text
+from lds.evaluation.evaluate import aggregate
+from lds.evaluation.sharding import ShardedBatches
 from lds import distributed
 
 GAP_DIR = "gap"
@@ -87,21 +89,12 @@ def estimate_gap(model: torch.nn.Module, batch: dict, num_samples: int = 500, ch
 
 # ---- running it on a trained run ------------------------------------------------------------
 
-def _aggregate(values: np.ndarray) -> dict[str, float | int | None]:
-    values = values[np.isfinite(values)]
-    n = int(values.size)
-    return {"mean": float(values.mean()) if n else None,
-            "stderr": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None, "n": n}
-
-
 def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
                 max_images: int | None = 64, chunk: int = 50, batch_size: int = 8,
                 device: str = "cpu", progress: bool = True, out: str | Path | None = None,
                 seed: int = 0, extra_meta: dict | None = None) -> dict:
     """Estimate the gap for the first ``max_images`` images of ``data`` under the run's latest
     checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from lds.data import open_eval_dataset
     from lds.training.runs import latest_checkpoint_step, load_run
 
@@ -114,21 +107,16 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise UserError(f"data store {data} has no images")
-    # Under torchrun whole batches go round-robin to the ranks (lds/distributed.py); each item's
-    # samples are seeded by (seed, image index), so the gathered records are those of a
-    # one-process run whatever the number of processes, the batch size or the order.
-    shards = distributed.shard_batches(count, batch_size)
-    loader = DataLoader(Subset(dataset, [i for _, indices in shards for i in indices]),
-                        batch_size=batch_size, shuffle=False)
+    # Each item's samples are seeded by (seed, image index), so the gathered records are those
+    # of a one-process run whatever the number of processes, the batch size or the order.
+    batches = ShardedBatches(dataset, count, batch_size)
     generator = torch.Generator(device=device)
     per_batch = []
     started = time.perf_counter()
-    bar = Progress(TextColumn("inference gap"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("images"), TimeRemainingColumn(),
-                   disable=not progress or not distributed.is_main(), transient=True)
+    bar = batches.progress("inference gap", progress)
     with bar:
-        task = bar.add_task("gap", total=sum(len(indices) for _, indices in shards))
-        for (batch_number, indices), batch in zip(shards, loader):
+        task = bar.add_task("gap", total=batches.num_items)
+        for batch_number, indices, batch in batches:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             # One item at a time, its samples seeded by (seed, its image index): an image's
             # estimate is the same whatever --batch-size, the order or the number of processes.
@@ -159,8 +147,8 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
                 records.append(record)
             per_batch.append((batch_number, records))
             bar.advance(task, batch["image"].shape[0])
-    records = [record for part in distributed.gather_batches(per_batch) for record in part]
-    aggregates = {key: _aggregate(np.array([r[key] for r in records]))
+    records = batches.gather(per_batch)
+    aggregates = {key: aggregate(r[key] for r in records)
                   for key in ("log_px", "elbo", "gap", "ess")}
     meta = {"run": str(run), "data": str(Path(data).resolve()), "model": cfg.model.name,
             "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight, "sigma": cfg.lds.sigma},
@@ -175,10 +163,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     result["path"] = str(path)
     if not distributed.is_main():          # every rank holds the gathered records; rank 0 writes
         return result
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "path"}, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({k: v for k, v in result.items() if k != "path"}, indent=1))
     return result
 
 
@@ -211,9 +196,9 @@ def gap_difference(control_gap: dict, lds_gap: dict, control_records: list[dict]
     lds = {r["image_index"]: r for r in lds_gap["records"]}
     shared = sorted(set(control) & set(lds))
     dg = np.array([control[i]["gap"] - lds[i]["gap"] for i in shared], dtype=np.float64)
+    summary = aggregate(dg.tolist())
     out: dict[str, Any] = {"image_index": shared, "dG": dg.tolist(), "n": len(shared),
-                           "mean_dG": float(dg.mean()) if len(dg) else None,
-                           "stderr_dG": float(dg.std(ddof=1) / math.sqrt(len(dg))) if len(dg) > 1 else None}
+                           "mean_dG": summary["mean"], "stderr_dG": summary["stderr"]}
     if control_records is None or lds_records is None:
         return out
     c_eval = {r["image_index"]: r for r in control_records}

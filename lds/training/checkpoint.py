@@ -16,7 +16,6 @@ data order from (seed, epoch), so both follow from the step number alone.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
+from common.io import atomic_path, atomic_write_text
 
 _STATE_RE = re.compile(r"^state_(\d{7,})\.json$")
 
@@ -44,23 +44,8 @@ def model_path(directory: str | Path, step: int) -> Path:
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    fd = os.open(tmp, os.O_RDONLY)      # on disk before it takes the real name (as the JSON is)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -98,7 +83,7 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
         _atomic_save_tensors(tensors, optim_file, {"step": str(step)})
         state["optimizer"] = meta
-    _atomic_write_text(json.dumps(state, indent=1), state_file)  # last: marks it complete
+    atomic_write_text(state_file, json.dumps(state, indent=1))  # last: marks it complete
     return model_file
 
 
