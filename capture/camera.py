@@ -208,31 +208,3 @@ class Camera(abc.ABC):
     def find() -> list[dict]:
         """Attached devices of this back end, as dicts with at least "backend" and "source"."""
         return []
-
-
-def open_camera(config: CameraConfig, **kwargs) -> Camera:
-    """A (not yet opened) camera of the configured back end."""
-    backend = config.backend.lower()
-    if backend == "opencv":
-        from capture.opencv_camera import OpenCVCamera
-
-        return OpenCVCamera(config)
-    if backend == "realsense":
-        from capture.realsense_camera import RealSenseCamera
-
-        return RealSenseCamera(config)
-    if backend == "sim":
-        from capture.sim_camera import SimulatedCamera
-
-        return SimulatedCamera(config, **kwargs)
-    raise CameraError(f"unknown camera backend {config.backend!r}; use opencv, realsense or sim")
-
-
-def find_cameras() -> list[dict]:
-    """Every attached camera the back ends can see (the simulated one is always there)."""
-    from capture.opencv_camera import OpenCVCamera
-    from capture.realsense_camera import RealSenseCamera
-
-    found = RealSenseCamera.find() + OpenCVCamera.find()
-    found.append({"backend": "sim", "source": "", "name": "simulated rig camera"})
-    return found

@@ -65,7 +65,7 @@ def _print_summary(summary) -> None:
 @capture_app.command("cameras")
 def cameras_command() -> None:
     """List attached cameras (OpenCV /dev/video*, RealSense by serial, and the simulated one)."""
-    from capture.camera import find_cameras
+    from capture.cameras import find_cameras
 
     found = find_cameras()
     for cam in found:
@@ -225,7 +225,7 @@ def intrinsics_command(
     if images:
         names, frames = _load_images(images)
     elif from_camera > 0:
-        from capture.camera import open_camera
+        from capture.cameras import open_camera
 
         cfg = _capture_config(config, set_, sim=False)
         if cfg.camera.backend == "sim":

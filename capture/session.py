@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from capture.camera import Camera, CameraConfig, CameraError, open_camera
+from capture.camera import Camera, CameraConfig, CameraError
+from capture.cameras import open_camera
 from capture.checks import ImageCheckConfig, check_image
 from common.config import to_dict
 from common.errors import UserError
@@ -157,7 +158,7 @@ class CaptureRig:
             self.rig = dataclasses.replace(self.rig, flange_to_camera=T_flange_cam.tolist())
 
     def __enter__(self) -> "CaptureRig":
-        from robot.arm import open_arm
+        from robot.backends import open_arm
 
         self.arm = open_arm(self.rig, self.cfg.arm, host=self.cfg.arm_host or None,
                             fast=not self.cfg.arm_realtime)

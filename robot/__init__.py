@@ -9,7 +9,8 @@
             T_world_camera = arm.camera_pose_world()
 """
 
-from robot.arm import Arm, BaseArm, MovePlan, open_arm
+from robot.arm import Arm, BaseArm, MovePlan
+from robot.backends import open_arm
 from robot.config import RigConfig, load_rig_config, pose_matrix, rig_fingerprint
 from robot.errors import ModelLoadError, PlanningError, RobotError, UnsafeMoveError
 from robot.model import ArmModel, arm_model_for, load_robot_model, offline_model_names

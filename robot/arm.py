@@ -157,16 +157,3 @@ class BaseArm(abc.ABC):
     @abc.abstractmethod
     def is_settled(self) -> bool:
         """True once the arm has stopped moving."""
-
-
-def open_arm(rig: RigConfig, backend: str = "sim", host: str | None = None, fast: bool = True) -> BaseArm:
-    """An (unconnected) arm for ``backend`` "sim" or "ur"; use it as a context manager."""
-    if backend == "sim":
-        from robot.sim import SimulatedArm
-
-        return SimulatedArm(rig, fast=fast)
-    if backend == "ur":
-        from robot.ur import URArm
-
-        return URArm(rig, host=host)
-    raise UnsafeMoveError(f"unknown arm back end {backend!r}; use 'sim' or 'ur'")

@@ -103,7 +103,7 @@ def _print_state(arm) -> None:
 @app.command("check")
 def check(backend: BackendOpt = "sim", host: HostOpt = None, config: ConfigOpt = None, overrides: SetOpt = None) -> None:
     """Connect to the arm, print its state and the margin to every joint limit."""
-    from robot.arm import open_arm
+    from robot.backends import open_arm
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     rig = _rig(config, overrides)
@@ -115,7 +115,7 @@ def check(backend: BackendOpt = "sim", host: HostOpt = None, config: ConfigOpt =
 def home(backend: BackendOpt = "sim", host: HostOpt = None, config: ConfigOpt = None, overrides: SetOpt = None,
          real_time: Annotated[bool, typer.Option("--real-time", help="Simulated arm: move in real time.")] = False) -> None:
     """Move the arm to its home configuration (path checked first)."""
-    from robot.arm import open_arm
+    from robot.backends import open_arm
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     rig = _rig(config, overrides)

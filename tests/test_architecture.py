@@ -59,3 +59,13 @@ def test_no_library_module_imports_a_command_line_module():
             for line, imported in _imports(path):
                 assert not (imported.endswith(".cli") or imported.startswith("lds.cli")
                             or imported == "cli"), f"{path.relative_to(ROOT)}:{line} imports {imported}"
+
+
+def test_device_interfaces_do_not_import_their_back_ends():
+    """capture/camera.py and robot/arm.py are the interfaces; the back ends import them and only
+    the registries (capture/cameras.py, robot/backends.py) import the back ends."""
+    for interface, backends in (("capture/camera.py", ("capture.opencv_camera", "capture.realsense_camera",
+                                                       "capture.sim_camera", "capture.cameras")),
+                                ("robot/arm.py", ("robot.sim", "robot.ur", "robot.backends"))):
+        imported = {name for _, name in _imports(ROOT / interface)}
+        assert not imported & set(backends), f"{interface} imports {imported & set(backends)}"

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from capture.camera import CameraConfig, CameraError, find_cameras, open_camera
+from capture.camera import CameraConfig, CameraError
+from capture.cameras import find_cameras, open_camera
 
 W, H = 64, 48
 

@@ -175,7 +175,7 @@ def test_a_scene_resumes_from_home_at_every_view_index():
     """Interrupted after k views, a resumed run starts at home; the planner checked home ->
     view 0 and view -> view, not home -> view k (with 12 views, k = 4 and 10 were refused).
     The arm now reaches view k by the checked route, from a fresh arm at home, for every k."""
-    from robot.arm import open_arm
+    from robot.backends import open_arm
     from capture.session import _reach_resume_view
 
     rig = _rig(["n_views=12"])
