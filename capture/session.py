@@ -288,14 +288,8 @@ def open_scenes(store) -> list[str]:
 # -- one scene -------------------------------------------------------------------------------------
 
 def _wait_settled(arm, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    wait = getattr(arm, "wait_until_settled", None)
-    if wait is not None:
-        wait(timeout_s)
-    while not arm.is_settled():
-        if time.monotonic() > deadline:
-            raise CaptureError(f"the arm did not settle within {timeout_s:g} s")
-        time.sleep(0.005)
+    if not arm.wait_until_settled(timeout_s):
+        raise CaptureError(f"the arm did not settle within {timeout_s:g} s")
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ class Arm(Protocol):
     def stop(self) -> None: ...
     def camera_pose_world(self, q=None) -> np.ndarray: ...
     def is_settled(self) -> bool: ...
+    def wait_until_settled(self, timeout: float = 60.0) -> bool: ...
 
 
 @dataclass
@@ -157,3 +158,7 @@ class BaseArm(abc.ABC):
     @abc.abstractmethod
     def is_settled(self) -> bool:
         """True once the arm has stopped moving."""
+
+    @abc.abstractmethod
+    def wait_until_settled(self, timeout: float = 60.0) -> bool:
+        """Block until the arm has settled (True) or ``timeout`` seconds passed (False)."""
