@@ -125,7 +125,7 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
     assert torch.allclose(out.lds_weights, weights)
     assert torch.allclose((weights * recomputed).sum(), lds, rtol=1e-5)
     # refinement moves the latents, so each iteration's prior is its own value
-    assert len({round(float(x), 3) for x in per_iteration}) > 6
+    assert len({round(float(x), 3) for x in per_iteration.detach()}) > 6
 
 
 def test_fused_decoder_equals_the_plain_broadcast_decoder():
