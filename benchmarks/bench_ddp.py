@@ -93,6 +93,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from flops import kernel_family     # benchmarks/flops.py (this script's folder)
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
     try:
         load = os.getloadavg()[0]
         if load > 0.5 * args.cores:

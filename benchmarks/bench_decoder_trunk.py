@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
+from flops import kernel_family, matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunks", type=int, nargs="*", default=[])
     args = parser.parse_args()
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flops import kernel_family  # noqa: E402  (benchmarks/flops.py)
 import torch  # noqa: E402
 
 from lds.evaluation.gap import estimate_gap  # noqa: E402
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
     torch.set_num_threads(args.threads)
     blocks = {32: (32, 32, 64, 64), 64: (32, 32, 64, 64, 64)}[args.size]
     model = build_model("monet", MONetConfig(height=args.size, width=args.size,

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from flops import kernel_family  # benchmarks/flops.py (this script's folder)
 from lds.prior import lds_prior
 
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed MONet steps per setting")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
     torch.set_num_threads(args.threads)
 
     # The prior's tensors are tiny; on a busy shared CPU a 2-thread parallel region waits for a

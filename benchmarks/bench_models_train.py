@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flops import matmul_rate, sync  # noqa: E402  (benchmarks/flops.py)
+from flops import kernel_family, matmul_rate, sync  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 
@@ -188,6 +188,7 @@ def main() -> None:
                         help="time fp32 and bf16 autocast steps alternating, side by side")
     parser.add_argument("--case", help=argparse.SUPPRESS)       # child mode: JSON arguments
     args = parser.parse_args()
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
 
     if args.case:
         print(json.dumps(run_case(**json.loads(args.case))))

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flops import matmul_rate  # noqa: E402  (benchmarks/flops.py)
+from flops import kernel_family, matmul_rate  # noqa: E402  (benchmarks/flops.py)
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--compare-amp", action="store_true",
                         help="time fp32 and bf16 autocast steps alternating, side by side")
     args = parser.parse_args()
+    print(f"CPU kernels: {kernel_family()}")   # figures differ by kernel family (AVX2, AVX-512, AMX)
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
