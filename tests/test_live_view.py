@@ -230,6 +230,8 @@ def test_capture_session_live_view_records_plan_arm_and_every_committed_frame(tm
                                    atol=1e-5)
     (frustum,) = component(rows["/world/arm/camera"], "Pinhole:resolution")
     assert frustum["Pinhole:resolution"] == [[32.0, 24.0]]
+    feed = component(rows["/world/arm/camera/image"], "EncodedImage:blob")
+    assert [f["step"] for f in feed] == frames  # the live feed: one JPEG per committed frame
     # the arm went home after the scene: the last chain ends at the home camera position
     home_camera = np.asarray(rig.T_world_base) @ _fk_flange(plan.home) @ np.asarray(rig.T_flange_camera)
     np.testing.assert_allclose(links[-1]["LineStrips3D:strips"][0][-1], home_camera[:3, 3], atol=1e-5)
@@ -240,6 +242,19 @@ def _fk_flange(q):
     from robot.model import arm_model_for
 
     return arm_model_for(load_rig_config(None, None)).fkine_flange(q)
+
+
+def test_viewer_with_a_display_file_without_one_and_always_with_rrd(monkeypatch, no_display):
+    from viz.rerun_view import ViewTarget, choose_target, default_rrd_path
+
+    assert default_rrd_path("out/raw.zarr") == Path("out/raw.rrd") and default_rrd_path("st") == Path("st.rrd")
+    assert choose_target(False, None, "d.rrd") is None                       # no view asked for
+    assert choose_target(True, None, "d.rrd") == ViewTarget(False, Path("d.rrd"))
+    assert choose_target(True, "x.rrd", "d.rrd") == ViewTarget(False, Path("x.rrd"))
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert choose_target(True, None, "d.rrd") == ViewTarget(True, None)
+    assert choose_target(True, "x.rrd", "d.rrd") == ViewTarget(True, Path("x.rrd"))   # both
+    assert choose_target(False, "x.rrd", "d.rrd") == ViewTarget(False, Path("x.rrd"))
 
 
 # -- the observer hook -------------------------------------------------------------------------------

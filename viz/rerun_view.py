@@ -14,7 +14,7 @@ Rerun calls RDF: +x right, +y down, +z forward):
                                         tour through them, and their viewing directions
     world/arm/links, joints             the arm: its link frames' origins by forward kinematics
     world/arm/camera                    the camera on the arm: Transform3D + Pinhole (its frustum)
-    world/arm/camera/image              the latest committed frame
+    world/arm/camera/image              the latest committed frame (JPEG: the live feed)
     world/scenes/<scene>/view_<k>       each committed (or stored) view: Transform3D
                                         (camera-to-world) + Pinhole, and its image below it
     world/scenes/<scene>/objects        ground-truth objects, where the store has them
@@ -98,8 +98,9 @@ def choose_target(view: bool, rrd: str | Path | None, default_rrd: str | Path) -
     return ViewTarget(spawn=False, rrd=Path(default_rrd))
 
 
-def open_recording(target: ViewTarget, name: str):
-    """A Rerun recording stream sending to ``target`` (the viewer, a file, or both)."""
+def open_recording(target: ViewTarget, name: str, blueprint=None):
+    """A Rerun recording stream sending to ``target`` (the viewer, a file, or both), laid out by
+    ``blueprint`` (None: Rerun's automatic layout)."""
     rr = import_rerun()
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4())
     sinks = []
@@ -118,7 +119,7 @@ def open_recording(target: ViewTarget, name: str):
         except OSError as exc:
             raise ViewError(f"cannot write the recording {target.rrd}: {exc}") from None
         sinks.append(rr.FileSink(str(target.rrd)))
-    rec.set_sinks(*sinks)
+    rec.set_sinks(*sinks, default_blueprint=blueprint)
     rec.send_recording_name(name)
     rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
     return rec
@@ -140,6 +141,18 @@ def rerun_intrinsics(K: np.ndarray) -> np.ndarray:
     K[0, 2] += 0.5
     K[1, 2] += 0.5
     return K
+
+
+def capture_blueprint():
+    """The live view's layout: the rig in 3D; what the camera sees, the joint angles and the
+    scene log beside it."""
+    rrb = import_rerun().blueprint
+    return rrb.Blueprint(rrb.Horizontal(
+        rrb.Spatial3DView(origin="world", name="rig"),
+        rrb.Vertical(rrb.Spatial2DView(origin="world/arm/camera", name="camera"),
+                     rrb.TimeSeriesView(origin="arm", name="joint angles (rad)"),
+                     rrb.TextLogView(origin="log", name="log")),
+        column_shares=[3, 1]))
 
 
 def log_camera(rec, path: str, camera_pose_world: np.ndarray, K: np.ndarray | None, width: int,
@@ -212,7 +225,7 @@ class RerunCaptureView(CaptureObserver):
     @property
     def rec(self):
         if self._rec is None:
-            self._rec = open_recording(self.target, self.name)
+            self._rec = open_recording(self.target, self.name, capture_blueprint())
         return self._rec
 
     def _tick(self, timestamp: float | None = None) -> None:
@@ -254,7 +267,8 @@ class RerunCaptureView(CaptureObserver):
         h, w = rgb.shape[:2]
         log_camera(self.rec, f"world/scenes/{_part(scene_id)}/view_{int(view):03d}", camera_pose_world,
                    intrinsics, w, h, rgb)
-        self.rec.log("world/arm/camera/image", rr.Image(np.ascontiguousarray(rgb)))
+        # the live feed: a JPEG copy (the exact frame is the view's own image above)
+        self.rec.log("world/arm/camera/image", rr.Image(np.ascontiguousarray(rgb)).compress(jpeg_quality=85))
         q = np.asarray(joint_positions, dtype=np.float64)
         self.rec.log("arm/joint_positions", rr.Scalars(q[np.isfinite(q)]))
 
