@@ -126,8 +126,9 @@ def open_recording(target: ViewTarget, name: str, blueprint=None):
 
 
 def close_recording(rec) -> None:
-    """Flush everything to the viewer and the file, and close the file."""
-    rec.flush()
+    """Flush everything to the viewer and the file, and close the file (a viewer that went away
+    must not hold the command up for long)."""
+    rec.flush(timeout_sec=60.0)
     rec.disconnect()
 
 
