@@ -404,10 +404,11 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
             observer.on_arm_state(arm.joint_positions())
         for view in range(done, n_views):
             t0 = time.perf_counter()
-            report_motion(observer, arm.move_to(poses_in_order[view], wait=True))
+            move = arm.move_to(poses_in_order[view], wait=True)
             _wait_settled(arm, cfg.settle_timeout_s)
             settled_at = time.time()
             t1 = time.perf_counter()
+            report_motion(observer, move)  # after t1: the observer's time is software time
             if locked is None and cfg.camera.lock_exposure:
                 # Lock at the first view of this run, once auto exposure has seen the scene.
                 locked = camera.lock_exposure()
