@@ -13,6 +13,7 @@ import typer
 
 from capture.calibration import BoardConfig, CalibrationError
 from common.config import load_config, to_dict
+from viz.cli import RRD_HELP, VIEW_HELP, live_view
 
 capture_app = typer.Typer(no_args_is_help=True, add_completion=False,
                           help="Capture scenes at the rig (or the simulated rig).")
@@ -84,12 +85,15 @@ def scene_command(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     rig_set: list[str] = typer.Option([], "--rig-set", help=RIG_SET_HELP),
     sheet: Optional[Path] = typer.Option(None, "--contact-sheet", help="write a PNG of the scene's views"),
+    view: bool = typer.Option(False, "--view", help=VIEW_HELP),
+    rrd: Optional[Path] = typer.Option(None, "--rrd", help=RRD_HELP),
 ) -> None:
     """Capture one scene: for each planned view move, settle, shoot, check, and commit to the store."""
     from capture.session import CaptureRig, capture_scene, contact_sheet, open_scenes, open_store_for_capture, next_scene_id
 
     cfg = _capture_config(config, set_, sim)
     rig = CaptureRig(cfg, rig_set)
+    observer = live_view(view, rrd, store, f"capture {store.name}")
     with open_store_for_capture(store, rig.cfg.camera, rig.sim) as st:
         if scene is None:
             pending = open_scenes(st) if resume else []
@@ -98,9 +102,11 @@ def scene_command(
             bar = _Bar(scene)
             try:
                 summary = capture_scene(st, scene, rig, notes=notes, resume=resume, progress=bar.update,
-                                        log=typer.echo)
+                                        log=typer.echo, observer=observer)
             finally:
                 bar.close()
+                if observer is not None:
+                    observer.close()
         _print_summary(summary)
         if sheet is not None:
             typer.echo(f"contact sheet: {contact_sheet(st, scene, sheet)}")
@@ -118,6 +124,8 @@ def session_command(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     rig_set: list[str] = typer.Option([], "--rig-set", help=RIG_SET_HELP),
     sheets: Optional[Path] = typer.Option(None, "--contact-sheets", help="folder for one PNG per scene"),
+    view: bool = typer.Option(False, "--view", help=VIEW_HELP),
+    rrd: Optional[Path] = typer.Option(None, "--rrd", help=RRD_HELP),
 ) -> None:
     """Capture several scenes in a row, prompting the operator between scenes (reads stdin)."""
     from capture.session import CaptureRig, contact_sheet, open_store_for_capture, run_session
@@ -132,9 +140,14 @@ def session_command(
             raise EOFError
         return line.rstrip("\n")
 
+    observer = live_view(view, rrd, store, f"capture session {store.name}")
     with open_store_for_capture(store, rig.cfg.camera, rig.sim) as st, rig:
-        result = run_session(st, rig, scenes, prompt=None if no_prompt else prompt, echo=typer.echo,
-                             resume=resume, prefix=prefix, progress_factory=_Bar)
+        try:
+            result = run_session(st, rig, scenes, prompt=None if no_prompt else prompt, echo=typer.echo,
+                                 resume=resume, prefix=prefix, progress_factory=_Bar, observer=observer)
+        finally:
+            if observer is not None:
+                observer.close()
         views = sum(len(s.views) for s in result.scenes)
         typer.echo(f"session: {len(result.scenes)} scenes captured ({views} views), {result.skipped} skipped, "
                    f"{len(result.redone)} redone{', quit early' if result.quit_early else ''}")

@@ -26,6 +26,7 @@ import numpy as np
 from capture.camera import Camera, CameraConfig, CameraError
 from capture.cameras import open_camera
 from capture.checks import ImageCheckConfig, check_image
+from capture.observer import CaptureObserver, SafeObserver, report_motion
 from common.config import to_dict
 from common.errors import UserError
 
@@ -317,17 +318,22 @@ def sigterm_as_interrupt():
 
 def capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str = "", resume: bool = False,
                   progress: Callable[[int, int], None] | None = None,
-                  log: Callable[[str], None] = print) -> SceneSummary:
+                  log: Callable[[str], None] = print,
+                  observer: CaptureObserver | None = None) -> SceneSummary:
     """Capture (or, with ``resume``, finish) one scene into an open, writable store. SIGTERM
-    during the capture is an interruption, like Ctrl-C (:func:`sigterm_as_interrupt`)."""
+    during the capture is an interruption, like Ctrl-C (:func:`sigterm_as_interrupt`).
+    ``observer`` (capture/observer.py) is told the plan, the arm's motion and every committed
+    frame as they happen (the live view); one that fails is dropped, the capture goes on."""
+    if not isinstance(observer, SafeObserver):
+        observer = SafeObserver(observer)
     with sigterm_as_interrupt():
         return _capture_scene(store, scene_id, rig, notes=notes, resume=resume, progress=progress,
-                              log=log)
+                              log=log, observer=observer)
 
 
 def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume: bool,
                    progress: Callable[[int, int], None] | None,
-                   log: Callable[[str], None]) -> SceneSummary:
+                   log: Callable[[str], None], observer: SafeObserver) -> SceneSummary:
     started = time.perf_counter()
     cfg, camera, arm = rig.cfg, rig.camera, rig.arm
     exists = scene_id in store.scene_ids
@@ -390,15 +396,19 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
     write_gt = rig.sim and store.has_ground_truth
     locked = None
     view = done
+    observer.on_scene_start(scene_id, plan, arm, K, cfg.camera.width, cfg.camera.height)
+    observer.on_arm_state(arm.joint_positions())
     try:
         if done:
             _reach_resume_view(arm, poses_in_order, done, log)
+            observer.on_arm_state(arm.joint_positions())
         for view in range(done, n_views):
             t0 = time.perf_counter()
-            arm.move_to(poses_in_order[view], wait=True)
+            move = arm.move_to(poses_in_order[view], wait=True)
             _wait_settled(arm, cfg.settle_timeout_s)
             settled_at = time.time()
             t1 = time.perf_counter()
+            report_motion(observer, move)  # after t1: the observer's time is software time
             if locked is None and cfg.camera.lock_exposure:
                 # Lock at the first view of this run, once auto exposure has seen the scene.
                 locked = camera.lock_exposure()
@@ -430,6 +440,8 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
                                         distortion=dist[None], timestamp=np.array([best.timestamp]),
                                         joint_positions=q[None], **kwargs)
             t_end = time.perf_counter()
+            observer.on_frame_committed(scene_id, view, int(index[0]), best.image, pose, K, q,
+                                        float(best.timestamp))
             summary.views.append(ViewRecord(view, int(index[0]), takes, best_check.to_dict(),
                                             move_s=t1 - t0, camera_s=camera_s, check_s=check_s,
                                             write_s=t_end - tw, total_s=t_end - t0))
@@ -441,6 +453,7 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
     except KeyboardInterrupt:
         arm.stop()
         _record_run(store, scene_id, summary, started, "interrupted")
+        observer.on_scene_end(scene_id, "interrupted")
         raise CaptureInterrupted(
             f"interrupted at view {view} of {scene_id}: arm stopped, {summary.views_committed} of "
             f"{n_views} views committed; finish it with `ldsrig capture scene --resume --scene "
@@ -448,6 +461,7 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
     except CameraError as exc:
         arm.stop()
         _record_run(store, scene_id, summary, started, f"camera failed: {exc}")
+        observer.on_scene_end(scene_id, "failed")
         raise CameraError(f"{exc}; {scene_id} stopped at view {view}: arm halted, "
                           f"{summary.views_committed} of {n_views} views kept; fix the camera and "
                           f"finish it with `ldsrig capture scene --resume --scene {scene_id}` (or "
@@ -455,15 +469,17 @@ def _capture_scene(store, scene_id: str, rig: CaptureRig, *, notes: str, resume:
     except BaseException:
         arm.stop()
         _record_run(store, scene_id, summary, started, "failed")
+        observer.on_scene_end(scene_id, "failed")
         raise
     finally:
         if locked:
             camera.unlock_exposure()
     if cfg.return_home:
-        arm.move_to(plan.home, wait=True)
+        report_motion(observer, arm.move_to(plan.home, wait=True))
     store.set_scene_state(scene_id, "complete")
     summary.state = "complete"
     _record_run(store, scene_id, summary, started, "complete")
+    observer.on_scene_end(scene_id, "complete")
     return summary
 
 
@@ -496,13 +512,15 @@ class SessionResult:
 
 def run_session(store, rig: CaptureRig, n_scenes: int, *, prompt: Callable[[str], str] | None,
                 echo: Callable[[str], None] = print, resume: bool = False, prefix: str = "scene",
-                progress_factory=None) -> SessionResult:
+                progress_factory=None, observer: CaptureObserver | None = None) -> SessionResult:
     """Capture ``n_scenes`` scenes, asking the operator before each one (``prompt`` None: never).
 
     ``prompt(text)`` returns the operator's answer; EOF (``EOFError``) means quit.  Choices: capture,
     add notes, skip this scene, redo the previous scene (marked aborted, its views kept on disk,
-    captured again under a new id), quit.  With ``resume``, open scenes are finished first."""
+    captured again under a new id), quit.  With ``resume``, open scenes are finished first.
+    ``observer`` watches every scene (see :func:`capture_scene`)."""
     result = SessionResult()
+    observer = SafeObserver(observer)
     pending_resume = open_scenes(store) if resume else []
     slot = 0
     last_complete: str | None = None
@@ -555,7 +573,8 @@ def run_session(store, rig: CaptureRig, n_scenes: int, *, prompt: Callable[[str]
         progress = progress_factory(scene_id) if progress_factory else None
         try:
             summary = capture_scene(store, scene_id, rig, notes=notes, resume=resuming,
-                                    progress=progress.update if progress else None, log=echo)
+                                    progress=progress.update if progress else None, log=echo,
+                                    observer=observer)
         finally:
             if progress:
                 progress.close()

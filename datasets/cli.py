@@ -103,3 +103,5 @@ def _mount(module: str, attr: str, name: str, as_group: bool, help: str) -> None
 _mount("datasets.synth.cli", "synth_app", "synth", True, "Render synthetic multi-view scenes with Mitsuba 3.")
 _mount("datasets.importers.cli", "import_command", "import", False,
        "Import a public data set (clevr-mv, clevr-mv-raw, gqn-jaco, multi-object) into a new store.")
+_mount("viz.cli", "view_command", "view", False,
+       "Show a stored scene's views in their poses in Rerun (needs rerun-sdk, the 'view' extra).")

@@ -6,10 +6,14 @@
 #   TORCH_VERSION   torch release to install (default 2.13.0)
 #   TORCH_INDEX_URL wheel index to take torch from (default: CPU wheels on a machine without an
 #                   NVIDIA GPU when no local CPU build is found; PyPI's default CUDA build with one)
+#   LDSRIG_EXTRAS   optional extras to install with the project (default dev,view: the test tools
+#                   and rerun-sdk for the Rerun views, a 165 MB wheel, about 0.5 GB installed;
+#                   LDSRIG_EXTRAS=dev leaves the views out and their tests skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+LDSRIG_EXTRAS="${LDSRIG_EXTRAS:-dev,view}"
 PYTHON="${PYTHON:-python3}"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -59,11 +63,12 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-# 4. The project and its test tools; re-run only when pyproject.toml changed.
+# 4. The project, its test tools and the Rerun views; re-run only when pyproject.toml or the
+#    extras changed.
 stamp=".venv/.ldsrig-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $LDSRIG_EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "installing ldsrig and its dependencies into .venv"
-    $PIP install -q -e ".[dev]"
+    say "installing ldsrig[$LDSRIG_EXTRAS] and its dependencies into .venv"
+    $PIP install -q -e ".[$LDSRIG_EXTRAS]"
     echo "$want" > "$stamp"
 fi
