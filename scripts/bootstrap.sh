@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up ldsrig on a fresh machine: system libraries Python wheels need, a virtual environment
 # .venv at the repository root, the right torch build, and the project itself (editable, with the
-# test tools).  Safe to run again: it skips what is already done.
+# test tools and the colmap extra).  Safe to run again: it skips what is already done.
 #
 #   TORCH_VERSION   torch release to install (default 2.13.0)
 #   TORCH_INDEX_URL wheel index to take torch from (default: CPU wheels on a machine without an
@@ -59,11 +59,12 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-# 4. The project and its test tools; re-run only when pyproject.toml changed.
+# 4. The project, its test tools and the colmap extra (pycolmap: a 38 MB wheel needing only numpy,
+#    so the COLMAP tests run everywhere); re-run only when pyproject.toml changed.
 stamp=".venv/.ldsrig-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing ldsrig and its dependencies into .venv"
-    $PIP install -q -e ".[dev]"
+    $PIP install -q -e ".[dev,colmap]"
     echo "$want" > "$stamp"
 fi
