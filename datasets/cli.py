@@ -106,3 +106,5 @@ _mount("datasets.importers.cli", "import_command", "import", False,
        "image set (colmap, nerfstudio) into a new store.")
 _mount("datasets.posed.cli", "export_app", "export", True,
        "Write a store's scenes as posed image sets: nerfstudio or colmap.")
+_mount("datasets.posed.cli", "audit_poses_command", "audit-poses", False,
+       "Check stored poses against the images: triangulated features, reprojection error per view.")

@@ -109,7 +109,9 @@ def posed_import_plan(source: str, scenes: dict[str, list[PosedFrame]], src: Pat
 
 def read_colmap_source(src: str | Path, scene_map: str | Path | None = None) -> ImportPlan:
     from datasets.posed.colmap import find_colmap_models, read_colmap_model
+    from datasets.posed.conventions import require_pycolmap
 
+    require_pycolmap()  # first: without the extra, that is the one thing to say
     src = Path(src)
     try:
         scenes = {scene_id: read_colmap_model(model, images)

@@ -46,3 +46,42 @@ def export_colmap_command(
 
     report = export_colmap(store, out, ExportConfig(scenes=tuple(scene or ())))
     typer.echo(report.summary())
+
+
+def audit_poses_command(
+    store: Annotated[Path, typer.Argument(help="Scene store whose poses to audit (read only).")],
+    scene: Annotated[Optional[list[str]], typer.Option(
+        "--scene", help="Scene id to audit (repeat for several; default: every complete scene).")] = None,
+    flag_px: Annotated[float, typer.Option(
+        "--flag-px", help="Flag a view whose median reprojection error exceeds this many pixels "
+        "(and 3x the scene's typical view).")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Triangulate image features from the stored poses (pycolmap) and report the reprojection
+    error per view and scene; flag views whose pose disagrees with the images (exit 1)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from datasets.posed.audit import AuditConfig, audit_poses
+
+    report = audit_poses(store, AuditConfig(flag_px=flag_px), tuple(scene or ()))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console = Console(soft_wrap=True)
+        for audit in report.scenes:
+            table = Table(title=f"{audit.scene_id}: median {audit.median_px:.2f} px over all "
+                                f"points, typical view {audit.typical_view_px:.2f} px")
+            for column in ("view", "points", "median px", "mean px", ""):
+                table.add_column(column, justify="right" if column else "left")
+            for v in audit.views:
+                verdict = ("[red]FLAGGED[/]" if v.flagged else "ok") if v.audited else "[yellow]not audited[/]"
+                table.add_row(str(v.view_index), str(v.points), f"{v.median_px:.2f}", f"{v.mean_px:.2f}", verdict)
+            console.print(table)
+        flagged = report.flagged
+        console.print(f"{store}: {len(flagged)} view(s) flagged" + (
+            ": " + ", ".join(f"{s} view {v}" for s, v in flagged) if flagged else ""))
+    if report.flagged:
+        raise typer.Exit(1)

@@ -146,7 +146,8 @@ def read_colmap_model(model: Path, images: Path):
     try:
         rec = pycolmap.Reconstruction(str(model))
     except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError on bad files
-        raise PosedFormatError(f"{model}: cannot read the COLMAP model: {str(exc).splitlines()[0]}") from None
+        raise PosedFormatError(f"{model}: cannot read the COLMAP model (damaged, truncated or "
+                               f"incomplete?): {str(exc).splitlines()[0]}") from None
     cameras = {}
     for camera_id, camera in rec.cameras.items():
         cameras[camera_id] = StoreCamera.from_colmap(
