@@ -102,6 +102,11 @@ def _mount(module: str, attr: str, name: str, as_group: bool, help: str) -> None
 
 _mount("datasets.synth.cli", "synth_app", "synth", True, "Render synthetic multi-view scenes with Mitsuba 3.")
 _mount("datasets.importers.cli", "import_command", "import", False,
-       "Import a public data set (clevr-mv, clevr-mv-raw, gqn-jaco, multi-object) into a new store.")
+       "Import a public data set (clevr-mv, clevr-mv-raw, gqn-jaco, multi-object) or a posed "
+       "image set (colmap, nerfstudio) into a new store.")
+_mount("datasets.posed.cli", "export_app", "export", True,
+       "Write a store's scenes as posed image sets: nerfstudio or colmap.")
+_mount("datasets.posed.cli", "audit_poses_command", "audit-poses", False,
+       "Check stored poses against the images: triangulated features, reprojection error per view.")
 _mount("viz.cli", "view_command", "view", False,
        "Show a stored scene's views in their poses in Rerun (needs rerun-sdk, the 'view' extra).")

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Sets up ldsrig on a fresh machine: system libraries Python wheels need, a virtual environment
 # .venv at the repository root, the right torch build, and the project itself (editable, with the
-# test tools).  Safe to run again: it skips what is already done.
+# test tools and the colmap extra).  Safe to run again: it skips what is already done.
 #
 #   TORCH_VERSION   torch release to install (default 2.13.0)
 #   TORCH_INDEX_URL wheel index to take torch from (default: CPU wheels on a machine without an
 #                   NVIDIA GPU when no local CPU build is found; PyPI's default CUDA build with one)
-#   LDSRIG_EXTRAS   optional extras to install with the project (default dev,view: the test tools
-#                   and rerun-sdk for the Rerun views, a 165 MB wheel, about 0.5 GB installed;
-#                   LDSRIG_EXTRAS=dev leaves the views out and their tests skip)
+#   LDSRIG_EXTRAS   optional extras to install with the project (default dev,view,colmap: the test
+#                   tools, rerun-sdk for the Rerun views (a 165 MB wheel, about 0.5 GB installed)
+#                   and pycolmap for COLMAP export/import and the pose audit (38 MB); with
+#                   LDSRIG_EXTRAS=dev the views' tests skip and the COLMAP tests fail)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-LDSRIG_EXTRAS="${LDSRIG_EXTRAS:-dev,view}"
+LDSRIG_EXTRAS="${LDSRIG_EXTRAS:-dev,view,colmap}"
 PYTHON="${PYTHON:-python3}"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -63,7 +64,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-# 4. The project, its test tools and the Rerun views; re-run only when pyproject.toml or the
+# 4. The project, its test tools, the Rerun views and pycolmap; re-run only when pyproject.toml or the
 #    extras changed.
 stamp=".venv/.ldsrig-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $LDSRIG_EXTRAS"

@@ -301,7 +301,8 @@ def test_cli_unknown_format_is_one_line(tmp_path):
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        "error: unknown import format 'clevr'; choose one of clevr-mv, clevr-mv-raw, gqn-jaco, multi-object")
+        "error: unknown import format 'clevr'; choose one of clevr-mv, clevr-mv-raw, gqn-jaco, "
+        "multi-object, colmap, nerfstudio")
 
 
 def test_imported_scene_gives_mulmon_viewpoints(raw_sample, tmp_path):

@@ -49,6 +49,7 @@ class SceneData:
     intrinsics: np.ndarray  # (V,3,3) float64
     label_map: np.ndarray | None = None  # (V,H,W) uint8, label i = metadata["objects"][i-1]
     amodal_masks: np.ndarray | None = None  # (V,O,H,W) bool
+    distortion: np.ndarray | None = None  # (V,5) OpenCV k1 k2 p1 p2 k3; None: no distortion
 
     def validate(self, where: str, height: int, width: int, ground_truth: bool) -> None:
         """Shape and range checks that turn inconsistent input into one clear line."""
@@ -64,6 +65,9 @@ class SceneData:
             raise ImportSourceError(f"{where}: camera data does not match the {views} images")
         if not (np.all(np.isfinite(self.camera_pose_world)) and np.all(np.isfinite(self.intrinsics))):
             raise ImportSourceError(f"{where}: camera data holds NaN or infinity")
+        if self.distortion is not None and (self.distortion.shape != (views, 5)
+                                            or not np.all(np.isfinite(self.distortion))):
+            raise ImportSourceError(f"{where}: distortion is not finite ({views}, 5) coefficients")
         if not ground_truth:
             return
         objects = self.metadata.get("objects", [])
@@ -270,6 +274,7 @@ def write_import(
                         scene.rgb,
                         scene.camera_pose_world,
                         scene.intrinsics,
+                        distortion=scene.distortion,
                         # Imported images have no known capture time: 0 marks "unknown" (the import
                         # time is in the scene metadata as imported_at).
                         timestamp=np.zeros(views, dtype=np.float64),
