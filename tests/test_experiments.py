@@ -148,3 +148,28 @@ def test_run_dir_without_checkpoint_restarts_and_other_k_loads_same_weights(tmp_
     assert model6.num_slots == 6 and cfg6.model.num_slots == 6
     for (name, a), (_, b) in zip(model3.state_dict().items(), model6.state_dict().items()):
         assert a.shape == b.shape and bool((a == b).all()), name
+
+
+def test_only_the_selected_runs_stores_must_exist(tmp_path):
+    """--only over one store's runs needs no other store; a run whose store is missing is one line."""
+    from cli import app
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    missing = tmp_path / "not_rendered_yet.zarr"
+    spec_path = write_spec(tmp_path / "spec.yaml", store,
+                           stores={"toy": {"train": str(store), "val": str(store)},
+                                   "other": {"train": str(missing), "val": str(missing)}},
+                           gap={"enabled": False}, ablations={})
+    study = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--only", "*__other__*", "--no-progress"])
+    assert result.exit_code != 0     # the UserError that cli.main prints as one line
+    assert str(result.exception) == f"store 'other': {missing} does not exist"
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--only", "*__toy__control__*", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(spec_path)
+    toy_control = next(r for r in expand_runs(spec) if r.store == "toy" and not r.lds)
+    assert is_finished(run_dir_of(study, toy_control), 2)

@@ -222,18 +222,20 @@ def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, in
     """Execute this slice of the study's runs in order (``only``: a glob on the run ids, for
     example to add the gap to finished runs while others still train); returns what each run did."""
     study_dir = Path(study_dir)
-    for name, paths in spec.stores.items():
-        for p in {paths.train, paths.eval}:
-            if not Path(p).exists():
-                raise UserError(f"store {name!r}: {p} does not exist")
-    write_spec(spec, study_dir)
-    if threads:
-        torch.set_num_threads(threads)
     runs = select_slice(expand_runs(spec), *slice_)
     if only:
         runs = [run for run in runs if fnmatch.fnmatchcase(run.run_id, only)]
         if not runs:
             raise UserError(f"--only {only!r} matches none of the study's runs")
+    # Only the stores these runs use must exist: a slice of cube runs needs no CLE-MV store.
+    for name in dict.fromkeys(run.store for run in runs):
+        paths = spec.stores[name]
+        for p in dict.fromkeys(p for p in (paths.train, paths.val, paths.eval) if p):
+            if not Path(p).exists():
+                raise UserError(f"store {name!r}: {p} does not exist")
+    write_spec(spec, study_dir)
+    if threads:
+        torch.set_num_threads(threads)
     log = StageLog(study_dir, echo)
     done = []
     for i, run in enumerate(runs, 1):
