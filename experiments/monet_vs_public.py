@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from lds.contract import ModelOutput  # noqa: E402
 
-CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari")
+CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "mse_attention")
 
 
 # ---- the public MONet, imported from its own checkout ------------------------------------------
@@ -130,11 +130,30 @@ class PublicAdapter(torch.nn.Module):
         attention = stack(stats.log_m_k).exp()                          # (B, K, 1, H, W)
         log_decoded = stack(stats.log_m_r_k)
         mean = stack(comp_stats.mu_k)
+        appearance = stack(stats.x_r_k)
         zero = recon.new_zeros(())
+        # Their `recon` mixes the appearances with the attention masks; the output contract's
+        # reconstruction (and so the MSE column) mixes them with the decoded masks, as ours does
+        # (the paper's rendering). The attention-mask mixture is scored as mse_attention for both.
         return ModelOutput(zero, {"loss": zero}, stack(comp_stats.z_k), mean,
                            2 * stack(comp_stats.sigma_k).log(), log_decoded, log_decoded.exp(),
-                           stack(stats.x_r_k), recon, segmentation_masks=attention,
-                           segmentation_source="attention masks")
+                           appearance, (log_decoded.exp() * appearance).sum(dim=1),
+                           segmentation_masks=attention, segmentation_source="attention masks")
+
+
+@torch.no_grad()
+def attention_mse(model, dataset, count: int, batch_size: int = 48) -> float:
+    """Mean squared error of sum_k m_k x_k with the attention masks m_k (what MONet's likelihood
+    mixes with; the contract's reconstruction uses the decoded masks)."""
+    model.eval()
+    total, seen = 0.0, 0
+    for start in range(0, count, batch_size):
+        image = torch.stack([dataset[i]["image"] for i in range(start, min(count, start + batch_size))])
+        out = model({"image": image})
+        mixed = (out.segmentation_masks * out.appearance).sum(dim=1)
+        total += float(((mixed - image) ** 2).mean(dim=(1, 2, 3)).sum())
+        seen += image.shape[0]
+    return total / seen
 
 
 # ---- training both the same way ------------------------------------------------------------------
@@ -177,6 +196,9 @@ def train_one(who: str, args, out: Path) -> Path:
         row = {"step": step, "train_seconds": round(trained_seconds, 2),
                "images_per_s": step * args.batch / trained_seconds if trained_seconds else None}
         row.update({k: v["mean"] for k, v in result.aggregates.items()})
+        with torch.random.fork_rng():
+            row["mse_attention"] = attention_mse(evaluated, val_set, min(args.val_images, len(val_set)))
+        model.train()
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{who} seed {args.seed} step {step}: " +
@@ -196,6 +218,9 @@ def train_one(who: str, args, out: Path) -> Path:
         trained_seconds += time.perf_counter() - started
         if step % args.eval_every == 0 or step == args.steps:
             record(step)
+    from safetensors.torch import save_file     # the trained weights, to evaluate them again later
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(out / f"{who}_seed{args.seed}_step{args.steps}.safetensors"))
     return path
 
 
@@ -284,8 +309,11 @@ def plot(out: Path, ours_runs: list[Path]) -> None:
         steps = sorted(set.intersection(*[{r["step"] for r in rows} for rows in runs]))
         summary[who] = {"runs": len(runs), "steps": steps}
         for ax, name in zip(axes, CURVE_METRICS):
-            values = np.array([[next(r[name] for r in rows if r["step"] == s) for s in steps]
-                               for rows in runs], dtype=float)
+            # A metric a run did not record (mse_attention in older validation.jsonl) is NaN.
+            values = np.array([[next(r.get(name, np.nan) for r in rows if r["step"] == s)
+                                for s in steps] for rows in runs], dtype=float)
+            if np.isnan(values).all():
+                continue
             mean, std = values.mean(0), values.std(0)
             ax.plot(steps, mean, label=f"{labels[who]} ({len(runs)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
