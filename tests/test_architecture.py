@@ -69,3 +69,18 @@ def test_device_interfaces_do_not_import_their_back_ends():
                                 ("robot/arm.py", ("robot.sim", "robot.ur", "robot.backends"))):
         imported = {name for _, name in _imports(ROOT / interface)}
         assert not imported & set(backends), f"{interface} imports {imported & set(backends)}"
+
+
+def test_views_sit_on_top_only_command_line_modules_import_viz_or_rerun():
+    """viz/ (Rerun views) is a presentation layer: a library module that imported it, or rerun,
+    would make the optional 'view' extra a dependency of the core commands."""
+    broken = []
+    for area in ("capture", "robot", "datasets", "common", "lds"):
+        for path in sorted((ROOT / area).rglob("*.py")):
+            if path.name == "cli.py" or "cli" in path.relative_to(ROOT).parts:
+                continue
+            for line, imported in _imports(path):
+                top = imported.split(".")[0]
+                if top in ("viz", "rerun"):
+                    broken.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
+    assert not broken, "\n".join(broken)
