@@ -20,6 +20,8 @@ segments with) and on the decoded masks.
         --train train32.zarr --val val32.zarr --out out/cmp --steps 4000 --only theirs --seed 0
     .venv/bin/python experiments/monet_vs_public.py --out out/cmp --plot   # curves of all runs
     .venv/bin/python experiments/monet_vs_public.py --public-src /tmp/genesis --speed  # step times
+    .venv/bin/python experiments/monet_vs_public.py --public-src /tmp/genesis --out out/cmp \
+        --score-saved test32.zarr          # the trained public weights on the test scenes
 
 Ours can also come from ``ldsrig train`` runs with validation (``--ours-run RUN_DIR``, their
 validation.jsonl), so a study's control runs need not be trained twice. Writes
@@ -224,6 +226,36 @@ def train_one(who: str, args, out: Path) -> Path:
     return path
 
 
+def score_saved(args, out: Path, store: Path) -> None:
+    """Evaluate each saved public model (OUT/theirs_seed<S>_step<N>.safetensors) on ``store``:
+    OUT/theirs_seed<S>_step<N>_<store name>.json with every metric's mean and s.e."""
+    from safetensors.torch import load_file
+
+    from datasets.torch_data import ImageDataset
+    from lds.evaluation import evaluate
+
+    torch.set_num_threads(args.threads)
+    dataset = ImageDataset(str(store))
+    size = dataset[0]["image"].shape[-1]
+    saved = sorted(out.glob("theirs_seed*_step*.safetensors"))
+    if not saved:
+        raise SystemExit(f"no saved public weights (theirs_seed*_step*.safetensors) in {out}")
+    for weights in saved:
+        public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
+        model = PublicAdapter(public, beta=0.5)
+        model.load_state_dict(load_file(str(weights)))
+        result = evaluate(model.eval(), dataset, batch_size=48, max_images=args.val_images,
+                          progress=False)
+        row = {k: v for k, v in result.aggregates.items()}
+        row["mse_attention"] = attention_mse(model, dataset, min(args.val_images, len(dataset)))
+        path = out / f"{weights.stem}_{store.name.removesuffix('.zarr')}.json"
+        path.write_text(json.dumps({"weights": weights.name, "store": str(store.resolve()),
+                                    "aggregates": row}, indent=1))
+        print(f"{weights.name} on {store.name}: " + ", ".join(
+            f"{k} {row[k]['mean']:.4f}" for k in ("fg_ari", "miou", "mse", "decoded_fg_ari")),
+            f"mse_attention {row['mse_attention']:.4f}")
+
+
 # ---- speed, side by side ------------------------------------------------------------------------------
 
 def speed(args) -> None:
@@ -353,7 +385,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="--speed: timed step pairs")
     parser.add_argument("--ours-run", nargs="*", default=[],
                         help="ldsrig train run dirs (with validation) to plot as ours")
+    parser.add_argument("--score-saved", metavar="STORE",
+                        help="only evaluate the public weights saved in OUT on STORE (the test "
+                             "scenes), with the same evaluation as `ldsrig eval`")
     args = parser.parse_args()
+    if args.score_saved:
+        if not (args.out and args.public_src):
+            parser.error("--score-saved needs --out and --public-src")
+        score_saved(args, Path(args.out), Path(args.score_saved))
+        return
     if args.speed:
         if not args.public_src:
             parser.error("--speed needs --public-src")
