@@ -347,7 +347,7 @@ def plot(out: Path, ours_runs: list[Path]) -> None:
             if np.isnan(values).all():
                 continue
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=f"{labels[who]} ({len(runs)} seeds)")
+            ax.plot(steps, mean, label=f"{labels[who]} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
             ax.set_title(name.replace("_", " "))
             ax.set_xlabel("step")
