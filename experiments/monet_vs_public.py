@@ -240,9 +240,10 @@ def score_saved(args, out: Path, store: Path) -> None:
     saved = sorted(out.glob("theirs_seed*_step*.safetensors"))
     if not saved:
         raise SystemExit(f"no saved public weights (theirs_seed*_step*.safetensors) in {out}")
+    # Built once: its modules read their flag defaults on first import only.
+    public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
+    model = PublicAdapter(public, beta=0.5)
     for weights in saved:
-        public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
-        model = PublicAdapter(public, beta=0.5)
         model.load_state_dict(load_file(str(weights)))
         result = evaluate(model.eval(), dataset, batch_size=48, max_images=args.val_images,
                           progress=False)
