@@ -195,8 +195,9 @@ def _write_report(out: Path, cfg: DemoConfig, rows: dict, results: dict, timings
         f"MONet segments with ({headline('decoded_fg_ari')} on the decoded masks); images with a "
         f"duplicated component {headline('dup_gt')} %, with the table split between slots "
         f"{headline('dup_bg')} %, with a duplicate found without ground truth "
-        f"{headline('dup_nogt')} %. One scene is a small sample: the study's figures over 240 "
-        "test images and three seeds are in docs/results/monet_cpu_regime.",
+        f"{headline('dup_nogt')} %. One scene is a small sample: the study's figures (240 test "
+        "images, validation curves of three seeds, a public MONet beside ours) are in "
+        "docs/results/monet_cpu_regime.",
         "",
         "| metric | MONet0 (control) | MONet+ (LDS) | LDS - control |",
         "| --- | --- | --- | --- |",
