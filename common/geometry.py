@@ -8,6 +8,16 @@ import math
 import numpy as np
 
 
+def invert_rigid(pose) -> np.ndarray:
+    """Inverse of a 4x4 rigid transform as R^T, -R^T t: exact to rounding, unlike a general
+    inverse, so poses survive an export/import round trip to ~1e-16."""
+    pose = np.asarray(pose, dtype=np.float64)
+    out = np.eye(4)
+    out[:3, :3] = pose[:3, :3].T
+    out[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
+    return out
+
+
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """Camera-to-world pose T_world_camera of a camera at ``eye`` looking at ``target``, with
     the image's up as close to world ``up`` as possible (no roll).

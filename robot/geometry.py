@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.geometry import invert_rigid
 
-
-def invert(T: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid 4x4 transform."""
-    R, t = T[:3, :3], T[:3, 3]
-    out = np.eye(4)
-    out[:3, :3] = R.T
-    out[:3, 3] = -R.T @ t
-    return out
+invert = invert_rigid      # the one rigid inverse (common.geometry)
 
 
 def pose_error(A: np.ndarray, B: np.ndarray) -> tuple[float, float]:

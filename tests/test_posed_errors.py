@@ -13,6 +13,7 @@ import pytest
 
 from datasets.store import SceneStore
 from tests.posed_stores import render_cubes
+from tests.test_errors import _one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,15 +43,6 @@ def ldsrig(capsys, monkeypatch):
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     return run
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    text = result.stderr.strip()
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr and text.startswith("error:"), result.stderr
-    assert len(text.splitlines()) == 1, text
-    for word in words:
-        assert word in text, text
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.posed.conventions import invert_rigid, require_pycolmap
+from common.geometry import invert_rigid
+from datasets.posed.conventions import require_pycolmap
 from datasets.posed.scenes import PosedScene, frame_name, read_posed_scene, save_png, select_scenes
 
 

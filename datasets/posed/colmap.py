@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.posed.conventions import (PosedFormatError, StoreCamera, invert_rigid,
-                                        require_pycolmap)
+from common.geometry import invert_rigid
+from datasets.posed.conventions import PosedFormatError, StoreCamera, require_pycolmap
 from datasets.posed.export import ExportConfig, ExportReport, export_scenes
 from datasets.posed.scenes import PosedFrame, PosedScene, frame_name, save_png
 

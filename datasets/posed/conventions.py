@@ -61,16 +61,6 @@ def require_pycolmap():
 
 
 # ---------------------------------------------------------------------------------- poses
-def invert_rigid(pose: np.ndarray) -> np.ndarray:
-    """Inverse of a 4x4 rigid transform as R^T, -R^T t: exact to rounding, unlike a general
-    inverse, so poses survive an export/import round trip to ~1e-16."""
-    pose = np.asarray(pose, dtype=np.float64)
-    out = np.eye(4)
-    out[:3, :3] = pose[:3, :3].T
-    out[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
-    return out
-
-
 def opencv_pose_to_opengl(camera_pose_world: np.ndarray) -> np.ndarray:
     """Camera-to-world in OpenCV camera axes -> camera-to-world in OpenGL camera axes."""
     return np.asarray(camera_pose_world, dtype=np.float64) @ OPENCV_TO_OPENGL_AXES
