@@ -123,6 +123,12 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
     dsim = summary["figure3"]["monet/toy"]["dSim"]["mean"]
     assert dsim == pytest.approx(table1["control"]["sim"]["mean"] - table1["lds"]["sim"]["mean"])
     assert (report_dir / "figure3.png").stat().st_size > 1000
+    # One row per run beside the means, with the run's own test FG-ARI and its last latent KL.
+    per_seed = summary["per_seed"]
+    assert set(per_seed) == {control.run_id, lds.run_id} and "Per seed" in md
+    assert per_seed[lds.run_id]["fg_ari"] == pytest.approx(table1["lds"]["fg_ari"]["mean"])
+    assert per_seed[control.run_id]["train_kl"] > 0
+    assert (report_dir / "figure2_monet_toy_seed0.png").is_file()
 
 
 def summary_steps(report_dir):

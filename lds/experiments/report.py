@@ -229,6 +229,39 @@ def table1(report: Report, results, spec, summary) -> None:
                      "least one duplicate.")
 
 
+def per_seed(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """One row per finished main run. Table 1's mean +- std over three seeds cannot tell a
+    seed that never decomposed from a uniformly weaker group; the latent KL at the end of
+    training can (a posterior-collapsed run's kl_z stays near zero)."""
+    from lds.training.logging import read_metrics
+
+    rows, summary["per_seed"] = [], {}
+    for (model, store), seeds in _main_pairs(results, spec).items():
+        for seed in sorted(seeds):
+            for r in seeds[seed]:
+                if r is None or not r.eval:
+                    continue
+                run_dir = run_dir_of(study_dir, r.run)
+                train_rows = read_metrics(run_dir, "metrics.jsonl")
+                val_rows = read_metrics(run_dir, "validation.jsonl")
+                kl = next((train_rows[-1][k] for k in ("kl_z", "kl") if train_rows
+                           and k in train_rows[-1]), math.nan)
+                val = val_rows[-1].get("fg_ari", math.nan) if val_rows else math.nan
+                test = {m: r.mean(m) for m in ("mse", "miou", "fg_ari", "decoded_fg_ari")}
+                summary["per_seed"][r.run.run_id] = {**test, "val_fg_ari": val, "train_kl": kl}
+                cells = [_fmt(m, v) if math.isfinite(v) else "-" for m, v in test.items()]
+                cells += [f"{v:.{d}f}" if math.isfinite(v) else "-" for v, d in ((val, 3), (kl, 1))]
+                rows.append([f"{model}/{store}", str(seed), r.run.group] + cells)
+    if not rows:
+        return
+    report.heading("Per seed")
+    report.table(["model/store", "seed", "group", "MSE", "mIoU (attention)", "FG-ARI (attention)",
+                  "FG-ARI (decoded)", "FG-ARI, validation, last step", "latent KL, last "
+                  "training window (nats)"], rows)
+    report.paragraph("Test scenes unless marked validation. A latent KL near zero at the end of "
+                     "training is posterior collapse: the slot latents carry no information.")
+
+
 def figure3(report: Report, results, spec, summary) -> None:
     import matplotlib
 
@@ -367,28 +400,32 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
     from lds.evaluation.figures import figure2
     from lds.training.runs import load_run
 
-    report.heading("Figure 2: qualitative grids (first seed; control above LDS)")
+    # Every seed gets its grid: one seed's picture can be a run that never left posterior
+    # collapse, which the mean of Table 1 hides.
+    report.heading("Figure 2: qualitative grids (each seed; control above LDS)")
     pairs = _main_pairs(results, spec)
     drew = False
     for (model, store), seeds in pairs.items():
-        seed = min(seeds)
-        c, l = seeds[seed]
-        if not (c and l and c.eval and l.eval):
-            continue
-        dataset = ImageDataset(spec.stores[store].eval)
-        count = min(spec.figures.num_examples, len(dataset))
-        limit = spec.eval.max_images or len(dataset)
-        chosen = np.unique(np.linspace(0, min(limit, len(dataset)) - 1, num=count).round())
-        images = torch.stack([dataset[int(i)]["image"] for i in chosen])
-        models = {}
-        for name, r in (("control", c), ("LDS", l)):
-            models[f"{model} {name}"] = load_run(run_dir_of(study_dir, r.run))[0]
-        name = f"figure2_{model}_{store}.png"
-        path = report.out_dir / name
-        figure2(models, images, path)
-        report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): Obs | "
-                      "Rec | each component alone | Seg; control rows above LDS rows")
-        drew = True
+        images = None
+        for seed in sorted(seeds):
+            c, l = seeds[seed]
+            if not (c and l and c.eval and l.eval):
+                continue
+            if images is None:          # the same test images for every seed
+                dataset = ImageDataset(spec.stores[store].eval)
+                count = min(spec.figures.num_examples, len(dataset))
+                limit = spec.eval.max_images or len(dataset)
+                chosen = np.unique(np.linspace(0, min(limit, len(dataset)) - 1, num=count).round())
+                images = torch.stack([dataset[int(i)]["image"] for i in chosen])
+            models = {}
+            for name, r in (("control", c), ("LDS", l)):
+                models[f"{model} {name}"] = load_run(run_dir_of(study_dir, r.run))[0]
+            name = f"figure2_{model}_{store}_seed{seed}.png"
+            path = report.out_dir / name
+            figure2(models, images, path)
+            report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): "
+                          "Obs | Rec | each component alone | Seg; control rows above LDS rows")
+            drew = True
     if not drew:
         report.paragraph("No finished control/LDS pair to draw.")
 
@@ -546,6 +583,10 @@ def validation_curves(report: Report, results, spec, study_dir: Path, summary) -
                                     for st in steps] for rows in runs], dtype=float)
                 mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
                 colour = "#d9534f" if lds else "#3a7dc9"
+                if len(runs) > 1:       # each seed thin: a collapsed seed is not a wide band
+                    for seed_values in values:
+                        ax.plot(steps, seed_values * metric(name).scale, color=colour, lw=0.5,
+                                alpha=0.45)
                 ax.plot(steps, mean * metric(name).scale, color=colour,
                         label=f"{group} ({len(runs)} seeds)")
                 ax.fill_between(steps, (mean - std) * metric(name).scale,
@@ -631,6 +672,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
                      f"{spec.eval.max_images or 'all'} images of each store's eval split.")
     summary: dict[str, Any] = {"spec": spec.name, "runs": len(results), "evaluated": len(finished)}
     table1(report, results, spec, summary)
+    per_seed(report, results, spec, study_dir, summary)
     figure3(report, results, spec, summary)
     table2(report, results, spec, summary)
     validation_curves(report, results, spec, study_dir, summary)
