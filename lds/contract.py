@@ -28,6 +28,8 @@ Shapes (B images, K slots, D latent size, H x W pixels):
                                    steps, for R rows (images, or scenes), in the graph; default
                                    ``slot_latents[None]``. The trainer applies the prior, once,
                                    to these (lds.training.objective); the models know no LDS
+    lds_means        (T, R, K, D)  the posterior means of the same steps (what ``lds.latents=mean``
+                                   applies the prior to); default ``posterior_mean[None]``
     lds_weights      (T,)          the steps' weights in the ELBO (default: one step, 1)
     query_rows       (B,) bool     multi-view models: which rows are query (unobserved) views;
                                    None for single-image models
@@ -68,6 +70,7 @@ class ModelOutput:
     segmentation_masks: torch.Tensor | None = None                 # None: the decoded masks
     segmentation_source: str = "decoded masks"
     lds_latents: torch.Tensor | None = None                        # None: slot_latents[None]
+    lds_means: torch.Tensor | None = None                          # None: posterior_mean[None]
     lds_weights: torch.Tensor | None = None                        # None: one step, weight 1
     query_rows: torch.Tensor | None = None                         # multi-view models only
 
@@ -76,6 +79,8 @@ class ModelOutput:
             self.segmentation_masks = self.masks
         if self.lds_latents is None:
             self.lds_latents = self.slot_latents.unsqueeze(0)
+        if self.lds_means is None:
+            self.lds_means = self.posterior_mean.unsqueeze(0)
         if self.lds_weights is None:
             self.lds_weights = self.slot_latents.new_ones(self.lds_latents.shape[0])
 
@@ -127,6 +132,7 @@ class ModelOutput:
         T = self.lds_latents.shape[0] if self.lds_latents.dim() == 4 else -1
         R = self.lds_latents.shape[1] if self.lds_latents.dim() == 4 else -1
         expect("lds_latents", self.lds_latents, (T, R, K, D))
+        expect("lds_means", self.lds_means, (T, R, K, D))
         expect("lds_weights", self.lds_weights, (T,))
         if self.query_rows is not None:
             expect("query_rows", self.query_rows, (B,))

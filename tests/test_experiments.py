@@ -1,6 +1,7 @@
 """Experiment specs, the resumable study runner and the report, end to end on tiny runs."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -129,6 +130,15 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
     assert per_seed[lds.run_id]["fg_ari"] == pytest.approx(table1["lds"]["fg_ari"]["mean"])
     assert per_seed[control.run_id]["train_kl"] > 0
     assert (report_dir / "figure2_monet_toy_seed0.png").is_file()
+
+    # A run kept as its results alone (weights not shipped): the tables stay, the grid says why
+    # it is missing instead of failing.
+    shutil.rmtree(run_dir_of(study, lds) / "checkpoints")
+    result = runner.invoke(app, ["experiment", "report", str(study), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "No grid for monet/toy seed 0: the run directories hold the results" in md
+    assert "Table 1" in md and not (tmp_path / "r2" / "figure2_monet_toy_seed0.png").exists()
 
 
 def summary_steps(report_dir):

@@ -62,6 +62,10 @@ def test_output_contract_loss_composition_and_eval_mode():
     assert out.lds_latents.shape == (4, 2, 3, 4)
     _, per_step = weighted_lds_prior(out.lds_latents, weights)
     torch.testing.assert_close(per_step[-1], lds_prior(out.slot_latents).mean())
+    # ... and the mean each was sampled around (lds.latents=mean): the last is the posterior's.
+    assert out.lds_means.shape == (4, 2, 3, 4) and out.lds_means.requires_grad
+    torch.testing.assert_close(out.lds_means[-1], out.posterior_mean)
+    torch.testing.assert_close(out.lds_means[0], model.initial_posterior[:4].expand(2, 3, 4))
     assert not torch.equal(out.slot_latents, out.posterior_mean)
     # The refinement moved the posterior away from the shared initial one.
     assert not torch.allclose(out.posterior_mean, model.initial_posterior[:4].expand(2, 3, 4))

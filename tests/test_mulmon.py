@@ -117,6 +117,10 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
     # one prior per refinement iteration per observed view, weighted (t+1)/T and (v+1)/V
     latents = out.lds_latents
     assert latents.shape == (12, 2, 3, 16) and latents.requires_grad
+    # the means they were sampled around (lds.latents=mean); the last is the final posterior's
+    assert out.lds_means.shape == latents.shape and out.lds_means.requires_grad
+    final_mean = out.posterior_mean[out.query_rows].view(2, 3, 3, 16)[:, 0]   # a query view's
+    torch.testing.assert_close(out.lds_means[-1], final_mean)
     _, per_iteration = weighted_lds_prior(latents, out.lds_weights)
     recomputed = torch.stack([lds_prior(z, sigma=0.1).mean() for z in latents])
     assert torch.allclose(per_iteration, recomputed)

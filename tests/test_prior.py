@@ -75,3 +75,45 @@ def test_off_diagonal_mean():
     m = torch.tensor([[[1.0, 0.2, 0.4], [0.2, 1.0, 0.6], [0.4, 0.6, 1.0]]])
     assert torch.allclose(off_diagonal_mean(m), torch.tensor([0.4]))
     assert off_diagonal_mean(torch.ones(2, 1, 1)).tolist() == [0.0, 0.0]
+
+
+def _collapsed_output(batch: int = 4, slots: int = 5, dim: int = 16):
+    """A ModelOutput of a posterior-collapsed model: every slot has the same mean, and the
+    sampled latents are that mean plus unit noise (q close to N(0, I))."""
+    from lds.contract import ModelOutput
+
+    torch.manual_seed(0)
+    mean = torch.full((batch, slots, dim), 0.01)
+    sample = mean + torch.randn(batch, slots, dim)
+    image = torch.zeros(batch, slots, 1, 8, 8)
+    return ModelOutput(loss=torch.tensor(0.0), loss_terms={"nll": torch.tensor(0.0)},
+                       slot_latents=sample, posterior_mean=mean,
+                       posterior_logvar=torch.zeros_like(mean), mask_logits=image,
+                       masks=image.softmax(1), appearance=image.expand(-1, -1, 3, -1, -1),
+                       reconstruction=torch.zeros(batch, 3, 8, 8)).check(batch, slots, 8, 8)
+
+
+def test_lds_on_means_sees_the_duplicates_that_samples_of_a_collapsed_posterior_hide():
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
+    out = _collapsed_output()
+    _, on_samples = training_objective(out, LDSConfig(enabled=True, latents="sample"))
+    _, on_means = training_objective(out, LDSConfig(enabled=True, latents="mean"))
+    best = float(lds_prior(torch.eye(5, 16)[None]))       # orthogonal slots: the maximum
+    worst = float(lds_prior(torch.ones(1, 5, 16)))        # identical slots: the minimum
+    # Samples of N(0, I) in 16 dimensions are nearly orthogonal (E cos^2 = 1/16): the prior on
+    # them is close to its maximum although every slot's mean is the same ...
+    assert best - float(on_samples) < 0.1 * (best - worst)
+    # ... while on the means it is at its minimum: all 20 ordered pairs have cosine 1.
+    assert math.isclose(float(on_means), worst, rel_tol=1e-4)   # (eps in the norms)
+
+
+def test_lds_latents_must_be_sample_or_mean():
+    import pytest
+
+    from common.errors import ConfigError
+    from lds.training.config import LDSConfig
+
+    with pytest.raises(ConfigError, match="lds.latents must be one of sample, mean"):
+        LDSConfig(latents="posterior")

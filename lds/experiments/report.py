@@ -393,6 +393,15 @@ def table2(report: Report, results, spec, summary) -> None:
                   "per-image MSE and mIoU differences; red line: mean dG")
 
 
+def _has_weights(study_dir: Path, *results: RunResult) -> bool:
+    """Whether every run has a checkpoint to draw from (a run directory can hold its results
+    alone: eval, gap and curves kept, weights not shipped)."""
+    from lds.training.checkpoint import list_checkpoints
+    from lds.training.runs import CHECKPOINT_DIR
+
+    return all(list_checkpoints(run_dir_of(study_dir, r.run) / CHECKPOINT_DIR) for r in results)
+
+
 def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> None:
     import torch
 
@@ -404,12 +413,16 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
     # collapse, which the mean of Table 1 hides.
     report.heading("Figure 2: qualitative grids (each seed; control above LDS)")
     pairs = _main_pairs(results, spec)
-    drew = False
+    drew, without_weights = False, []
     for (model, store), seeds in pairs.items():
         images = None
         for seed in sorted(seeds):
             c, l = seeds[seed]
             if not (c and l and c.eval and l.eval):
+                continue
+            # A run kept as its results only (eval, curves; weights not shipped) has no picture.
+            if not _has_weights(study_dir, c, l):
+                without_weights.append(f"{model}/{store} seed {seed}")
                 continue
             if images is None:          # the same test images for every seed
                 dataset = ImageDataset(spec.stores[store].eval)
@@ -426,7 +439,10 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
             report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): "
                           "Obs | Rec | each component alone | Seg; control rows above LDS rows")
             drew = True
-    if not drew:
+    if without_weights:
+        report.paragraph("No grid for " + ", ".join(without_weights) + ": the run directories "
+                         "hold the results but not the weights.")
+    elif not drew:
         report.paragraph("No finished control/LDS pair to draw.")
 
 
@@ -626,7 +642,10 @@ def figure5(report: Report, results, spec, study_dir: Path, summary) -> None:
                      if math.isfinite(stats[g][1]) else _fmt("dup_bg", stats[g][0]) for g in stats])
         summary.setdefault("figure5", {})[f"{model}/{store}"] = {
             g: {"mean": v[0], "std": v[1], "n": v[2]} for g, v in stats.items()}
-        c, l = finished[0]
+        drawable = [pair for pair in finished if _has_weights(study_dir, *pair)]
+        if not drawable:
+            continue
+        c, l = drawable[0]
         split = [r["image_index"] for r in c.eval["records"] if r.get("dup_bg")]
         if not split:
             continue

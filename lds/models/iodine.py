@@ -357,7 +357,7 @@ class IODINE(MultiObjectVAE):
         k, d, iterations = self.num_slots, cfg.latent_dim, cfg.num_iterations
         posterior = self.initial_posterior.view(1, 1, 2 * d).expand(b, k, 2 * d)
         state = None
-        nlls, kls, samples = [], [], []
+        nlls, kls, samples, means = [], [], [], []
         diverged_at = None
         use_checkpoint = cfg.grad_checkpoint and keep_graph
         for t in range(iterations + 1):
@@ -386,6 +386,7 @@ class IODINE(MultiObjectVAE):
             nlls.append(nll.mean())
             kls.append(kl.mean())
             samples.append(z)
+            means.append(self._moments(posterior)[0])
             if last:
                 final_posterior, final_z, final_render = posterior, z, r
                 break
@@ -424,6 +425,7 @@ class IODINE(MultiObjectVAE):
             appearance=r["appearance"],
             reconstruction=(log_masks.exp() * r["appearance"]).sum(1),
             lds_latents=torch.stack(samples),             # (T + 1, B, K, D): z_t of every decode
+            lds_means=torch.stack(means),                 # and the mean z_t was sampled around
             lds_weights=weights,
             extras={"nll_per_iteration": nll_t, "kl_per_iteration": kl_t},
         )

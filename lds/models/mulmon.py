@@ -422,7 +422,7 @@ class MulMON(MultiObjectVAE):
         iteration_weights = _normalised_linear_weights(steps)
         view_weights = _normalised_linear_weights(num_observed)
         nll_total = kl_total = image.new_zeros(())
-        samples, sample_weights = [], []            # every z_vt and w_v w_t, for the LDS prior
+        samples, sample_means, sample_weights = [], [], []  # every z_vt, its mean, w_v w_t (LDS)
         observed_fields = []
         self.last_nonfinite = None
         for view in range(num_observed):
@@ -446,6 +446,7 @@ class MulMON(MultiObjectVAE):
                 nll_total = nll_total + weight * nll
                 kl_total = kl_total + weight * kl
                 samples.append(z)
+                sample_means.append(mean)
                 sample_weights.append(weight)
                 if t == steps - 1:
                     observed_fields.append((means, log_masks, logits, z, mean, logvar))
@@ -510,6 +511,7 @@ class MulMON(MultiObjectVAE):
             reconstruction=(masks * all_means).sum(dim=1),
             extras=extras,
             lds_latents=torch.stack(samples),                 # (V_obs * T, S, K, D)
+            lds_means=torch.stack(sample_means),
             lds_weights=image.new_tensor(sample_weights),
             query_rows=query_view.flatten(),
         )

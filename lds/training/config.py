@@ -45,13 +45,25 @@ class OptimConfig:
             raise ConfigError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
 
 
+LDS_LATENTS = ("sample", "mean")
+
+
 @dataclass
 class LDSConfig:
     enabled: bool = False                   # --lds / --no-lds
     weight: float = 0.5                     # lambda in Eq. 4 (0.5 for MONet+, Table 1)
     sigma: float = 0.1                      # sigma in Eq. 3
+    # Which latents Sigma is computed from: "sample" (the z_k ~ q the ELBO decodes) or "mean"
+    # (the posterior means, what evaluation's Sim measures). Eq. 3 says "the inferred z_k" and
+    # does not settle it. On samples, a collapsed posterior (q = N(0, I)) gives near-orthogonal
+    # noise, so the prior cannot see slots whose means coincide (docs/training.md, "LDS on
+    # samples or on means").
+    latents: str = "sample"
 
     def __post_init__(self) -> None:
+        if self.latents not in LDS_LATENTS:
+            raise ConfigError(f"lds.latents must be one of {', '.join(LDS_LATENTS)}, got "
+                              f"{self.latents!r}")
         if self.weight < 0:
             raise ConfigError(f"lds.weight must be >= 0, got {self.weight}")
         if self.sigma <= 0:

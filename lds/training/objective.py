@@ -17,9 +17,10 @@ from lds.prior import weighted_lds_prior
 
 def training_objective(out: ModelOutput, lds) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, the weighted LDS prior value) for one forward pass. ``lds``: the run's
-    ``LDSConfig`` (enabled, weight, sigma); off, the prior is a detached zero and the loss is
+    ``LDSConfig`` (enabled, weight, sigma, latents: samples or posterior means); off, the prior is a detached zero and the loss is
     the model's own."""
     if not lds.enabled or lds.weight == 0:
         return out.loss, out.loss.new_zeros(())
-    prior, _ = weighted_lds_prior(out.lds_latents, out.lds_weights, lds.sigma)
+    latents = out.lds_means if lds.latents == "mean" else out.lds_latents
+    prior, _ = weighted_lds_prior(latents, out.lds_weights, lds.sigma)
     return out.loss - lds.weight * prior, prior
