@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lds.experiments.runner import is_finished, load_run_with_slots, run_dir_of
+from lds.experiments.runner import is_finished, load_run_with_slots, run_dir_of, train_config_for
 from lds.experiments.spec import (RunSpec, SpecError, expand_runs, load_spec, parse_slice,
                                   select_slice)
 from tests.test_eval_cli import make_store
@@ -35,14 +35,19 @@ def write_spec(path, store, **extra):
 
 def test_spec_expands_to_main_runs_then_ablations(tmp_path):
     spec_path = write_spec(tmp_path / "spec.yaml", tmp_path / "store", seeds=[0, 1],
-                           ablations={"sigma": [0.1, 0.3], "train_k": [5], "test_k": []})
+                           ablations={"sigma": [0.1, 0.3], "train_k": [5], "test_k": [],
+                                      "lds_latents": ["mean", "sample"]})
     spec = load_spec(spec_path)
     runs = expand_runs(spec)
     assert [r.run_id for r in runs] == [
         "monet__toy__control__seed0", "monet__toy__lds__seed0",
         "monet__toy__control__seed1", "monet__toy__lds__seed1",
         "monet__toy__lds-sigma0.3__seed0",          # sigma 0.1 is the main LDS run already
-        "monet__toy__control-K5__seed0", "monet__toy__lds-K5__seed0"]
+        "monet__toy__control-K5__seed0", "monet__toy__lds-K5__seed0",
+        # every seed; "sample" is what the main LDS runs use already
+        "monet__toy__lds-mean__seed0", "monet__toy__lds-mean__seed1"]
+    assert [train_config_for(spec, r).lds.latents for r in runs[-3:]] == ["sample", "mean", "mean"]
+    assert not runs[-1].is_main and runs[-1].lds
     assert spec.stores["toy"].eval == spec.stores["toy"].train == str(tmp_path / "store")
     assert parse_slice("1/3") == (1, 3)
     slices = [select_slice(runs, i, 3) for i in range(3)]
@@ -57,6 +62,8 @@ def test_bad_specs_are_user_errors(tmp_path):
         load_spec(write_spec(tmp_path / "a.yaml", "s", models={"vae9000": []}))
     with pytest.raises(SpecError, match="unknown config key"):
         load_spec(write_spec(tmp_path / "b.yaml", "s", trian={"steps": 3}))
+    with pytest.raises(SpecError, match="LDS latents must be one of sample, mean"):
+        load_spec(write_spec(tmp_path / "c.yaml", "s", ablations={"lds_latents": ["median"]}))
     with pytest.raises(SpecError, match="slice"):
         parse_slice("3/2")
 
@@ -189,3 +196,34 @@ def test_only_the_selected_runs_stores_must_exist(tmp_path):
     spec = load_spec(spec_path)
     toy_control = next(r for r in expand_runs(spec) if r.store == "toy" and not r.lds)
     assert is_finished(run_dir_of(study, toy_control), 2)
+
+
+def test_lds_latents_ablation_trains_every_seed_and_is_reported_beside_the_main_runs(tmp_path):
+    from cli import app
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    spec_path = write_spec(tmp_path / "spec.yaml", store, seeds=[0, 1],
+                           gap={"enabled": False}, ablations={"lds_latents": ["mean"]})
+    study = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(spec_path)
+    ablation = [r for r in expand_runs(spec) if r.latents == "mean"]
+    assert [r.seed for r in ablation] == [0, 1]
+    for run in ablation:
+        meta = json.loads((run_dir_of(study, run) / "eval" / "eval.json").read_text())["meta"]
+        assert meta["lds"] == {"enabled": True, "weight": 0.5, "sigma": 0.1, "latents": "mean"}
+    result = runner.invoke(app, ["experiment", "report", str(study)])
+    assert result.exit_code == 0, result.output
+    md = (study / "report" / "report.md").read_text()
+    assert "Ablation: the LDS prior on samples or on posterior means" in md
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    table = summary["ablations"]["lds_latents"]["monet/toy"]
+    assert set(table) == {"control", "lds", "lds-mean"}
+    assert all(table[g]["fg_ari"]["n"] == 2 for g in table)
+    assert set(summary["validation_curves"]["monet/toy"]) == {"control", "lds", "lds-mean"}
+    # the main comparison (Table 1) still pairs control with the main LDS runs only
+    assert summary["table1"]["monet/toy"]["lds"]["mse"]["n"] == 2

@@ -462,7 +462,8 @@ def ablations(report: Report, results, spec, summary) -> None:
                 points = []
                 for r in results:
                     rr = r.run
-                    if (rr.model, rr.store, rr.seed) != (model, store, first) or rr.num_slots is not None:
+                    if ((rr.model, rr.store, rr.seed) != (model, store, first)
+                            or rr.num_slots is not None or rr.latents is not None):
                         continue
                     if not r.eval:
                         continue
@@ -501,7 +502,8 @@ def ablations(report: Report, results, spec, summary) -> None:
         for model in spec.models:
             for store in spec.stores:
                 for lds in (False, True):
-                    runs = [r for r in results if r.run.sigma is None and r.run.lds == lds and
+                    runs = [r for r in results if r.run.sigma is None and r.run.latents is None
+                            and r.run.lds == lds and
                             (r.run.model, r.run.store, r.run.seed) == (model, store, first) and r.eval]
                     if not runs:
                         continue
@@ -564,9 +566,69 @@ def training_curves(report: Report, results, spec, study_dir: Path, summary) -> 
 CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "dup_bg")
 
 
+_GROUP_COLOURS = {"control": "#3a7dc9", "lds": "#d9534f", "lds-mean": "#3b9a4b",
+                  "lds-sample": "#d9534f"}
+
+
+def _GROUP_ORDER(group: str) -> tuple:
+    return (group != "control", group != "lds", group)
+
+
+def _is_latents_ablation(run: RunSpec) -> bool:
+    return run.latents is not None and run.sigma is None and run.num_slots is None
+
+
+def lds_latents_ablation(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """Control, LDS on the main latents and LDS on the ablation's latents, seed by seed: the
+    prior on samples cannot see duplicate means of a collapsed posterior (docs/training.md)."""
+    from lds.training.logging import read_metrics
+
+    if not spec.ablations.lds_latents:
+        return
+    metrics = ["mse", "miou", "fg_ari", "sim", "dup_gt"]
+    rows, table, per_seed = [], {}, []
+    for model in spec.models:
+        for store in spec.stores:
+            by_group: dict[str, list[RunResult]] = {}
+            for r in results:
+                if ((r.run.model, r.run.store) == (model, store) and r.eval
+                        and (r.run.is_main or _is_latents_ablation(r.run))):
+                    by_group.setdefault(r.run.group, []).append(r)
+            if not any(g.startswith("lds-") for g in by_group):
+                continue
+            key = f"{model}/{store}"
+            table[key] = {}
+            for group in sorted(by_group, key=_GROUP_ORDER):
+                runs = by_group[group]
+                stats = {m: _mean_std([r.mean(m) for r in runs]) for m in metrics}
+                table[key][group] = {m: {"mean": v[0], "std": v[1], "n": v[2]}
+                                     for m, v in stats.items()}
+                label = "LDS, " + (group[4:] if group.startswith("lds-") else spec.lds.latents)
+                rows.append([key, "control" if group == "control" else label, str(len(runs))] +
+                            [_fmt(m, v[0]) + (f" ± {_fmt(m, v[1])}" if math.isfinite(v[1]) else "")
+                             for m, v in stats.items()])
+                for r in runs:
+                    train_rows = read_metrics(run_dir_of(study_dir, r.run), "metrics.jsonl")
+                    kl = train_rows[-1].get("kl_z", math.nan) if train_rows else math.nan
+                    per_seed.append([key, str(r.run.seed), "control" if group == "control" else label,
+                                     _fmt("fg_ari", r.mean("fg_ari")), _fmt("sim", r.mean("sim")),
+                                     f"{kl:.1f}" if math.isfinite(kl) else "-"])
+    if not rows:
+        return
+    summary.setdefault("ablations", {})["lds_latents"] = table
+    report.heading("Ablation: the LDS prior on samples or on posterior means (every seed)")
+    report.table(["model/store", "group", "seeds"] + [_label(m, results) for m in metrics], rows)
+    report.table(["model/store", "seed", "group", _label("fg_ari", results), _label("sim", results),
+                  "latent KL, last training window (nats)"], sorted(per_seed))
+    report.paragraph("Test scenes. Sim is measured on the posterior means for every group; "
+                     "'LDS, sample' puts the prior on the sampled latents (the paper's Eq. 3 "
+                     "as trained in the main runs), 'LDS, mean' on the posterior means.")
+
+
 def validation_curves(report: Report, results, spec, study_dir: Path, summary) -> None:
-    """FG-ARI, mIoU, MSE ... against steps on the held-out (validation) scenes, control vs LDS,
-    mean and std over seeds (each main run's validation.jsonl)."""
+    """FG-ARI, mIoU, MSE ... against steps on the held-out (validation) scenes, control vs LDS
+    (and LDS on other latents where the study has that ablation), mean and std over seeds
+    (each run's validation.jsonl)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -574,12 +636,12 @@ def validation_curves(report: Report, results, spec, study_dir: Path, summary) -
 
     from lds.training.logging import read_metrics
 
-    groups: dict[tuple, dict[bool, list[list[dict]]]] = {}
+    groups: dict[tuple, dict[str, list[list[dict]]]] = {}
     for r in results:
-        if r.run.is_main:
+        if r.run.is_main or _is_latents_ablation(r.run):
             rows = read_metrics(run_dir_of(study_dir, r.run), "validation.jsonl")
             if rows:
-                groups.setdefault((r.run.model, r.run.store), {}).setdefault(r.run.lds, []).append(rows)
+                groups.setdefault((r.run.model, r.run.store), {}).setdefault(r.run.group, []).append(rows)
     if not groups:
         return
     report.heading("Learning curves on held-out validation scenes")
@@ -590,15 +652,14 @@ def validation_curves(report: Report, results, spec, study_dir: Path, summary) -
         fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 2.8), squeeze=False)
         key = f"{model}/{store}"
         summary["validation_curves"][key] = {}
-        for lds, runs in sorted(by_group.items()):
+        for group, runs in sorted(by_group.items(), key=lambda item: _GROUP_ORDER(item[0])):
             steps = sorted(set.intersection(*[{row["step"] for row in rows} for rows in runs]))
-            group = "lds" if lds else "control"
             summary["validation_curves"][key][group] = {"steps": steps, "seeds": len(runs)}
             for ax, name in zip(axes[0], names):
                 values = np.array([[next((row.get(name) for row in rows if row["step"] == st), np.nan)
                                     for st in steps] for rows in runs], dtype=float)
                 mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
-                colour = "#d9534f" if lds else "#3a7dc9"
+                colour = _GROUP_COLOURS.get(group, "#777777")
                 if len(runs) > 1:       # each seed thin: a collapsed seed is not a wide band
                     for seed_values in values:
                         ax.plot(steps, seed_values * metric(name).scale, color=colour, lw=0.5,
@@ -615,7 +676,8 @@ def validation_curves(report: Report, results, spec, study_dir: Path, summary) -
         axes[0][0].legend(fontsize=7)
         name = f"curves_{model}_{store}.png"
         report.figure(name, _png(fig), f"{model} on {store}: held-out validation scenes during "
-                      "training (blue: control, red: LDS; mean ± std over seeds)")
+                      "training (blue: control, red: LDS, green: LDS on the posterior means "
+                      "where run; mean ± std over seeds, each seed thin)")
 
 
 def figure5(report: Report, results, spec, study_dir: Path, summary) -> None:
@@ -699,6 +761,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
         figure2_grids(report, results, spec, study_dir, summary)
         figure5(report, results, spec, study_dir, summary)
     ablations(report, results, spec, summary)
+    lds_latents_ablation(report, results, spec, study_dir, summary)
     training_curves(report, results, spec, study_dir, summary)
     missing = [r.run.run_id for r in results if not r.eval]
     if missing:

@@ -52,6 +52,7 @@ def train_config_for(spec: ExperimentSpec, run: RunSpec):
         f"lds.enabled={str(run.lds).lower()}",
         f"lds.weight={spec.lds.weight}",
         f"lds.sigma={run.sigma if run.sigma is not None else spec.lds.sigma}",
+        f"lds.latents={run.latents or spec.lds.latents}",
         f"device={spec.device}",
     ]
     if run.num_slots is not None:
@@ -156,7 +157,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     metrics = load_config(MetricsConfig, None, list(spec.eval.metrics))
     dataset = None
     variants: list[tuple[str, int | None]] = [("eval", None)]
-    if run.sigma is None:   # the train-K x test-K grid: main runs and the train-K runs
+    if run.sigma is None and run.latents is None:   # train-K x test-K: main and train-K runs
         variants += [(f"eval_K{k}", int(k)) for k in spec.ablations.test_k]
     for stage, num_slots in variants:
         path = run_dir / "eval" / f"{stage}.json"
@@ -169,7 +170,7 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         meta = {"run": str(run_dir), "run_id": run.run_id, "data": str(Path(store).resolve()),
                 "model": cfg.model.name, "num_slots": cfg.model.num_slots,
                 "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight,
-                        "sigma": cfg.lds.sigma},
+                        "sigma": cfg.lds.sigma, "latents": cfg.lds.latents},
                 "checkpoint_step": steps, "seed": cfg.seed, "max_images": spec.eval.max_images}
         result = evaluate(model, dataset, batch_size=spec.eval.batch_size, device=spec.device,
                           max_images=spec.eval.max_images, progress=progress, config=metrics,

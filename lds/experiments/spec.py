@@ -17,6 +17,7 @@
       sigma: [0.05, 0.2]          # extra LDS runs (first seed) with these sigmas
       test_k: [3, 7]              # every main run also evaluated at these K
       train_k: [3, 7]             # extra control + LDS runs (first seed) trained at these K
+      lds_latents: [mean]         # extra LDS runs (every seed) with the prior on these latents
 
 The spec expands to a fixed, ordered list of :class:`RunSpec` (``expand_runs``); ``--slice i/n``
 takes runs i, i+n, i+2n ... so several machines can share one study directory.
@@ -54,6 +55,7 @@ class TrainSection:
 class LDSSection:
     weight: float = 0.5
     sigma: float = 0.1
+    latents: str = "sample"              # lds.latents of the main LDS runs (docs/training.md)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class AblationSection:
     sigma: list[float] = field(default_factory=list)
     test_k: list[int] = field(default_factory=list)
     train_k: list[int] = field(default_factory=list)
+    # Every seed, not the first only: whether LDS helps is a question of the seed spread.
+    lds_latents: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +113,7 @@ class RunSpec:
     lds: bool
     sigma: float | None = None           # set only for the sigma ablation
     num_slots: int | None = None         # set only for the train-K ablation
+    latents: str | None = None           # set only for the lds_latents ablation
 
     @property
     def group(self) -> str:
@@ -118,6 +123,8 @@ class RunSpec:
             name += f"-sigma{self.sigma:g}"
         if self.num_slots is not None:
             name += f"-K{self.num_slots}"
+        if self.latents is not None:
+            name += f"-{self.latents}"
         return name
 
     @property
@@ -127,7 +134,7 @@ class RunSpec:
     @property
     def is_main(self) -> bool:
         """A run of the control-vs-LDS comparison (not an ablation)."""
-        return self.sigma is None and self.num_slots is None
+        return self.sigma is None and self.num_slots is None and self.latents is None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
@@ -195,11 +202,18 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: ablations.sigma values must be positive")
     if any(k < 2 for k in spec.ablations.test_k + spec.ablations.train_k):
         raise SpecError(f"{where}: ablation K values must be at least 2")
+    from lds.training.config import LDS_LATENTS
+
+    for latents in [spec.lds.latents] + list(spec.ablations.lds_latents):
+        if latents not in LDS_LATENTS:
+            raise SpecError(f"{where}: LDS latents must be one of {', '.join(LDS_LATENTS)}, "
+                            f"got {latents!r}")
 
 
 def expand_runs(spec: ExperimentSpec) -> list[RunSpec]:
     """Every run of the study, in a fixed order: main runs (model, store, seed, control then LDS),
-    then the sigma ablation, then the train-K ablation (first seed only for the ablations)."""
+    then the sigma ablation, then the train-K ablation (first seed only), then the LDS-latents
+    ablation (every seed)."""
     runs: list[RunSpec] = []
     for model in spec.models:
         for store in spec.stores:
@@ -215,6 +229,10 @@ def expand_runs(spec: ExperimentSpec) -> list[RunSpec]:
             for k in spec.ablations.train_k:
                 runs.append(RunSpec(model, store, first, lds=False, num_slots=int(k)))
                 runs.append(RunSpec(model, store, first, lds=True, num_slots=int(k)))
+            for latents in spec.ablations.lds_latents:
+                if latents != spec.lds.latents:
+                    runs.extend(RunSpec(model, store, seed, lds=True, latents=latents)
+                                for seed in spec.seeds)
     return runs
 
 
