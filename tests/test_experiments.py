@@ -227,3 +227,14 @@ def test_lds_latents_ablation_trains_every_seed_and_is_reported_beside_the_main_
     assert set(summary["validation_curves"]["monet/toy"]) == {"control", "lds", "lds-mean"}
     # the main comparison (Table 1) still pairs control with the main LDS runs only
     assert summary["table1"]["monet/toy"]["lds"]["mse"]["n"] == 2
+
+
+def test_a_gap_file_from_before_the_amp_setting_counts_as_fp32(tmp_path):
+    from lds.experiments.runner import _eval_file_current
+
+    path = tmp_path / "gap.json"
+    path.write_text(json.dumps({"meta": {"checkpoint_step": 8, "samples": 500}}))
+    assert _eval_file_current(path, 8, samples=500, amp="off")
+    assert not _eval_file_current(path, 8, samples=500, amp="bf16")     # recomputed in bf16
+    path.write_text(json.dumps({"meta": {"checkpoint_step": 8, "samples": 500, "amp": "bf16"}}))
+    assert not _eval_file_current(path, 8, samples=500, amp="off")

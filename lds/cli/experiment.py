@@ -82,6 +82,8 @@ def gap_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Output JSON (default: RUN/gap/gap.json)."),
     device: str = typer.Option("cpu", "--device"),
     seed: int = typer.Option(0, "--seed", help="Seed of the importance samples."),
+    amp: str = typer.Option("off", "--amp", help="bf16: the decoder passes under bf16 autocast "
+                            "(CUDA, or a CPU with native bf16; docs/experiments.md)."),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Inference gap per image: G = log p(x) (importance-weighted, B samples) - ELBO (unit weights)."""
@@ -91,7 +93,7 @@ def gap_command(
     with distributed.session(device):     # under torchrun: images sharded, rank 0 writes
         result = gap_for_run(run, data, num_samples=samples, max_images=max_images, chunk=chunk,
                              batch_size=batch_size, device=str(distributed.local_device(device)),
-                             progress=not no_progress, out=out, seed=seed)
+                             progress=not no_progress, out=out, seed=seed, amp=amp)
         if not distributed.is_main():
             return
     agg = result["aggregates"]

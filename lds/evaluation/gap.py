@@ -22,6 +22,7 @@ attention masks part of q's amortisation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -54,20 +55,38 @@ def _check_interface(model) -> None:
             "lds.models.interface.MultiObjectVAE (posterior, log_joint, sample_posterior)")
 
 
+def _joint_autocast(amp: str, device: torch.device):
+    """bf16 autocast around the joint's decoder passes (``amp="bf16"``), or nothing."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    from lds.training.loop import check_amp_supported
+
+    check_amp_supported(amp, device)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def importance_weights(model: torch.nn.Module, batch: dict, num_samples: int, chunk: int = 50,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """log w for B = ``num_samples`` draws from q per item: (B, N)."""
+                       generator: torch.Generator | None = None, amp: str = "off") -> torch.Tensor:
+    """log w for B = ``num_samples`` draws from q per item: (B, N).
+
+    ``amp="bf16"`` runs log p~(x, z) under bf16 autocast: the B x K decoder passes, nearly all
+    of the cost. q, its samples and log q stay fp32, and each model casts its decoder output to
+    fp32 before the likelihood, so only the decoder's arithmetic is bf16 (docs/experiments.md
+    gives the measured change in G against its Monte Carlo error)."""
     if num_samples < 1 or chunk < 1:
         raise UserError("the number of samples and the chunk size must be at least 1")
     _check_interface(model)
     posterior = model.posterior(batch)
+    device = next((v.device for v in batch.values() if isinstance(v, torch.Tensor)),
+                  torch.device("cpu"))
     chunks = []
     for start in range(0, num_samples, chunk):
         size = min(chunk, num_samples - start)
         z, log_q = model.sample_posterior(batch, posterior, size, generator)
-        log_joint = model.log_joint(batch, posterior, z)
-        chunks.append((log_joint - log_q).double())
+        with _joint_autocast(amp, device):
+            log_joint = model.log_joint(batch, posterior, z)
+        chunks.append((log_joint.double() - log_q.double()))
     return torch.cat(chunks, dim=0)
 
 
@@ -82,9 +101,11 @@ def gap_from_log_weights(log_w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def estimate_gap(model: torch.nn.Module, batch: dict, num_samples: int = 500, chunk: int = 50,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator | None = None,
+                 amp: str = "off") -> dict[str, torch.Tensor]:
     """Per-item log p(x), ELBO and G = log p(x) - ELBO (each (N,), float64) for one batch."""
-    return gap_from_log_weights(importance_weights(model, batch, num_samples, chunk, generator))
+    return gap_from_log_weights(importance_weights(model, batch, num_samples, chunk, generator,
+                                                   amp))
 
 
 # ---- running it on a trained run ------------------------------------------------------------
@@ -92,7 +113,7 @@ def estimate_gap(model: torch.nn.Module, batch: dict, num_samples: int = 500, ch
 def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
                 max_images: int | None = 64, chunk: int = 50, batch_size: int = 8,
                 device: str = "cpu", progress: bool = True, out: str | Path | None = None,
-                seed: int = 0, extra_meta: dict | None = None) -> dict:
+                seed: int = 0, extra_meta: dict | None = None, amp: str = "off") -> dict:
     """Estimate the gap for the first ``max_images`` images of ``data`` under the run's latest
     checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
     from lds.data import open_eval_dataset
@@ -103,6 +124,8 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
         raise UserError(f"data store {data} does not exist")
     model, cfg = load_run(run, map_location=device)
     _check_interface(model)
+    if amp != "off":        # refused here, once, before any work (e.g. a CPU without bf16)
+        _joint_autocast(amp, torch.device(device))
     dataset = open_eval_dataset(Path(data), cfg.model)      # scene-view items for view models
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
@@ -127,7 +150,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
                 key = (int(batch["image_index"][i].reshape(-1)[0]) if "image_index" in batch
                        else indices[0] + i)
                 generator.manual_seed(seed * 1_000_003 + key)
-                parts.append(estimate_gap(model, item, num_samples, chunk, generator))
+                parts.append(estimate_gap(model, item, num_samples, chunk, generator, amp))
             values = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
             records = []
             for i in range(batch["image"].shape[0]):
@@ -153,7 +176,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     meta = {"run": str(run), "data": str(Path(data).resolve()), "model": cfg.model.name,
             "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight, "sigma": cfg.lds.sigma},
             "num_images": len(records), "samples": num_samples, "seed": seed,
-            "max_images": max_images,
+            "max_images": max_images, "amp": amp,
             "checkpoint_step": latest_checkpoint_step(run),
             "seconds": time.perf_counter() - started,
             "units": "nats per image", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

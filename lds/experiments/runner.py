@@ -113,6 +113,10 @@ class StageLog:
         self.echo(f"{run.run_id}: {stage} done in {seconds:.0f} s")
 
 
+# Settings a file written before the setting existed was made with.
+_META_DEFAULTS = {"amp": "off"}
+
+
 def _eval_file_current(path: Path, steps: int, **settings) -> bool:
     """The file exists, was made from the final checkpoint and with the same settings."""
     if not path.is_file():
@@ -121,7 +125,8 @@ def _eval_file_current(path: Path, steps: int, **settings) -> bool:
         meta = json.loads(path.read_text()).get("meta", {})
     except json.JSONDecodeError:
         return False
-    return meta.get("checkpoint_step") == steps and all(meta.get(k) == v for k, v in settings.items())
+    return meta.get("checkpoint_step") == steps and all(
+        meta.get(k, _META_DEFAULTS.get(k)) == v for k, v in settings.items())
 
 
 def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: bool = True,
@@ -183,13 +188,15 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         from lds.evaluation.gap import GAP_DIR, GAP_FILE, gap_for_run
 
         path = run_dir / GAP_DIR / GAP_FILE
-        if _eval_file_current(path, steps, samples=spec.gap.samples, max_images=spec.gap.max_images):
+        if _eval_file_current(path, steps, samples=spec.gap.samples, max_images=spec.gap.max_images,
+                              amp=spec.gap.amp):
             happened["gap"] = "skipped"
         else:
             started = time.perf_counter()
             gap_for_run(run_dir, store, num_samples=spec.gap.samples,
                         max_images=spec.gap.max_images, chunk=spec.gap.chunk,
                         batch_size=spec.gap.batch_size, device=spec.device, progress=progress,
+                        amp=spec.gap.amp,
                         out=path, extra_meta={"checkpoint_step": steps, "run_id": run.run_id})
             log(run, "gap", time.perf_counter() - started)
             happened["gap"] = "done"

@@ -72,6 +72,7 @@ class GapSection:
     max_images: int | None = 64
     chunk: int = 50                      # samples per decoder pass
     batch_size: int = 8                  # images per pass
+    amp: str = "off"                     # bf16: decoder passes under bf16 autocast (gap.py)
 
 
 @dataclass
@@ -198,6 +199,8 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: train.steps must be at least 1")
     if spec.gap.samples < 1 or spec.gap.chunk < 1:
         raise SpecError(f"{where}: gap.samples and gap.chunk must be at least 1")
+    if spec.gap.amp not in ("off", "bf16"):
+        raise SpecError(f"{where}: gap.amp must be off or bf16, got {spec.gap.amp!r}")
     if any(s <= 0 for s in spec.ablations.sigma):
         raise SpecError(f"{where}: ablations.sigma values must be positive")
     if any(k < 2 for k in spec.ablations.test_k + spec.ablations.train_k):
