@@ -1,6 +1,8 @@
 """GENESIS: output contract, stick breaking, the loss terms against direct formulas, LDS on the
-concatenated slot latents, GECO's update and its resume state, overfitting two images, and
-`ldsrig train genesis` end to end on a tiny store."""
+concatenated slot latents, the rules taken from applied-ai-lab/genesis (GECO on hand-computed
+numbers, the prior scales, the autoregressive posterior, the per-channel mixture, the network
+sizes), GECO's resume state, overfitting two images, and `ldsrig train genesis` end to end on a
+tiny store."""
 
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ from tests.test_monet import one_torch_thread, two_images  # noqa: F401 (fixture
 from tests.test_train import make_store
 
 TINY = dict(height=16, width=16, num_slots=3, mask_latent_dim=6, comp_latent_dim=4,
-            encoder_channels=(8, 8), encoder_hidden=16, lstm_hidden=16,
-            mask_decoder_channels=(16, 16), comp_encoder_channels=(8, 8), comp_encoder_hidden=16,
-            comp_decoder_channels=(16, 16), comp_prior_hidden=16)
+            mask_encoder_channels=(8, 8), mask_strides=(1, 2), mask_encoder_hidden=16,
+            mask_decoder_channels=(8, 8, 8), prior_lstm_hidden=16, comp_encoder_channels=(8, 8),
+            comp_encoder_hidden=16, comp_decoder_channels=(16, 16), comp_prior_hidden=16)
 TINY_OVERRIDES = [
     "model.height=16", "model.width=16", "model.num_slots=3", "model.mask_latent_dim=6",
-    "model.comp_latent_dim=4", "model.encoder_channels=[8,8]", "model.encoder_hidden=16",
-    "model.lstm_hidden=16", "model.mask_decoder_channels=[16,16]",
-    "model.comp_encoder_channels=[8,8]", "model.comp_encoder_hidden=16",
-    "model.comp_decoder_channels=[16,16]", "model.comp_prior_hidden=16", "optim.batch_size=2",
+    "model.comp_latent_dim=4", "model.mask_encoder_channels=[8,8]", "model.mask_strides=[1,2]",
+    "model.mask_encoder_hidden=16", "model.mask_decoder_channels=[8,8,8]",
+    "model.prior_lstm_hidden=16", "model.comp_encoder_channels=[8,8]",
+    "model.comp_encoder_hidden=16", "model.comp_decoder_channels=[16,16]",
+    "model.comp_prior_hidden=16", "optim.batch_size=2",
 ]
 
 
@@ -61,7 +64,8 @@ def test_output_contract_and_loss_terms_match_direct_formulas():
     assert set(out.loss_terms) == {"nll", "kl_mask", "kl_comp"}
     torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
     torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
-    dens = torch.distributions.Normal(out.appearance, 0.2).log_prob(images[:, None]).sum(2, keepdim=True)
+    # The original's mixture: each pixel's each colour channel is its own draw.
+    dens = torch.distributions.Normal(out.appearance, 0.2).log_prob(images[:, None])
     nll = -torch.log((out.masks * dens.exp()).sum(1)).sum((1, 2, 3)).mean()
     torch.testing.assert_close(out.loss_terms["nll"], nll, rtol=1e-4, atol=1e-2)
     t = out.loss_terms
@@ -102,13 +106,117 @@ def test_geco_updates_beta_in_training_only_and_keeps_it_in_the_state_dict():
     err = out.loss_terms["nll"].item()
     assert err > goal
     assert model.geco_err_ema.item() == err
-    assert model.geco_beta.item() == pytest_approx(math.exp(1e-3 * (goal - err)))
+    # The step size is scaled by 64^2 / (16 * 16) = 16 at this resolution.
+    assert model.geco_beta.item() == pytest_approx(math.exp(16e-3 * (goal - err)))
     assert {"geco_beta", "geco_err_ema"} <= set(model.state_dict())
     before = model.geco_beta.clone()
     model.eval()
     with torch.no_grad():
         model({"image": images})
     assert torch.equal(model.geco_beta, before)
+
+
+def test_geco_rule_on_hand_computed_numbers():
+    """applied-ai-lab/genesis utils/geco.py and train.py at 16x16: goal = 0.5655 * 3 * 16 * 16
+    = 434.304, step = 1e-5 * 64^2 / 16^2 = 1.6e-4, err_ema = err at the first step, x10 while
+    the goal is met, beta clamped to [1e-10, 1e10], the loss using beta before the update."""
+    model = tiny_model(geco=True).train()
+    assert model._kl_weight(torch.tensor(500.0)).item() == 1.0
+    assert model.geco_err_ema.item() == 500.0
+    # constraint = 434.304 - 500 = -65.696; beta = exp(1.6e-4 * -65.696) = exp(-0.01051136)
+    assert model.geco_beta.item() == pytest_approx(math.exp(-0.01051136))
+    # err_ema = 0.99 * 500 + 0.01 * 300 = 498; constraint = -63.696; exponent -0.01019136
+    assert model._kl_weight(torch.tensor(300.0)).item() == pytest_approx(math.exp(-0.01051136))
+    assert model.geco_err_ema.item() == pytest_approx(498.0)
+    assert model.geco_beta.item() == pytest_approx(math.exp(-0.01051136 - 0.01019136))
+
+    met = tiny_model(geco=True).train()
+    met._kl_weight(torch.tensor(400.0))       # constraint +34.304, sped up: 10 * 1.6e-4 * 34.304
+    assert met.geco_beta.item() == pytest_approx(math.exp(0.0548864))
+    met.geco_beta.fill_(1e10)
+    met._kl_weight(torch.tensor(0.0))
+    assert met.geco_beta.item() == pytest_approx(1e10)
+    met.geco_beta.fill_(1e-10)
+    met._kl_weight(torch.tensor(1e6))
+    assert met.geco_beta.item() == pytest_approx(1e-10)
+    # Not in training, or without gradients: no update.
+    with torch.no_grad():
+        met._kl_weight(torch.tensor(1.0))
+    assert met.geco_beta.item() == pytest_approx(1e-10)
+
+
+def test_priors_and_posteriors_use_the_original_parametrisation():
+    """Learned priors: mean tanh(.), std sigmoid(. + 4) + 1e-4, p(z^m_1) = N(0, I); posteriors:
+    std softplus(. + 0.5) + 1e-8 (applied-ai-lab/genesis models/genesis_config.py,
+    modules/blocks.py)."""
+    model = tiny_model().eval()
+    z = 5 * torch.randn(2, 3, 6)
+    with torch.no_grad():
+        mean, std = model.mask_prior(z)
+        raw = model.prior_head(model.prior_lstm(z[:, :-1])[0])
+        comp_mean, comp_std = model.component_prior(z)
+        comp_raw = model.comp_prior(z)
+        features = model.image_features(torch.rand(2, 3, 16, 16))
+        _, q_mean, q_std = model.mask_posterior(features)
+        first = model.posterior_first(features)
+    assert torch.equal(mean[:, 0], torch.zeros(2, 6)) and torch.equal(std[:, 0], torch.ones(2, 6))
+    torch.testing.assert_close(mean[:, 1:], torch.tanh(raw[..., :6]))
+    torch.testing.assert_close(std[:, 1:], torch.sigmoid(raw[..., 6:] + 4) + 1e-4)
+    torch.testing.assert_close(comp_mean, torch.tanh(comp_raw[..., :4]))
+    torch.testing.assert_close(comp_std, torch.sigmoid(comp_raw[..., 4:] + 4) + 1e-4)
+    torch.testing.assert_close(q_mean[:, 0], first[:, :6])
+    torch.testing.assert_close(q_std[:, 0], torch.nn.functional.softplus(first[:, 6:] + 0.5) + 1e-8)
+
+
+def test_mask_posterior_is_autoregressive_on_the_sampled_latents():
+    """q(z^m_k | x, z^m_{k-1}): step k's conditional follows the *sampled* z^m_{k-1} (the
+    original's LatentSBP); scoring given latents reproduces the draw's conditionals."""
+    model = tiny_model().eval()
+    with torch.no_grad():
+        features = model.image_features(torch.rand(2, 3, 16, 16))
+        z, mean, std = model.mask_posterior(features, sample=True,
+                                            generator=torch.Generator().manual_seed(0))
+        _, mean_again, std_again = model.mask_posterior(features, z_mask=z)
+        moved = z.clone()
+        moved[:, 0] += 1.0
+        _, mean_moved, _ = model.mask_posterior(features, z_mask=moved)
+        z_eval, mean_eval, _ = model.mask_posterior(features)
+    torch.testing.assert_close(mean_again, mean)
+    torch.testing.assert_close(std_again, std)
+    torch.testing.assert_close(mean_moved[:, 0], mean[:, 0])
+    assert not torch.allclose(mean_moved[:, 1], mean[:, 1])
+    assert torch.equal(z_eval, mean_eval)                  # evaluation follows the mean path
+
+
+def test_network_sizes_match_the_original():
+    """Parameter counts of applied-ai-lab/genesis's Genesis (9abf202, K-independent), counted
+    by building it with its defaults: 12,620,548 at 64x64 and 4,559,620 at 32x32; the mask VAE
+    has ten batch norms (five gated convs, five gated deconvs)."""
+    for size, count in ((64, 12_620_548), (32, 4_559_620)):
+        model = build_model("genesis", GENESISConfig(height=size, width=size))
+        assert sum(p.numel() for p in model.parameters()) == count
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 10
+    with torch.no_grad():
+        model.eval()
+        features = model.image_features(torch.rand(2, 3, 32, 32))
+        assert features.shape == (2, 256)
+        assert model.mask_decoder(torch.randn(2, 64)).shape == (2, 1, 32, 32)
+
+
+def test_broadcast_decoder_fused_first_conv_is_the_same_function():
+    from lds.models.genesis import BroadcastDecoder
+
+    torch.manual_seed(0)
+    decoder = BroadcastDecoder(4, 8, 6, (8, 8), 3, fused=True)
+    z = torch.randn(5, 4, requires_grad=True)
+    fused = decoder(z)
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), z)
+    decoder.fused = False
+    plain = decoder(z)
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), z)
+    assert fused.shape == (5, 3, 8, 6)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-4)
 
 
 def pytest_approx(value: float):
@@ -150,8 +258,9 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
 
     assert PAPER_TRAIN_SETTINGS["genesis"]["optim"]["batch_size"] == 32
     cfg = load_train_config("genesis")
-    assert (cfg.optim.name, cfg.optim.lr) == ("adam", 1e-4)
-    assert cfg.model.geco and cfg.model.pixel_std == 0.7
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.steps) == ("adam", 1e-4, 500_000)
+    assert cfg.optim.grad_clip == 0 and cfg.optim.schedule == "constant"   # train.py: no clip
+    assert cfg.model.geco and cfg.model.pixel_std == 0.7 and cfg.model.beta == 0.5
 
     store, run_dir = tmp_path / "tiny.zarr", tmp_path / "run"
     make_store(store)

@@ -35,10 +35,12 @@ PAPER_TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
                          "grad_clip": 5.0, "schedule": "gqn"},
                "lds": {"weight": 1.0, "sigma": 0.1}},
     # GENESIS's own code (the supplement ran it "with strict abidance of its original
-    # hyperparameter configurations"): Adam 1e-4, batch 32, GECO (in GENESISConfig). LDS weight
-    # 1.0 as for the other iterative/autoregressive models (the paper gives none for GENESIS).
+    # hyperparameter configurations"; applied-ai-lab/genesis 9abf202 train.py): Adam 1e-4 with
+    # PyTorch's defaults, batch 32, 500k steps, constant lr, no gradient clipping (0 disables
+    # it), GECO (in GENESISConfig). LDS weight 1.0 as for the other iterative/autoregressive
+    # models (the paper gives none for GENESIS).
     "genesis": {"optim": {"name": "adam", "lr": 1e-4, "batch_size": 32, "steps": 500_000,
-                          "grad_clip": 5.0, "schedule": "constant"},
+                          "grad_clip": 0.0, "schedule": "constant"},
                 "lds": {"weight": 1.0, "sigma": 0.1}},
 }
 

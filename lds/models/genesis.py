@@ -1,19 +1,21 @@
 """GENESIS (Engelcke et al., ICLR 2020) on the shared output contract, with optional LDS.
 
-Generative model, per image, for slots k = 1..K:
+Follows the official code, applied-ai-lab/genesis (commit 9abf202; docs/models.md lists what
+was checked and the remaining departures). Generative model, per image, for slots k = 1..K:
 
     z^m_k ~ p(z^m_k | z^m_{1:k-1})   an LSTM over the previous mask latents (p(z^m_1) = N(0, I))
-    alpha_k = MaskDecoder(z^m_k)       spatial broadcast decoder -> one logit per pixel
+    alpha_k = MaskDecoder(z^m_k)       gated deconvolutions with batch norm -> one logit per pixel
     pi_k    = s_{k-1} sigmoid(alpha_k), s_k = s_{k-1} (1 - sigmoid(alpha_k)), s_0 = 1;
               the last slot takes the remaining scope, pi_K = s_{K-1}   (stick breaking)
     z^c_k ~ p(z^c_k | z^m_k)          an MLP on z^m_k
-    mu_k    = sigmoid(ComponentDecoder(z^c_k))
-    x       ~ sum_k pi_k N(mu_k, sigma_x^2 I)      (each pixel's RGB vector is one draw)
+    mu_k    = sigmoid(ComponentDecoder(z^c_k))   spatial broadcast decoder, ELU
+    x_c     ~ sum_k pi_k N(mu_kc, sigma_x^2)     every pixel's every colour channel its own draw
 
-Inference: q(z^m_{1:K} | x) - an image encoder, then an LSTM run for K steps on the encoding
-whose state carries the autoregression, a linear head per step -> (mean, std); q(z^c_k | x, pi_k)
-- a component encoder on (image, log pi_k), all B*K slots in one batched call. Standard
-deviations are softplus(raw + 0.5) + 1e-8 as in the original code.
+Inference: q(z^m_{1:K} | x) = prod_k q(z^m_k | x, z^m_{<k}) - a gated-conv image encoder gives
+features h; z^m_1 from a linear head on h, z^m_k (k > 1) from an LSTM fed [h, z^m_{k-1}] (the
+sampled latent); q(z^c_k | x, pi_k) - a component encoder on (log pi_k, image), all B*K slots
+in one batched call. Posterior standard deviations are softplus(raw + 0.5) + 1e-8, the learned
+priors' sigmoid(raw + 4) + 1e-4 with tanh means, as in the original.
 
 Loss, per image, averaged over the batch (single-sample estimates of the KLs, since the priors
 are autoregressive / conditional):
@@ -34,7 +36,6 @@ Contract: ``mask_logits = log pi_k`` (their softmax over slots is pi itself), ``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -45,30 +46,38 @@ from torch.nn import functional as F
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE
-from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, gaussian_log_density
+from lds.models.base import conv_output_size, coordinate_grid, gaussian_log_density, \
+    mixture_log_likelihood
 
 
 @dataclass
 class GENESISConfig:
-    """GENESIS's architecture and loss. Defaults follow the original code's settings (see docs)."""
+    """GENESIS's architecture and loss. Defaults are the original code's (see docs/models.md)."""
 
     name: Literal["genesis"] = "genesis"
     height: int = 64
     width: int = 64
-    num_slots: int = 7                                  # K ("K_steps")
-    mask_latent_dim: int = 64                           # z^m
-    comp_latent_dim: int = 16                           # z^c
-    encoder_channels: tuple[int, ...] = (32, 32, 64, 64)   # 3x3 stride-2 convs, ReLU
-    encoder_hidden: int = 256
-    lstm_hidden: int = 256
-    mask_decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
-    comp_encoder_channels: tuple[int, ...] = (32, 32, 64, 64)
+    num_slots: int = 7                                  # K ("K_steps"; GQN's and Objects Room's)
+    mask_latent_dim: int = 64                           # z^m ("attention_latents")
+    comp_latent_dim: int = 16                           # z^c ("comp_ldim")
+    # Mask VAE: gated 5x5 convs (32, 32, 64, 64, 64) with these strides, then a gated conv whose
+    # kernel covers the remaining map -> mask_encoder_hidden features; the decoder mirrors it:
+    # a gated deconv from z^m to that map (first channel count), then a gated 5x5 deconv per
+    # stride, reversed. The original's strides are (1, 2, 1, 2, 1) at 32x32 and 64x64.
+    mask_encoder_channels: tuple[int, ...] = (32, 32, 64, 64, 64)
+    mask_strides: tuple[int, ...] = (1, 2, 1, 2, 1)
+    mask_encoder_hidden: int = 256
+    mask_decoder_channels: tuple[int, ...] = (64, 64, 32, 32, 32, 32)
+    batch_norm: bool = True                             # the mask VAE's ("enc_norm/dec_norm: bn")
+    prior_lstm_hidden: int = 256                        # p(z^m_k | z^m_{<k})
+    comp_encoder_channels: tuple[int, ...] = (32, 32, 64, 64)   # 3x3 stride-2 padded, ELU
     comp_encoder_hidden: int = 256
-    comp_decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
-    comp_prior_hidden: int = 256
-    pixel_std: float = 0.7                              # sigma_x (0.7 with GECO, the original)
-    beta: float = 1.0                                   # KL weight when geco is off
-    # GECO (Rezende & Viola 2018) as the original trains GENESIS: goal per pixel and channel.
+    comp_decoder_channels: tuple[int, ...] = (32, 32, 32, 32)   # broadcast decoder, ELU
+    comp_prior_hidden: int = 256                        # p(z^c_k | z^m_k): two hidden layers
+    pixel_std: float = 0.7                              # sigma_x ("pixel_std1/2")
+    beta: float = 0.5                                   # KL weight when geco is off (train.py)
+    # GECO (Rezende & Viola 2018) as the original trains GENESIS: goal per pixel and channel;
+    # step size at 64x64, scaled by 64^2 / (H W) as the original scales it.
     geco: bool = True
     geco_goal: float = 0.5655
     geco_step_size: float = 1e-5
@@ -77,13 +86,12 @@ class GENESISConfig:
     geco_beta_min: float = 1e-10
     geco_speedup: float = 10.0
     channels_last: bool = True
+    # The component decoder's first conv without materialising the tiled latent (same function).
     fused_broadcast: bool = True
-    # CPU: the decoder's conv trunk as one chunked, ReLU-fused op (lds/models/fused_decoder.py).
-    fused_decoder: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("encoder_channels", "mask_decoder_channels", "comp_encoder_channels",
-                    "comp_decoder_channels"):
+        for key in ("mask_encoder_channels", "mask_strides", "mask_decoder_channels",
+                    "comp_encoder_channels", "comp_decoder_channels"):
             setattr(self, key, tuple(getattr(self, key)))
         if self.num_slots < 2:
             raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
@@ -91,28 +99,122 @@ class GENESISConfig:
             raise ConfigError("model.mask_latent_dim and model.comp_latent_dim must be positive")
         if self.pixel_std <= 0:
             raise ConfigError("model.pixel_std must be positive")
-        for key in ("encoder_channels", "comp_encoder_channels"):
-            h, w = self.height, self.width
-            for _ in getattr(self, key):
-                h, w = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2)
-            if h < 1 or w < 1:
-                raise ConfigError(f"{self.height}x{self.width} images are too small for "
-                                  f"model.{key} ({len(getattr(self, key))} stride-2 convs)")
+        if not set(self.mask_strides) <= {1, 2}:
+            raise ConfigError(f"model.mask_strides must be 1s and 2s, got {self.mask_strides}")
+        if len(self.mask_encoder_channels) != len(self.mask_strides) or \
+                len(self.mask_decoder_channels) != len(self.mask_strides) + 1:
+            raise ConfigError("model.mask_encoder_channels needs one entry per mask stride and "
+                              "model.mask_decoder_channels one more")
+        scale = 2 ** self.mask_strides.count(2)
+        if self.height % scale or self.width % scale:
+            raise ConfigError(f"{self.height}x{self.width} images must divide by {scale} for "
+                              f"model.mask_strides {self.mask_strides}")
+        if not (self.comp_encoder_channels and self.comp_decoder_channels):
+            raise ConfigError("model.comp_encoder_channels and comp_decoder_channels need a layer")
+
+    @property
+    def mask_feature_size(self) -> tuple[int, int]:
+        """The mask encoder's last feature map (the kernel of its final conv): H, W / 2^#2s."""
+        scale = 2 ** self.mask_strides.count(2)
+        return self.height // scale, self.width // scale
 
 
-def conv_stack(in_channels: int, channels: Sequence[int], height: int, width: int):
-    """3x3 stride-2 unpadded convs with ReLU -> (module, flattened feature size)."""
+def gated(conv: nn.Module, channels: int, batch_norm: bool) -> list[nn.Module]:
+    """A gated layer: ``conv`` gives 2 x channels, h * sigmoid(g) (nn.GLU). Batch norm of the
+    2 x channels is the original's separate norms of h and g (both are per channel)."""
+    return [conv, nn.BatchNorm2d(2 * channels) if batch_norm else nn.Identity(), nn.GLU(dim=1)]
+
+
+def mask_encoder(cfg: GENESISConfig) -> nn.Sequential:
+    """Image (3, H, W) -> features (mask_encoder_hidden,): the original's gated-conv encoder."""
     layers: list[nn.Module] = []
-    h, w, in_ch = height, width, in_channels
-    for out_ch in channels:
-        layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2), nn.ReLU(inplace=True)]
-        h, w, in_ch = conv_output_size(h, 3, 2), conv_output_size(w, 3, 2), out_ch
-    return nn.Sequential(*layers, nn.Flatten()), in_ch * h * w
+    in_ch = 3
+    for out_ch, stride in zip(cfg.mask_encoder_channels, cfg.mask_strides):
+        layers += gated(nn.Conv2d(in_ch, 2 * out_ch, 5, stride, 2), out_ch, cfg.batch_norm)
+        in_ch = out_ch
+    # The last gated conv covers the whole remaining map and has no norm.
+    layers += gated(nn.Conv2d(in_ch, 2 * cfg.mask_encoder_hidden, cfg.mask_feature_size),
+                    cfg.mask_encoder_hidden, False)
+    return nn.Sequential(*layers, nn.Flatten())
 
 
-def std_from_raw(raw: torch.Tensor) -> torch.Tensor:
-    """The original code's scale parametrisation: softplus(raw + 0.5) + 1e-8."""
+def mask_decoder(cfg: GENESISConfig) -> nn.Sequential:
+    """z^m (Dm,) -> mask logit (1, H, W): the original's gated-deconv decoder."""
+    first, *rest = cfg.mask_decoder_channels
+    layers: list[nn.Module] = [nn.Unflatten(1, (cfg.mask_latent_dim, 1, 1))]
+    layers += gated(nn.ConvTranspose2d(cfg.mask_latent_dim, 2 * first, cfg.mask_feature_size),
+                    first, False)
+    in_ch = first
+    for out_ch, stride in zip(rest, reversed(cfg.mask_strides)):
+        layers += gated(nn.ConvTranspose2d(in_ch, 2 * out_ch, 5, stride, 2, stride - 1), out_ch,
+                        cfg.batch_norm)
+        in_ch = out_ch
+    return nn.Sequential(*layers, nn.Conv2d(in_ch, 1, 1))
+
+
+def component_encoder(cfg: GENESISConfig) -> nn.Sequential:
+    """(log pi_k, image) (4, H, W) -> (mean, raw std) of z^c_k: 3x3 stride-2 padded convs,
+    ELU, an MLP with one ELU hidden layer (the original's MONetCompEncoder)."""
+    layers: list[nn.Module] = []
+    h, w, in_ch = cfg.height, cfg.width, 4
+    for out_ch in cfg.comp_encoder_channels:
+        layers += [nn.Conv2d(in_ch, out_ch, 3, 2, 1), nn.ELU(inplace=True)]
+        h, w, in_ch = conv_output_size(h, 3, 2, 1), conv_output_size(w, 3, 2, 1), out_ch
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_ch * h * w, cfg.comp_encoder_hidden),
+                         nn.ELU(inplace=True),
+                         nn.Linear(cfg.comp_encoder_hidden, 2 * cfg.comp_latent_dim))
+
+
+class BroadcastDecoder(nn.Module):
+    """The original's spatial broadcast decoder: z tiled to (H+2L) x (W+2L), two coordinate
+    channels in [-1, 1] appended, L unpadded 3x3 convs with ELU, a 1x1 conv.
+
+    ``fused=True`` computes the first conv without the tiled input: z is constant over space
+    and the conv unpadded, so its share of every output pixel is z @ W_z.sum(kernel), and only
+    the coordinates (the same for every slot) need a real conv. Same function and parameters.
+    """
+
+    def __init__(self, latent_dim: int, height: int, width: int, channels: Sequence[int],
+                 out_channels: int, fused: bool = True, channels_last: bool = False):
+        super().__init__()
+        self.latent_dim, self.fused, self.channels_last = latent_dim, fused, channels_last
+        pad = len(channels)
+        self.convs = nn.ModuleList()
+        in_ch = latent_dim + 2
+        for out_ch in channels:
+            self.convs.append(nn.Conv2d(in_ch, out_ch, 3))
+            in_ch = out_ch
+        self.head = nn.Conv2d(in_ch, out_channels, 1)
+        self.register_buffer("coords", coordinate_grid(height + 2 * pad, width + 2 * pad),
+                             persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        first = self.convs[0]
+        if self.fused:
+            weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))          # (C1, D)
+            coord_part = F.conv2d(self.coords.to(z.dtype), first.weight[:, self.latent_dim:],
+                                  first.bias)
+            h = (z @ weight_z.t())[:, :, None, None] + coord_part
+        else:
+            tiled = z[:, :, None, None].expand(-1, -1, *self.coords.shape[-2:])
+            h = first(torch.cat([tiled, self.coords.expand(z.shape[0], -1, -1, -1)], dim=1))
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = F.elu(h)
+        for conv in self.convs[1:]:
+            h = F.elu(conv(h), inplace=True)      # a conv's backward needs its input only
+        return self.head(h)
+
+
+def posterior_std(raw: torch.Tensor) -> torch.Tensor:
+    """The original's posterior scale: softplus(raw + 0.5) + 1e-8."""
     return F.softplus(raw + 0.5) + 1e-8
+
+
+def prior_std(raw: torch.Tensor) -> torch.Tensor:
+    """The original's learned-prior scale: sigmoid(raw + 4) + 1e-4, in (1e-4, 1 + 1e-4), near 1
+    at initialisation."""
+    return torch.sigmoid(raw + 4.0) + 1e-4
 
 
 def normal_log_density(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -128,30 +230,24 @@ class GENESIS(MultiObjectVAE):
         self.cfg = cfg
         self.num_slots = cfg.num_slots
         dm, dc = cfg.mask_latent_dim, cfg.comp_latent_dim
-        # Mask inference: image encoder -> LSTM over K steps -> (mean, raw std) of z^m_k.
-        convs, flat = conv_stack(3, cfg.encoder_channels, cfg.height, cfg.width)
-        self.image_encoder = nn.Sequential(convs, nn.Linear(flat, cfg.encoder_hidden),
-                                           nn.ReLU(inplace=True))
-        self.posterior_lstm = nn.LSTM(cfg.encoder_hidden, cfg.lstm_hidden, batch_first=True)
-        self.posterior_head = nn.Linear(cfg.lstm_hidden, 2 * dm)
+        # Mask inference: features h; z^m_1 from a linear head on h, z^m_k from an LSTM on
+        # [h, z^m_{k-1}] with 2 Dm hidden units (the original's LatentSBP).
+        self.image_encoder = mask_encoder(cfg)
+        self.posterior_first = nn.Linear(cfg.mask_encoder_hidden, 2 * dm)
+        self.posterior_lstm = nn.LSTMCell(cfg.mask_encoder_hidden + dm, 2 * dm)
+        self.posterior_head = nn.Linear(2 * dm, 2 * dm)
         # Autoregressive mask prior p(z^m_k | z^m_{<k}): LSTM on z^m_{k-1}.
-        self.prior_lstm = nn.LSTM(dm, cfg.lstm_hidden, batch_first=True)
-        self.prior_head = nn.Linear(cfg.lstm_hidden, 2 * dm)
-        self.mask_decoder = SpatialBroadcastDecoder(dm, cfg.height, cfg.width,
-                                                    cfg.mask_decoder_channels, 1,
-                                                    cfg.fused_broadcast, cfg.channels_last,
-                                                    cfg.fused_decoder)
+        self.prior_lstm = nn.LSTM(dm, cfg.prior_lstm_hidden, batch_first=True)
+        self.prior_head = nn.Linear(cfg.prior_lstm_hidden, 2 * dm)
+        self.mask_decoder = mask_decoder(cfg)
         # Component VAE conditioned on the mask: q(z^c_k | x, log pi_k), p(z^c_k | z^m_k).
-        convs, flat = conv_stack(4, cfg.comp_encoder_channels, cfg.height, cfg.width)
-        self.comp_encoder = nn.Sequential(convs, nn.Linear(flat, cfg.comp_encoder_hidden),
-                                          nn.ReLU(inplace=True),
-                                          nn.Linear(cfg.comp_encoder_hidden, 2 * dc))
-        self.comp_prior = nn.Sequential(nn.Linear(dm, cfg.comp_prior_hidden), nn.ReLU(inplace=True),
-                                        nn.Linear(cfg.comp_prior_hidden, 2 * dc))
-        self.comp_decoder = SpatialBroadcastDecoder(dc, cfg.height, cfg.width,
-                                                    cfg.comp_decoder_channels, 3,
-                                                    cfg.fused_broadcast, cfg.channels_last,
-                                                    cfg.fused_decoder)
+        self.comp_encoder = component_encoder(cfg)
+        hidden = cfg.comp_prior_hidden
+        self.comp_prior = nn.Sequential(nn.Linear(dm, hidden), nn.ELU(inplace=True),
+                                        nn.Linear(hidden, hidden), nn.ELU(inplace=True),
+                                        nn.Linear(hidden, 2 * dc))
+        self.comp_decoder = BroadcastDecoder(dc, cfg.height, cfg.width, cfg.comp_decoder_channels,
+                                             3, cfg.fused_broadcast, cfg.channels_last)
         # GECO state (persistent: a resumed run continues the same beta); NaN = no average yet.
         self.register_buffer("geco_beta", torch.tensor(float(cfg.geco_beta_init)))
         self.register_buffer("geco_err_ema", torch.tensor(float("nan")))
@@ -174,23 +270,45 @@ class GENESIS(MultiObjectVAE):
 
     # ---- the named steps of GENESIS's forward pass (the gap's q and joint reuse them) ------
     # .float() casts: no-ops in fp32; under bf16 autocast the densities and KLs stay fp32.
-    def mask_posterior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z^m | x): the posterior LSTM sees the image encoding at every one of the K steps
-        -> mean, std (B, K, Dm)."""
-        b, k = image.shape[0], self.num_slots
-        features = self.image_encoder(self._memory_format(image))            # (B, F)
-        hidden, _ = self.posterior_lstm(features.unsqueeze(1).expand(b, k, features.shape[1]))
-        mask_mean, mask_raw = self.posterior_head(hidden).float().chunk(2, dim=-1)
-        return mask_mean, std_from_raw(mask_raw)
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The mask encoder's features h of (N, 3, H, W) images: (N, mask_encoder_hidden)."""
+        return self.image_encoder(self._memory_format(image))
+
+    def mask_posterior(self, features: torch.Tensor, z_mask: torch.Tensor | None = None,
+                       sample: bool = False, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q(z^m_{1:K} | x) = prod_k q(z^m_k | x, z^m_{<k}) from features h (N, F) -> z^m, mean,
+        std (N, K, Dm). Step k's conditional depends on z^m_{k-1}: the given ``z_mask`` (to score
+        it), else a draw (``sample``) or the conditional mean (evaluation)."""
+        mean, raw = self.posterior_first(features).float().chunk(2, dim=-1)
+        means, stds, zs, state = [], [], [], None
+        for k in range(self.num_slots):
+            if k > 0:
+                state = self.posterior_lstm(torch.cat([features, zs[-1].to(features.dtype)], -1),
+                                            state)
+                mean, raw = self.posterior_head(state[0]).float().chunk(2, dim=-1)
+            std = posterior_std(raw)
+            if z_mask is not None:
+                z = z_mask[:, k]
+            elif sample:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device,
+                                    dtype=mean.dtype)
+                z = mean + std * noise
+            else:
+                z = mean
+            means.append(mean)
+            stds.append(std)
+            zs.append(z)
+        return torch.stack(zs, 1), torch.stack(means, 1), torch.stack(stds, 1)
 
     def mask_prior(self, z_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The autoregressive p(z^m_k | z^m_{<k}) (teacher forcing: one LSTM call for all
         steps; p(z^m_1) = N(0, I)) -> mean, std (N, K, Dm)."""
         prior_hidden, _ = self.prior_lstm(z_mask[:, :-1])
         prior_mean, prior_raw = self.prior_head(prior_hidden).float().chunk(2, dim=-1)
-        prior_mean = torch.cat([torch.zeros_like(z_mask[:, :1]), prior_mean], dim=1)
-        prior_std = torch.cat([torch.ones_like(z_mask[:, :1]), std_from_raw(prior_raw)], dim=1)
-        return prior_mean, prior_std
+        prior_mean = torch.cat([torch.zeros_like(z_mask[:, :1]), torch.tanh(prior_mean)], dim=1)
+        prior_scale = torch.cat([torch.ones_like(z_mask[:, :1]), prior_std(prior_raw)], dim=1)
+        return prior_mean, prior_scale
 
     def log_masks_of(self, z_mask: torch.Tensor) -> torch.Tensor:
         """z^m (N, K, Dm) -> log pi (N, K, 1, H, W): stick breaking on the decoded logits."""
@@ -204,15 +322,15 @@ class GENESIS(MultiObjectVAE):
         """q(z^c | x, log pi) for (N, 3, H, W) images and their log masks -> mean, std (N, K, Dc)."""
         n, c, h, w = image.shape
         k, dc = self.num_slots, self.cfg.comp_latent_dim
-        enc_in = torch.cat([image.unsqueeze(1).expand(n, k, c, h, w), log_masks], dim=2)
+        enc_in = torch.cat([log_masks, image.unsqueeze(1).expand(n, k, c, h, w)], dim=2)
         comp_mean, comp_raw = self.comp_encoder(
             self._memory_format(enc_in.reshape(n * k, c + 1, h, w))).float().view(n, k, 2 * dc).chunk(2, -1)
-        return comp_mean, std_from_raw(comp_raw)
+        return comp_mean, posterior_std(comp_raw)
 
     def component_prior(self, z_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """p(z^c_k | z^m_k) -> mean, std (N, K, Dc)."""
         comp_prior_mean, comp_prior_raw = self.comp_prior(z_mask).float().chunk(2, dim=-1)
-        return comp_prior_mean, std_from_raw(comp_prior_raw)
+        return torch.tanh(comp_prior_mean), prior_std(comp_prior_raw)
 
     def appearance_of(self, z_comp: torch.Tensor) -> torch.Tensor:
         """z^c (N, K, Dc) -> RGB means (N, K, 3, H, W) in [0, 1]."""
@@ -223,11 +341,10 @@ class GENESIS(MultiObjectVAE):
 
     def log_likelihood(self, image: torch.Tensor, appearance: torch.Tensor,
                        log_masks: torch.Tensor) -> torch.Tensor:
-        """log p(x | z): Eq. 1 with one pixel std for every slot -> (N,)."""
-        sigma = self.cfg.pixel_std
-        log_comp = (-0.5 / sigma**2) * (image.unsqueeze(1) - appearance).pow(2).sum(2, keepdim=True) \
-            - 3 * (math.log(sigma) + 0.5 * LOG_2PI)
-        return torch.logsumexp(log_masks + log_comp, dim=1).flatten(1).sum(1)
+        """log p(x | z) -> (N,): a mixture per pixel *and colour channel*, as the original's
+        x_loss (its mixture sum runs over the slots of each channel separately)."""
+        sigma = appearance.new_tensor(self.cfg.pixel_std)
+        return mixture_log_likelihood(image, appearance, log_masks, sigma, per_channel=True)
 
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
@@ -239,9 +356,8 @@ class GENESIS(MultiObjectVAE):
             raise ValueError(f"GENESIS was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
         sample = self.training
 
-        mask_mean, mask_std = self.mask_posterior(image)                     # (B, K, Dm)
-        z_mask = mask_mean + mask_std * torch.randn_like(mask_std) if sample else mask_mean
-        prior_mean, prior_std = self.mask_prior(z_mask)
+        z_mask, mask_mean, mask_std = self.mask_posterior(self.image_features(image), sample=sample)
+        prior_mean, prior_scale = self.mask_prior(z_mask)
         log_masks = self.log_masks_of(z_mask)
         comp_mean, comp_std = self.component_posterior(image, log_masks)
         z_comp = comp_mean + comp_std * torch.randn_like(comp_std) if sample else comp_mean
@@ -250,7 +366,7 @@ class GENESIS(MultiObjectVAE):
 
         nll = -self.log_likelihood(image, appearance, log_masks).mean()
         kl_mask = (normal_log_density(z_mask, mask_mean, mask_std)
-                   - normal_log_density(z_mask, prior_mean, prior_std)).sum(1).mean()
+                   - normal_log_density(z_mask, prior_mean, prior_scale)).sum(1).mean()
         kl_comp = (normal_log_density(z_comp, comp_mean, comp_std)
                    - normal_log_density(z_comp, comp_prior_mean, comp_prior_std)).sum(1).mean()
 
@@ -274,43 +390,47 @@ class GENESIS(MultiObjectVAE):
 
     # ---- the probabilistic interface (lds.models.interface) -------------------------------
     # z_k = [z^m_k, z^c_k] (the slot latents), q sequential as in the model:
-    #     q(z | x) = q(z^m_{1:K} | x) prod_k q(z^c_k | x, pi_k(z^m))
-    # the mask posterior is a fixed diagonal Gaussian given x (its LSTM runs on the image
-    # encoding, not on sampled latents); the component posterior is re-encoded from
-    # (x, log pi_k) for every sampled z^m. The joint is GENESIS's generative model,
-    #     log p~(x, z) = log sum_k pi_k(z^m) N(x; mu_k(z^c_k), sigma_x^2 I)
+    #     q(z | x) = prod_k q(z^m_k | x, z^m_{<k}) q(z^c_k | x, pi_k(z^m))
+    # z^m's conditionals come from the LSTM on the previous *sampled* z^m, z^c's proposal is
+    # re-encoded from (x, log pi_k) for every sampled z^m; so q is no diagonal Gaussian, and
+    # ``posterior`` returns the conditionals along the mean path (what evaluation decodes) with
+    # the image features in its context. The joint is GENESIS's generative model,
+    #     log p~(x, z) = sum_{pixels, channels} log sum_k pi_k(z^m) N(x; mu_k(z^c_k), sigma_x^2)
     #                    + log p(z^m_{1:K}) (autoregressive) + sum_k log p(z^c_k | z^m_k)
     # so ELBO = -(nll + kl_mask + kl_comp): GENESIS's loss at beta = 1 (no GECO), no LDS.
 
     def posterior(self, batch: dict) -> GaussianPosterior:
-        mask_mean, mask_std = self.mask_posterior(batch["image"])
-        return GaussianPosterior(mask_mean, 2.0 * torch.log(mask_std))
+        features = self.image_features(batch["image"])
+        _, mask_mean, mask_std = self.mask_posterior(features)
+        return GaussianPosterior(mask_mean, 2.0 * torch.log(mask_std), {"features": features})
 
-    def _q_given_masks(self, batch: dict, posterior: GaussianPosterior, z_mask: torch.Tensor,
-                       z_comp: torch.Tensor | None = None, generator=None):
-        """(z = [z^m, z^c], log q(z | x)) for z^m (S, N, K, Dm); z^c drawn when not given."""
-        s, n, k, dm = z_mask.shape
-        image = batch["image"]
+    def _q(self, batch: dict, posterior: GaussianPosterior, num_samples: int,
+           z: torch.Tensor | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z = [z^m, z^c] (S, N, K, D), log q(z | x) (S, N)): drawn from q, or the given z scored."""
+        cfg, image = self.cfg, batch["image"]
+        features = posterior.context.get("features")
+        if features is None:
+            features = self.image_features(image)
+        n, k, s = image.shape[0], self.num_slots, num_samples
+        features = features.unsqueeze(0).expand(s, *features.shape).reshape(s * n, -1)
+        z_mask, z_comp = (None, None) if z is None else (
+            t.reshape(s * n, k, -1) for t in z.split([cfg.mask_latent_dim, cfg.comp_latent_dim], -1))
+        z_mask, mask_mean, mask_std = self.mask_posterior(features, z_mask, True, generator)
+        log_masks = self.log_masks_of(z_mask)
         images = image.unsqueeze(0).expand(s, *image.shape).reshape(s * n, *image.shape[1:])
-        log_masks = self.log_masks_of(z_mask.reshape(s * n, k, dm))
-        comp_mean, comp_std = (t.view(s, n, k, -1) for t in self.component_posterior(images, log_masks))
+        comp_mean, comp_std = self.component_posterior(images, log_masks)
         if z_comp is None:
             noise = torch.randn(comp_mean.shape, generator=generator, device=comp_mean.device,
                                 dtype=comp_mean.dtype)
             z_comp = comp_mean + comp_std * noise
-        mask_std = torch.exp(0.5 * posterior.logvar).unsqueeze(0)
-        log_q = (normal_log_density(z_mask, posterior.mean.unsqueeze(0), mask_std)
+        log_q = (normal_log_density(z_mask, mask_mean, mask_std)
                  + normal_log_density(z_comp, comp_mean, comp_std)).sum(-1)
-        z = torch.cat([z_mask, z_comp], dim=-1)
+        z = torch.cat([z_mask, z_comp], dim=-1).view(s, n, k, -1)
         posterior.context["decoded"] = (z, log_masks)      # log_joint reuses these masks
-        return z, log_q
+        return z, log_q.view(s, n)
 
     def sample_posterior(self, batch, posterior, num_samples, generator=None):
-        mean, std = posterior.mean, torch.exp(0.5 * posterior.logvar)
-        noise = torch.randn((num_samples, *mean.shape), generator=generator, device=mean.device,
-                            dtype=mean.dtype)
-        return self._q_given_masks(batch, posterior, mean.unsqueeze(0) + std.unsqueeze(0) * noise,
-                                   generator=generator)
+        return self._q(batch, posterior, num_samples, generator=generator)
 
     def log_q(self, posterior, z):
         """log q(z | x) needs the model (z^c's proposal depends on z^m): use log_q_at."""
@@ -318,8 +438,7 @@ class GENESIS(MultiObjectVAE):
 
     def log_q_at(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
         """log q(z | x) for given z = [z^m, z^c] (S, N, K, Dm + Dc): (S, N)."""
-        z_mask, z_comp = z.split([self.cfg.mask_latent_dim, self.cfg.comp_latent_dim], dim=-1)
-        return self._q_given_masks(batch, posterior, z_mask, z_comp)[1]
+        return self._q(batch, posterior, z.shape[0], z)[1]
 
     def log_joint(self, batch: dict, posterior: GaussianPosterior, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -329,8 +448,8 @@ class GENESIS(MultiObjectVAE):
         flat_mask = z_mask.reshape(s * n, k, cfg.mask_latent_dim)
         decoded = posterior.context.get("decoded")
         log_masks = decoded[1] if decoded is not None and decoded[0] is z else self.log_masks_of(flat_mask)
-        prior_mean, prior_std = self.mask_prior(flat_mask)
-        log_p_mask = normal_log_density(flat_mask, prior_mean, prior_std).sum(1)
+        prior_mean, prior_scale = self.mask_prior(flat_mask)
+        log_p_mask = normal_log_density(flat_mask, prior_mean, prior_scale).sum(1)
         comp_prior_mean, comp_prior_std = self.component_prior(z_mask)
         log_p_comp = normal_log_density(z_comp, comp_prior_mean, comp_prior_std).sum(-1)
         appearance = self.appearance_of(z_comp.reshape(s * n, k, -1))
@@ -341,10 +460,12 @@ class GENESIS(MultiObjectVAE):
     def _kl_weight(self, nll: torch.Tensor) -> torch.Tensor | float:
         """The KL weight of this step: GECO's beta (then updated, in training only) or cfg.beta.
 
-        GECO as in the original: err_ema <- alpha err_ema + (1 - alpha) err; constraint =
-        goal - err_ema with goal = geco_goal * 3 * H * W; beta <- beta exp(step * constraint)
-        (times ``speedup`` while the constraint is satisfied), clamped to [beta_min, 1e10].
-        A non-finite NLL leaves the state alone (the NaN guard then stops the run).
+        GECO as the original's utils/geco.py and train.py: err_ema <- alpha err_ema + (1 - alpha)
+        err (err_ema = err at the first step); constraint = goal - err_ema with goal =
+        geco_goal * 3 * H * W; beta <- beta exp(step * constraint), step = geco_step_size
+        * 64^2 / (H W), times ``speedup`` while the constraint is satisfied (> 0), clamped to
+        [beta_min, 1e10]. The loss uses beta from before the update. A non-finite NLL leaves the
+        state alone (the NaN guard then stops the run).
         """
         cfg = self.cfg
         if not cfg.geco:
@@ -361,7 +482,8 @@ class GENESIS(MultiObjectVAE):
                     ema = self.geco_err_ema
                     ema = err if torch.isnan(ema) else cfg.geco_alpha * ema + (1 - cfg.geco_alpha) * err
                     constraint = cfg.geco_goal * 3 * cfg.height * cfg.width - ema
-                    step = cfg.geco_step_size * (cfg.geco_speedup if constraint > 0 else 1.0)
+                    step = cfg.geco_step_size * 64 ** 2 / (cfg.height * cfg.width)
+                    step *= cfg.geco_speedup if constraint > 0 else 1.0
                     self.geco_err_ema.copy_(ema)
                     self.geco_beta.copy_((self.geco_beta * torch.exp(step * constraint))
                                          .clamp(cfg.geco_beta_min, 1e10))
