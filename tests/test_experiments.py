@@ -238,3 +238,20 @@ def test_a_gap_file_from_before_the_amp_setting_counts_as_fp32(tmp_path):
     assert not _eval_file_current(path, 8, samples=500, amp="bf16")     # recomputed in bf16
     path.write_text(json.dumps({"meta": {"checkpoint_step": 8, "samples": 500, "amp": "bf16"}}))
     assert not _eval_file_current(path, 8, samples=500, amp="off")
+
+
+def test_a_study_written_before_a_setting_existed_still_matches_its_spec(tmp_path):
+    """lds.latents was added after studies were started: their saved spec.yaml lacks it, and
+    the same spec read today (with the default) must not be refused as a different study."""
+    from common.errors import UserError
+    from lds.experiments.runner import write_spec as save_study_spec
+
+    spec_path = write_spec(tmp_path / "spec.yaml", tmp_path / "store")
+    study = tmp_path / "study"
+    saved = save_study_spec(load_spec(spec_path), study)
+    data = yaml.safe_load(saved.read_text())
+    del data["lds"]["latents"]
+    saved.write_text(yaml.safe_dump(data))
+    save_study_spec(load_spec(spec_path), study)             # the same study: no error
+    with pytest.raises(UserError, match="different 'lds' section"):
+        save_study_spec(load_spec(spec_path, ["lds.latents=mean"]), study)

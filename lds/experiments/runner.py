@@ -203,6 +203,21 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     return happened
 
 
+def _with_defaults(saved: dict) -> dict:
+    """A saved spec's sections with the defaults of settings added since it was written (e.g.
+    lds.latents), so an older study directory compares equal to the same spec read today."""
+    from lds.experiments.spec import LDSSection, StorePaths, TrainSection
+
+    out = dict(saved)
+    for key, section in (("train", TrainSection), ("lds", LDSSection)):
+        if isinstance(saved.get(key), dict):
+            out[key] = {**to_dict(section()), **saved[key]}
+    if isinstance(saved.get("stores"), dict):
+        out["stores"] = {name: {**to_dict(StorePaths()), **paths} if isinstance(paths, dict)
+                         else paths for name, paths in saved["stores"].items()}
+    return out
+
+
 def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
     """Save the spec as run; a study directory keeps one spec (a different one is an error,
     except for the stages that only add work: gap, eval metrics are not compared)."""
@@ -211,7 +226,7 @@ def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
     data = to_dict(spec)
     data["stores"] = {k: to_dict(v) for k, v in spec.stores.items()}
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
+        old = _with_defaults(yaml.safe_load(path.read_text()) or {})
         for key in ("stores", "models", "train", "lds"):
             if old.get(key) != data.get(key):
                 raise UserError(f"{study_dir} already holds a study with a different {key!r} "
