@@ -95,7 +95,38 @@ def test_training_draws_1_to_6_observed_views_and_evaluation_uses_5_plus_queries
         second = model(batch)
     assert int((~first.query_rows).sum()) == 5                    # MulMON's eval: 5 + 5
     assert not first.loss.requires_grad and not first.masks.requires_grad
-    assert torch.equal(first.reconstruction, second.reconstruction)  # deterministic (means)
+    assert torch.equal(first.reconstruction, second.reconstruction)  # deterministic (seeded)
+
+
+def test_evaluation_breaks_the_slot_symmetry_and_does_not_depend_on_the_batch():
+    """Every slot starts from the one learned lambda_0: decoded at the mean throughout, the K
+    slots would stay identical and segment nothing. Evaluation samples the refinement's z from
+    generators seeded per scene, so slots differ, and a scene's outputs are the same alone, in a
+    batch, at another position (keyed by its first image index)."""
+    model = tiny_model().eval()
+    batch = scenes_batch(scenes=3, views=6)
+    batch["image_index"] = torch.arange(18).view(3, 6) + 100
+    with torch.no_grad():
+        together = model(batch)
+        alone = model({k: v[2:3] for k, v in batch.items()})
+        swapped = model({k: v[[2, 0]] for k, v in batch.items()})
+    masks = together.masks.view(3, 6, 3, 1, 32, 32)
+    assert (masks[:, :, 0] - masks[:, :, 1]).abs().max() > 1e-5     # slots are not copies
+    # ... where without the noise (z = the mean throughout) they are exact copies.
+    model._eval_noise = lambda image_index, view, t, like: torch.zeros_like(like)
+    with torch.no_grad():
+        flat = model(batch).masks.view(3, 6, 3, 1, 32, 32)
+    assert torch.equal(flat[:, :, 0], flat[:, :, 1]) and torch.equal(flat[:, :, 1], flat[:, :, 2])
+    del model._eval_noise
+    third = together.masks.view(3, 6, -1)[2]
+    torch.testing.assert_close(alone.masks.view(6, -1), third)
+    torch.testing.assert_close(swapped.masks.view(2, 6, -1)[0], third)
+    # (batch size changes the convolutions' summation order, which refinement amplifies a little)
+    third_mean = together.posterior_mean.view(3, 6, 3, -1)[2]
+    torch.testing.assert_close(alone.posterior_mean.view(6, 3, -1), third_mean, atol=1e-4, rtol=1e-4)
+    reindexed = model({**{k: v[2:3] for k, v in batch.items()},
+                       "image_index": batch["image_index"][:1]})   # another scene's noise
+    assert (reindexed.posterior_mean.view(6, 3, -1) - third_mean).abs().max() > 1e-2
 
 
 def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_prior():

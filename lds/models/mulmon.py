@@ -347,8 +347,9 @@ class MulMON(MultiObjectVAE):
     # ---- forward ---------------------------------------------------------------------------
 
     def _iteration(self, x, view_embedding, coordinate_features, lam, prior, h_state, c_state,
-                   refine: bool = True):
-        """One inference iteration on one observed view x (S, 3, H, W).
+                   refine: bool = True, noise: torch.Tensor | None = None):
+        """One inference iteration on one observed view x (S, 3, H, W); z = mean + std * noise
+        (``noise`` None: z = the mean).
 
         Returns the scene-mean NLL and KL of this iteration, its rendering and
         latents, and the refined posterior and LSTM state (unchanged when ``refine`` is false:
@@ -358,7 +359,7 @@ class MulMON(MultiObjectVAE):
         s, k = lam.shape[:2]
         d = cfg.latent_dim
         mean, logvar = lam.chunk(2, dim=-1)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        z = mean if noise is None else mean + torch.exp(0.5 * logvar) * noise
         means, log_masks, logits = (t.squeeze(1) for t in self.render(z, view_embedding,
                                                                       coordinate_features))
         log_comp = self._log_components(x[:, None], means[:, None]).squeeze(1)
@@ -402,9 +403,26 @@ class MulMON(MultiObjectVAE):
             raise ValueError(f"num_observed must be in 1..{v_total}, got {num_observed}")
         # Refinement needs gradients even under torch.no_grad() (evaluation).
         with torch.enable_grad():
-            return self._infer(image, viewpoint, num_observed)
+            return self._infer(image, viewpoint, num_observed, batch.get("image_index"))
 
-    def _infer(self, image: torch.Tensor, viewpoint: torch.Tensor, num_observed: int) -> ModelOutput:
+    def _eval_noise(self, image_index: torch.Tensor | None, view: int, t: int,
+                    like: torch.Tensor) -> torch.Tensor:
+        """Evaluation's sampling noise for iteration t on observed view ``view``: drawn per scene
+        from a generator seeded by (its first image's index, view, t). All K slots start from the
+        one learned lambda_0, so with z = the mean they would stay identical (the same masks
+        for every slot: no segmentation at all); MulMON's own evaluation samples z. Seeded per
+        scene, a scene's posterior does not depend on the batch it is in, its position or the
+        batch size (positions stand in for indices when the batch has none)."""
+        s, k, d = like.shape
+        keys = (image_index.reshape(s, -1)[:, 0].tolist() if image_index is not None
+                else list(range(s)))
+        step = view * self.cfg.num_iterations + t
+        rows = [torch.randn((k, d), generator=torch.Generator().manual_seed(
+            int(key) * 1_000_003 + step), dtype=torch.float32) for key in keys]
+        return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+    def _infer(self, image: torch.Tensor, viewpoint: torch.Tensor, num_observed: int,
+               image_index: torch.Tensor | None = None) -> ModelOutput:
         cfg = self.cfg
         training = self.training
         s, v_total = image.shape[:2]
@@ -432,8 +450,15 @@ class MulMON(MultiObjectVAE):
                 if not training:                   # no graph across iterations at evaluation
                     lam = lam.detach().requires_grad_()
                 h_state, c_state = state if state is not None else (None, None)
+                refine = t < steps - 1
+                # Training samples z every iteration; evaluation samples (seeded) where the
+                # sample feeds a refinement, and scores each view's last iteration at the mean.
+                if training:
+                    noise = torch.randn_like(lam[..., :d])
+                else:
+                    noise = self._eval_noise(image_index, view, t, lam[..., :d]) if refine else None
                 args = (image[:, view], view_embedding[:, view: view + 1], coordinate_features,
-                        lam, prior, h_state, c_state, t < steps - 1)
+                        lam, prior, h_state, c_state, refine, noise)
                 if training and cfg.checkpoint_iterations:
                     # Memory knob: keep only each iteration's inputs and outputs; recompute
                     # its activations when they are needed (the same values: RNG preserved).
@@ -546,7 +571,8 @@ class MulMON(MultiObjectVAE):
         was_training = self.training
         self.eval()
         try:
-            out = self({"image": image, "viewpoint": viewpoint}, num_observed=observed)
+            out = self({"image": image, "viewpoint": viewpoint,
+                        "image_index": batch.get("image_index")}, num_observed=observed)
             view_embedding = self.view_encoder(viewpoint[:, :observed])     # no noise at eval
         finally:
             self.train(was_training)
