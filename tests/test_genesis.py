@@ -203,15 +203,16 @@ def test_network_sizes_match_the_original():
         assert model.mask_decoder(torch.randn(2, 64)).shape == (2, 1, 32, 32)
 
 
-def test_broadcast_decoder_fused_first_conv_is_the_same_function():
-    from lds.models.genesis import BroadcastDecoder
+def test_elu_broadcast_decoder_fused_first_conv_is_the_same_function():
+    from lds.models.base import SpatialBroadcastDecoder
 
     torch.manual_seed(0)
-    decoder = BroadcastDecoder(4, 8, 6, (8, 8), 3, fused=True)
+    decoder = SpatialBroadcastDecoder(4, 8, 6, (8, 8), 3, fused_broadcast=True, fused_trunk=False,
+                                      activation="elu")
     z = torch.randn(5, 4, requires_grad=True)
     fused = decoder(z)
     (grad_fused,) = torch.autograd.grad(fused.square().sum(), z)
-    decoder.fused = False
+    decoder.fused_broadcast = False
     plain = decoder(z)
     (grad_plain,) = torch.autograd.grad(plain.square().sum(), z)
     assert fused.shape == (5, 3, 8, 6)

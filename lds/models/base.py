@@ -103,8 +103,13 @@ class SpatialBroadcastDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, height: int, width: int,
                  channels: Sequence[int] = (32, 32, 64, 64), out_channels: int = 4,
-                 fused_broadcast: bool = True, channels_last: bool = False, fused_trunk: bool = True):
+                 fused_broadcast: bool = True, channels_last: bool = False, fused_trunk: bool = True,
+                 activation: str = "relu"):
         super().__init__()
+        if activation not in ("relu", "elu"):
+            raise ValueError(f"activation must be relu or elu, got {activation!r}")
+        # ELU (GENESIS's decoders) has none of ReLU's fused paths below: plain ops.
+        self.elu = activation == "elu"
         self.channels_last = channels_last
         # With fused_broadcast and channels_last, on the CPU the conv trunk runs as one chunked,
         # ReLU-fused op (lds/models/fused_decoder.py): same function, same parameters.
@@ -133,20 +138,26 @@ class SpatialBroadcastDecoder(nn.Module):
             weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))      # (C1, D)
             coord_part = F.conv2d(self.coords, first.weight[:, self.latent_dim:], first.bias)
             per_item = z @ weight_z.t()
-            if self.fused_trunk and self.channels_last and fused_trunk_supported(per_item):
+            if self.elu:
+                h = per_item[:, :, None, None] + coord_part
+                if self.channels_last:
+                    h = h.contiguous(memory_format=torch.channels_last)
+                h = F.elu(h, inplace=True)
+            elif self.fused_trunk and self.channels_last and fused_trunk_supported(per_item):
                 return broadcast_decoder_trunk(per_item, coord_part, self.convs[1:], self.head,
                                                (self.head.out_channels,))[0]
-            h = _BroadcastAddReLU.apply(per_item, coord_part, self.channels_last)
+            else:
+                h = _BroadcastAddReLU.apply(per_item, coord_part, self.channels_last)
         else:
             tiled = z[:, :, None, None].expand(-1, -1, *self.coords.shape[-2:])
             inputs = torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], dim=1)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            h = F.relu(first(inputs))
+            h = F.elu(first(inputs)) if self.elu else F.relu(first(inputs))
         for conv in self.convs[1:]:
-            # In place: a conv's backward needs its input, not its output; ReLU's needs only
-            # its output, so overwriting the conv output saves one full-size tensor per layer.
-            h = F.relu_(conv(h))
+            # In place: a conv's backward needs its input, not its output; ReLU's (and ELU's)
+            # needs only its output, so overwriting the conv output saves one full-size tensor.
+            h = F.elu(conv(h), inplace=True) if self.elu else F.relu_(conv(h))
         return pointwise_conv(h, self.head)
 
 

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE
-from lds.models.base import conv_output_size, coordinate_grid, gaussian_log_density, \
+from lds.models.base import SpatialBroadcastDecoder, conv_output_size, gaussian_log_density, \
     mixture_log_likelihood
 
 
@@ -165,47 +165,6 @@ def component_encoder(cfg: GENESISConfig) -> nn.Sequential:
                          nn.Linear(cfg.comp_encoder_hidden, 2 * cfg.comp_latent_dim))
 
 
-class BroadcastDecoder(nn.Module):
-    """The original's spatial broadcast decoder: z tiled to (H+2L) x (W+2L), two coordinate
-    channels in [-1, 1] appended, L unpadded 3x3 convs with ELU, a 1x1 conv.
-
-    ``fused=True`` computes the first conv without the tiled input: z is constant over space
-    and the conv unpadded, so its share of every output pixel is z @ W_z.sum(kernel), and only
-    the coordinates (the same for every slot) need a real conv. Same function and parameters.
-    """
-
-    def __init__(self, latent_dim: int, height: int, width: int, channels: Sequence[int],
-                 out_channels: int, fused: bool = True, channels_last: bool = False):
-        super().__init__()
-        self.latent_dim, self.fused, self.channels_last = latent_dim, fused, channels_last
-        pad = len(channels)
-        self.convs = nn.ModuleList()
-        in_ch = latent_dim + 2
-        for out_ch in channels:
-            self.convs.append(nn.Conv2d(in_ch, out_ch, 3))
-            in_ch = out_ch
-        self.head = nn.Conv2d(in_ch, out_channels, 1)
-        self.register_buffer("coords", coordinate_grid(height + 2 * pad, width + 2 * pad),
-                             persistent=False)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        first = self.convs[0]
-        if self.fused:
-            weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))          # (C1, D)
-            coord_part = F.conv2d(self.coords.to(z.dtype), first.weight[:, self.latent_dim:],
-                                  first.bias)
-            h = (z @ weight_z.t())[:, :, None, None] + coord_part
-        else:
-            tiled = z[:, :, None, None].expand(-1, -1, *self.coords.shape[-2:])
-            h = first(torch.cat([tiled, self.coords.expand(z.shape[0], -1, -1, -1)], dim=1))
-        if self.channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
-        h = F.elu(h)
-        for conv in self.convs[1:]:
-            h = F.elu(conv(h), inplace=True)      # a conv's backward needs its input only
-        return self.head(h)
-
-
 def posterior_std(raw: torch.Tensor) -> torch.Tensor:
     """The original's posterior scale: softplus(raw + 0.5) + 1e-8."""
     return F.softplus(raw + 0.5) + 1e-8
@@ -246,8 +205,11 @@ class GENESIS(MultiObjectVAE):
         self.comp_prior = nn.Sequential(nn.Linear(dm, hidden), nn.ELU(inplace=True),
                                         nn.Linear(hidden, hidden), nn.ELU(inplace=True),
                                         nn.Linear(hidden, 2 * dc))
-        self.comp_decoder = BroadcastDecoder(dc, cfg.height, cfg.width, cfg.comp_decoder_channels,
-                                             3, cfg.fused_broadcast, cfg.channels_last)
+        # The original's broadcast decoder: the shared one with ELU (so without ReLU's fused trunk).
+        self.comp_decoder = SpatialBroadcastDecoder(dc, cfg.height, cfg.width,
+                                                    cfg.comp_decoder_channels, 3,
+                                                    cfg.fused_broadcast, cfg.channels_last,
+                                                    fused_trunk=False, activation="elu")
         # GECO state (persistent: a resumed run continues the same beta); NaN = no average yet.
         self.register_buffer("geco_beta", torch.tensor(float(cfg.geco_beta_init)))
         self.register_buffer("geco_err_ema", torch.tensor(float("nan")))
