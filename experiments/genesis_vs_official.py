@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import re
 import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.distributions.normal import Normal  # noqa: E402
 
+from genesis_checkout import AttrDict, import_from_checkout  # noqa: E402  (experiments/)
 from lds.models.genesis import GENESIS, GENESISConfig  # noqa: E402
 
 # Both compute in float32, in different orders (the NLL sums 3 H W per-value terms, ours in log
@@ -55,59 +55,13 @@ CASES = (("eval, zero noise", False, 0.0), ("train, zero noise", True, 0.0),
 
 # ---- the official code, imported from its own checkout ---------------------------------------
 
-class AttrDict(dict):
-    """attrdict.AttrDict as the official code uses it: keys are also attributes (a missing one
-    raises AttributeError, as its hasattr checks need)."""
-
-    def __getattr__(self, name):
-        if name in self:
-            return self[name]
-        raise AttributeError(name)
-
-    __setattr__ = dict.__setitem__
-
-
-def stand_ins(flag_defaults: dict) -> dict:
-    """Modules the official code imports but does not need here (or that would pull in TF)."""
-    names = ("forge", "forge.flags", "forge.experiment_tools", "attrdict", "tensorflow",
-             "sklearn", "sklearn.metrics")
-    fake = {name: types.ModuleType(name) for name in names}
-    for kind in ("integer", "float", "string", "boolean"):
-        setattr(fake["forge.flags"], f"DEFINE_{kind}",
-                lambda name, default, *a, **k: flag_defaults.setdefault(name, default))
-    fake["forge"].flags = fake["forge.flags"]
-    fake["forge"].experiment_tools = fake["forge.experiment_tools"]
-    fake["forge.experiment_tools"].fprint = print
-    fake["attrdict"].AttrDict = AttrDict
-    fake["sklearn"].metrics = fake["sklearn.metrics"]
-    fake["sklearn.metrics"].adjusted_rand_score = None
-    return {**fake, "simplejson": __import__("json")}
-
-
 def import_official(src: Path):
     """(Genesis class, GECO class, the modules' flag defaults) from the checkout at ``src``."""
-    needed = ("models/genesis_config.py", "utils/geco.py", "train.py")
-    if not all((src / name).is_file() for name in needed):
-        raise SystemExit(f"error: {src} is not a checkout of applied-ai-lab/genesis "
-                         f"(it needs {', '.join(needed)})")
-    defaults: dict = {}
-    fakes = stand_ins(defaults)
-    # The stand-ins exist only while its modules import; nothing else sees a fake tensorflow.
-    saved = {name: sys.modules.get(name) for name in fakes}
-    sys.modules.update(fakes)
-    sys.path.append(str(src))                 # after ours: our packages keep their names
-    try:
-        from models.genesis_config import Genesis  # type: ignore
-        from utils.geco import GECO  # type: ignore
-    except Exception as exc:                  # another version of the repository, say
-        raise SystemExit(f"error: cannot import the official Genesis from {src}: {exc!r}")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name)
-            else:
-                sys.modules[name] = module
-    return Genesis, GECO, defaults
+    if not (src / "train.py").is_file():          # its GECO settings are read from train.py
+        raise SystemExit(f"error: {src} is not a checkout of applied-ai-lab/genesis (no train.py)")
+    (genesis, geco), defaults = import_from_checkout(
+        src, [("models.genesis_config", "Genesis"), ("utils.geco", "GECO")])
+    return genesis, geco, defaults
 
 
 def train_py_geco_flags(src: Path) -> dict:

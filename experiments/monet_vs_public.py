@@ -35,7 +35,6 @@ import argparse
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from genesis_checkout import AttrDict, import_from_checkout  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
 
 CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "mse_attention")
@@ -50,64 +50,12 @@ CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "mse_attention")
 
 # ---- the public MONet, imported from its own checkout ------------------------------------------
 
-class _AttrDict(dict):
-    """attrdict.AttrDict as the public code uses it: a dict whose keys are also attributes."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-    def __setattr__(self, name, value):
-        self[name] = value
-
-
-def _stand_ins(flag_defaults: dict) -> dict:
-    def define(name, default, *args, **kwargs):
-        flag_defaults.setdefault(name, default)
-
-    forge = types.ModuleType("forge")
-    flags = types.ModuleType("forge.flags")
-    for kind in ("integer", "float", "string", "boolean"):
-        setattr(flags, f"DEFINE_{kind}", define)
-    tools = types.ModuleType("forge.experiment_tools")
-    tools.fprint = print
-    forge.flags, forge.experiment_tools = flags, tools
-    attrdict = types.ModuleType("attrdict")
-    attrdict.AttrDict = _AttrDict
-    sklearn, metrics = types.ModuleType("sklearn"), types.ModuleType("sklearn.metrics")
-    metrics.adjusted_rand_score = None
-    sklearn.metrics = metrics
-    return {"forge": forge, "forge.flags": flags, "forge.experiment_tools": tools,
-            "attrdict": attrdict, "tensorflow": types.ModuleType("tensorflow"),
-            "sklearn": sklearn, "sklearn.metrics": metrics, "simplejson": __import__("json")}
-
-
 def public_monet(src: Path, size: int, slots: int, std_bg: float, std_fg: float):
     """(their MONet module, its config): their flag defaults, with image size, K and stds set."""
-    if not (src / "models" / "monet_config.py").is_file():
-        raise SystemExit(f"{src} is not a checkout of applied-ai-lab/genesis "
-                         "(no models/monet_config.py)")
-    defaults: dict = {}
-    stand_ins = _stand_ins(defaults)
-    # The stand-ins exist only while their modules import (their modules keep what they
-    # bound); afterwards nothing else in this process sees a fake tensorflow or sklearn.
-    saved = {name: sys.modules.get(name) for name in stand_ins}
-    sys.modules.update(stand_ins)
-    sys.path.append(str(src))                 # after ours: our packages keep their names
-    try:
-        from models.monet_config import MONet as PublicMONet  # type: ignore
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-    cfg = _AttrDict(defaults)
+    (public_monet_class,), defaults = import_from_checkout(src, [("models.monet_config", "MONet")])
+    cfg = AttrDict(defaults)
     cfg.update(img_size=size, K_steps=slots, pixel_std1=std_bg, pixel_std2=std_fg, debug=False)
-    return PublicMONet(cfg), cfg
+    return public_monet_class(cfg), cfg
 
 
 class PublicAdapter(torch.nn.Module):
