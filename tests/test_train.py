@@ -107,6 +107,31 @@ def test_resume_continues_exactly(tmp_path):
     assert rows_b[-1]["loss"] == by_step[7]["loss"]
 
 
+def test_time_limit_stops_cleanly_and_resume_continues_exactly(tmp_path):
+    """time_limit_minutes: the run stops at the step where the limit is passed with a log row
+    and a checkpoint there, and --resume continues bit for bit as if never stopped."""
+    data = ImageList(images(5))
+    straight = tiny_cfg("optim.steps=4", "lds.enabled=true", "log.checkpoint_every=100")
+    train(straight, tmp_path / "straight", dataset=data, progress=False)
+    limited = tiny_cfg("optim.steps=4", "lds.enabled=true", "log.checkpoint_every=100",
+                       "log.every=100", "time_limit_minutes=1e-9")   # passed after step 1
+    result = train(limited, tmp_path / "split", dataset=data, progress=False)
+    assert result.stopped_by_time_limit and result.step == 1
+    assert list_checkpoints(tmp_path / "split" / "checkpoints") == [1]
+    assert [r["step"] for r in read_metrics(tmp_path / "split")] == [1]
+    # what the run is may not change on resume: the LDS prior's latents neither
+    with pytest.raises(RunError, match="lds.latents 'sample' -> 'mean'"):
+        train(read_run_config(tmp_path / "split", ["lds.latents=mean"]), tmp_path / "split",
+              dataset=data, resume=True, progress=False)
+    resumed = read_run_config(tmp_path / "split", ["time_limit_minutes=0"])
+    result = train(resumed, tmp_path / "split", dataset=data, resume=True, progress=False)
+    assert result.step == 4 and not result.stopped_by_time_limit
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints").model_state
+    b = load_checkpoint(tmp_path / "split" / "checkpoints").model_state
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_nan_guard_stops_and_keeps_the_last_good_state(tmp_path):
     batch = 2
     # Step 4's batch holds a NaN pixel (+1: train() first reads one item to check the size).
@@ -230,6 +255,10 @@ def test_cli_train_monet_on_a_tiny_store(tmp_path):
     assert list_checkpoints(run / "checkpoints")[-1] == 6
     model, cfg = load_run(run)
     assert cfg.optim.steps == 6 and model.num_slots == 3
+    limited = runner.invoke(app, ["train", "monet", "--out", str(run), "--resume", "--steps", "9",
+                                  "--no-progress", "time_limit_minutes=1e-9"])
+    assert limited.exit_code == 0, limited.output
+    assert "stopped by time_limit_minutes=1e-09 at step 7 of 9; continue with" in limited.output
 
     again = runner.invoke(app, args)                    # the run exists: refuse, clearly
     assert again.exit_code != 0 and isinstance(again.exception, RunError)

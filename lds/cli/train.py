@@ -82,6 +82,10 @@ def _make_train_command(model_name: str):
         typer.echo(f"run: {run_dir}")
         if result.checkpoint is not None:
             typer.echo(f"checkpoint: {result.checkpoint}")
+        if result.stopped_by_time_limit:
+            typer.echo(f"stopped by time_limit_minutes={cfg.time_limit_minutes:g} at step "
+                       f"{result.step} of {cfg.optim.steps}; continue with `ldsrig train "
+                       f"{model_name} --out {run_dir} --resume`")
 
     command.__doc__ = (f"Train {model_name} (paper settings by default) with or without the LDS prior; "
                        f"writes config.yaml, checkpoints, metrics.jsonl and TensorBoard logs to the run directory.")

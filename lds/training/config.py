@@ -131,10 +131,16 @@ class TrainConfig:
     # (YAML 1.1 reads an unquoted `off` as false, so amp=off on the command line arrives as False.)
     amp: Literal["off", "bf16", False] = "off"
     pin_memory: bool = True                 # page-locked host batches when training on CUDA
+    # Stop after this much wall time (0: no limit) with a log row, a checkpoint and a validation
+    # at the step reached, so a cluster job's time limit or a fixed GPU budget ends the run
+    # cleanly; `--resume` continues it.
+    time_limit_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.amp is False:
             self.amp = "off"
+        if self.time_limit_minutes < 0:
+            raise ConfigError(f"time_limit_minutes must be >= 0, got {self.time_limit_minutes}")
         import torch
 
         try:

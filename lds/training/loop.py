@@ -298,6 +298,8 @@ def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
     if lds_now["enabled"] or lds_before.get("enabled"):
         for key in ("weight", "sigma"):
             compare(f"lds.{key}", lds_before.get(key), lds_now[key])
+        # runs saved before lds.latents existed put the prior on the samples
+        compare("lds.latents", lds_before.get("latents", "sample"), lds_now["latents"])
     compare("optim.name", (saved.get("optim") or {}).get("name"), now["optim"]["name"])
     compare("seed", saved.get("seed"), now["seed"])
     if changed:
@@ -311,6 +313,7 @@ class TrainResult:
     step: int                       # completed gradient steps
     checkpoint: Path | None         # the last checkpoint written
     last_values: dict[str, float]   # the last logged row
+    stopped_by_time_limit: bool = False
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -493,6 +496,10 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             log.log_validation(step, values)
         distributed.on_main(run)
 
+    # time_limit_minutes: stop cleanly (log, checkpoint, validation) once this much wall time
+    # has gone, e.g. inside a cluster job's limit; --resume continues.
+    time_limit = cfg.time_limit_minutes * 60.0 if cfg.time_limit_minutes > 0 else math.inf
+    started = time.perf_counter()
     with logger as log, _progress_bar(progress and main, end_step, start_step, description) as advance:
         step = start_step
         if validate_every and not resume and step < end_step:
@@ -549,7 +556,11 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
             advance(1, _format_terms({"loss": loss, **terms}))
-            if step % cfg.log.every == 0 or step == end_step:
+            # every rank stops at the same step (DDP)
+            out_of_time = (time_limit < math.inf and
+                           distributed.any_rank(time.perf_counter() - started > time_limit))
+            last = step == end_step or out_of_time
+            if step % cfg.log.every == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 # logged values: the mean over the ranks (= over the global batch)
                 last_values = distributed.mean_across_ranks(
@@ -559,13 +570,16 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
                 if main:
                     log.log(step, last_values)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
-            if step % cfg.log.checkpoint_every == 0 or step == end_step:
+            if step % cfg.log.checkpoint_every == 0 or last:
                 last_checkpoint = checkpoint_now(step)
-            if validate_every and (step % validate_every == 0 or step == end_step):
+            if validate_every and (step % validate_every == 0 or last):
                 validate_now(step)
                 window_start = time.perf_counter()      # images/s counts training only
+            if out_of_time and step < end_step:
+                break
 
     distributed.barrier()
     if last_checkpoint is None and resume:      # nothing left to do: report where it stands
         last_checkpoint = load_checkpoint(ckpt_dir).path
-    return TrainResult(run_dir, max(start_step, end_step), last_checkpoint, last_values)
+    return TrainResult(run_dir, max(start_step, step), last_checkpoint, last_values,
+                       stopped_by_time_limit=step < end_step)
