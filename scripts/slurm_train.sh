@@ -10,6 +10,7 @@
 # the checkpoint). optim.batch_size is the GLOBAL batch (the paper's): each of the
 # nodes x GPUs ranks computes batch_size / world_size images per step, so the paper settings
 # need no change when the GPU count changes (keep it divisible by the world size).
+# The run stops cleanly 10 minutes before the job's time limit (time_limit_minutes, from squeue).
 # Re-submitting the same command continues the run from its latest checkpoint, on any number
 # of nodes or GPUs (the data order depends only on the step, not on the world size).
 #
@@ -45,6 +46,21 @@ export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-$GPUS_PER_NODE} / GPUS_PER_NOD
 ARGS=(train "$MODEL" --out "$RUN_DIR" --no-progress "${RESUME[@]}")
 if [ ${#RESUME[@]} -eq 0 ]; then
     ARGS+=(--data "$STORE" device=cuda amp=bf16 "workers=$(( OMP_NUM_THREADS > 1 ? 2 : 0 ))")
+fi
+
+# Stop cleanly before the job's wall-time limit, 10 minutes to spare for the last checkpoint and
+# validation (time_limit_minutes); re-submitting the same command continues the run.
+LEFT=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null || true)    # [D-]HH:MM:SS, MM:SS or UNLIMITED
+MINUTES=$("$PYTHON" - "$LEFT" <<'PY' || true
+import re, sys
+m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", sys.argv[1].strip())
+if m:
+    days, hours, minutes, _ = (int(g or 0) for g in m.groups())
+    print(max(1, (days * 24 + hours) * 60 + minutes - 10))
+PY
+)
+if [ -n "$MINUTES" ]; then
+    ARGS+=("time_limit_minutes=$MINUTES")
 fi
 
 srun --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run \
