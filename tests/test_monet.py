@@ -230,3 +230,17 @@ def test_tiny_monet_overfits_two_images(tmp_path):
     assert mix_after < 0.002 and mix_after < 0.1 * mix_before, (mix_before, mix_after)
     # The decoded masks follow the attention masks through the (gamma-weighted) mask KL, later.
     assert render_after < render_before, (render_before, render_after)
+
+
+@pytest.mark.parametrize("name, views", [("monet", False), ("iodine", False), ("genesis", False),
+                                         ("mulmon", True)])
+def test_every_model_refuses_a_wrong_image_shape_in_one_line_naming_what_it_expects(name, views):
+    """One shape check (lds.models.base.check_image_batch) serves all four models: a batch
+    without the colour axis or of another size is refused before any layer runs."""
+    model = build_model(name, MODEL_CONFIGS[name](height=32, width=32))
+    lead = (1, 2) if views else (2,)
+    batch = {"viewpoint": torch.zeros(1, 2, model.cfg.viewpoint_size)} if views else {}
+    with pytest.raises(ValueError, match=r"must be \((scenes, views|B), 3, H, W\)"):
+        model({**batch, "image": torch.rand(*lead, 32, 32)})
+    with pytest.raises(ValueError, match=f"{model.__class__.__name__} was built for 32x32 images, got 16x16"):
+        model({**batch, "image": torch.rand(*lead, 3, 16, 16)})

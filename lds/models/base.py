@@ -27,6 +27,19 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int = 0) -> i
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def check_image_batch(image: torch.Tensor, model: str, height: int, width: int,
+                      views: bool = False) -> None:
+    """Refuse an image batch of the wrong shape in one line, naming what was expected.
+
+    ``views``: the batch has a view axis, (scenes, views, 3, H, W), as MulMON's does."""
+    layout = "(scenes, views, 3, H, W)" if views else "(B, 3, H, W)"
+    if image.dim() != (5 if views else 4) or image.shape[-3] != 3:
+        raise ValueError(f"batch['image'] must be {layout}, got {tuple(image.shape)}")
+    if tuple(image.shape[-2:]) != (height, width):
+        raise ValueError(f"{model} was built for {height}x{width} images, "
+                         f"got {image.shape[-2]}x{image.shape[-1]}")
+
+
 def coordinate_grid(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
     """(1, 2, H, W): x then y, each spanning [-1, 1] (the spatial broadcast decoder's coordinates)."""
     ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)

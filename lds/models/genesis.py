@@ -46,8 +46,8 @@ from torch.nn import functional as F
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE
-from lds.models.base import SpatialBroadcastDecoder, conv_output_size, gaussian_log_density, \
-    mixture_log_likelihood
+from lds.models.base import SpatialBroadcastDecoder, check_image_batch, conv_output_size, \
+    gaussian_log_density, mixture_log_likelihood
 
 
 @dataclass
@@ -311,11 +311,8 @@ class GENESIS(MultiObjectVAE):
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
         image = batch["image"]
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"batch['image'] must be (B, 3, H, W), got {tuple(image.shape)}")
+        check_image_batch(image, "GENESIS", cfg.height, cfg.width)
         b, c, h, w = image.shape
-        if (h, w) != (cfg.height, cfg.width):
-            raise ValueError(f"GENESIS was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
         sample = self.training
 
         z_mask, mask_mean, mask_std = self.mask_posterior(self.image_features(image), sample=sample)

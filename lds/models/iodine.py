@@ -88,7 +88,8 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
-from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, conv_output_size, coordinate_grid
+from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, check_image_batch, conv_output_size, \
+    coordinate_grid
 
 REFINE_IMAGE_CHANNELS = 17
 
@@ -328,11 +329,8 @@ class IODINE(MultiObjectVAE):
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
         image = batch["image"]
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"batch['image'] must be (B, 3, H, W), got {tuple(image.shape)}")
+        check_image_batch(image, "IODINE", cfg.height, cfg.width)
         b, _, h, w = image.shape
-        if (h, w) != (cfg.height, cfg.width):
-            raise ValueError(f"IODINE was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             out = self._run(image, keep_graph, batch.get("image_index"))

@@ -34,6 +34,7 @@ from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE, standard_normal_log_density
 from lds.models.base import (
     ComponentEncoder,
+    check_image_batch,
     SpatialBroadcastDecoder,
     pointwise_conv,
     gaussian_kl_standard_normal,
@@ -259,11 +260,8 @@ class MONet(MultiObjectVAE):
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
         image = batch["image"]
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"batch['image'] must be (B, 3, H, W), got {tuple(image.shape)}")
+        check_image_batch(image, "MONet", cfg.height, cfg.width)
         b, c, h, w = image.shape
-        if (h, w) != (cfg.height, cfg.width):
-            raise ValueError(f"MONet was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
 
         log_att = self.attention_log_masks(image)                           # (B, K, 1, H, W)
         mean, logvar = self.encode(image, log_att)                          # (B, K, D)

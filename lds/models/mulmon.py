@@ -51,7 +51,8 @@ from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE, diagonal_gaussian_log_density
-from lds.models.base import LOG_2PI, _BroadcastAddReLU, conv_output_size, coordinate_grid
+from lds.models.base import LOG_2PI, _BroadcastAddReLU, check_image_batch, conv_output_size, \
+    coordinate_grid
 from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
 
 REFINE_INPUT_CHANNELS = 17
@@ -385,11 +386,8 @@ class MulMON(MultiObjectVAE):
     def forward(self, batch: dict, num_observed: int | None = None) -> ModelOutput:
         cfg = self.cfg
         image, viewpoint = batch["image"], batch["viewpoint"]
-        if image.dim() != 5 or image.shape[2] != 3:
-            raise ValueError(f"batch['image'] must be (scenes, views, 3, H, W), got {tuple(image.shape)}")
+        check_image_batch(image, "MulMON", cfg.height, cfg.width, views=True)
         s, v_total, _, h, w = image.shape
-        if (h, w) != (cfg.height, cfg.width):
-            raise ValueError(f"MulMON was built for {cfg.height}x{cfg.width} images, got {h}x{w}")
         if viewpoint.shape[:2] != (s, v_total) or viewpoint.shape[-1] != cfg.viewpoint_size:
             raise ValueError(f"batch['viewpoint'] must be ({s}, {v_total}, {cfg.viewpoint_size}), "
                              f"got {tuple(viewpoint.shape)}")
