@@ -31,6 +31,9 @@ Shapes (B images, K slots, D latent size, H x W pixels):
     lds_means        (T, R, K, D)  the posterior means of the same steps (what ``lds.latents=mean``
                                    applies the prior to); default ``posterior_mean[None]``
     lds_weights      (T,)          the steps' weights in the ELBO (default: one step, 1)
+    lds_iterations   (T,) long     each step's refinement iteration (default 0 .. T-1): MulMON
+                                   runs the same iterations once per observed view, so its
+                                   per-iteration figures average over the views
     query_rows       (B,) bool     multi-view models: which rows are query (unobserved) views;
                                    None for single-image models
 
@@ -72,6 +75,7 @@ class ModelOutput:
     lds_latents: torch.Tensor | None = None                        # None: slot_latents[None]
     lds_means: torch.Tensor | None = None                          # None: posterior_mean[None]
     lds_weights: torch.Tensor | None = None                        # None: one step, weight 1
+    lds_iterations: torch.Tensor | None = None                     # None: 0 .. T-1
     query_rows: torch.Tensor | None = None                         # multi-view models only
 
     def __post_init__(self) -> None:
@@ -83,6 +87,17 @@ class ModelOutput:
             self.lds_means = self.posterior_mean.unsqueeze(0)
         if self.lds_weights is None:
             self.lds_weights = self.slot_latents.new_ones(self.lds_latents.shape[0])
+        if self.lds_iterations is None:
+            self.lds_iterations = torch.arange(self.lds_latents.shape[0])
+
+    def per_iteration(self, per_step: torch.Tensor) -> torch.Tensor:
+        """(T, ...) values of the inference steps -> (I, ...): the mean over the steps of each
+        refinement iteration 0 .. I-1 (for MulMON, over its observed views)."""
+        iterations = self.lds_iterations.to(per_step.device)
+        count = int(iterations.max()) + 1
+        sums = per_step.new_zeros((count, *per_step.shape[1:])).index_add_(0, iterations, per_step)
+        steps = torch.bincount(iterations, minlength=count).to(per_step.dtype)
+        return sums / steps.view(-1, *([1] * (per_step.dim() - 1)))
 
     @property
     def segments_with_decoded_masks(self) -> bool:
@@ -134,6 +149,9 @@ class ModelOutput:
         expect("lds_latents", self.lds_latents, (T, R, K, D))
         expect("lds_means", self.lds_means, (T, R, K, D))
         expect("lds_weights", self.lds_weights, (T,))
+        expect("lds_iterations", self.lds_iterations, (T,))
+        if self.lds_iterations.dtype != torch.long:
+            raise ContractError(f"lds_iterations must be long, got {self.lds_iterations.dtype}")
         if self.query_rows is not None:
             expect("query_rows", self.query_rows, (B,))
         return self

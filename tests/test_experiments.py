@@ -255,3 +255,28 @@ def test_a_study_written_before_a_setting_existed_still_matches_its_spec(tmp_pat
     save_study_spec(load_spec(spec_path), study)             # the same study: no error
     with pytest.raises(UserError, match="different 'lds' section"):
         save_study_spec(load_spec(spec_path, ["lds.latents=mean"]), study)
+
+
+def test_iterative_models_report_sim_and_the_prior_per_refinement_iteration(tmp_path):
+    """IODINE's study report has the per-iteration section (issue 14): Sim after each of the
+    T + 1 decodes on the test scenes for control and LDS, and the LDS runs' prior per
+    iteration over training, drawn and in summary.json."""
+    from cli import app
+    from tests.test_iodine import TINY_OVERRIDES as IODINE_TINY
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    spec_path = write_spec(tmp_path / "spec.yaml", store, gap={"enabled": False}, ablations={},
+                           models={"iodine": [o for o in IODINE_TINY if o.startswith("model.")]})
+    study = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["experiment", "report", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "Sim and the LDS prior per refinement iteration" in (study / "report" / "report.md").read_text()
+    assert (study / "report" / "refinement_iterations.png").is_file()
+    table = json.loads((study / "report" / "summary.json").read_text())["sim_by_iteration"]["iodine/toy"]
+    assert set(table) == {"control", "lds"}
+    assert all(len(values) == 4 and all(-1 <= v <= 1 for v in values) for values in table.values())

@@ -267,6 +267,12 @@ def test_paper_settings_and_cli_train_with_resume(tmp_path):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert {"loss", "nll", "kl_z", "lds", "grad_norm"} <= set(rows[0]) and rows[0]["lds"] < 0
+    # the prior of each of the T + 1 = 4 decodes, logged beside the weighted total
+    per_iteration = [rows[0][f"lds_iter{t}"] for t in range(4)]
+    weights = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0], dtype=torch.float64)
+    assert float((weights * torch.tensor(per_iteration, dtype=torch.float64)).sum()) == \
+        pytest.approx(rows[0]["lds"], rel=1e-4)
+    assert "lds_iter4" not in rows[0]
     resumed = runner.invoke(app, ["train", "iodine", "--out", str(run_dir), "--resume",
                                   "--steps", "3", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
@@ -317,3 +323,38 @@ def test_evaluation_does_not_depend_on_the_batch():
                  (together.posterior_mean[1], swapped.posterior_mean[1]),
                  (together.reconstruction[1], alone.reconstruction[0])):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class IndexedImages(ImageList):
+    """ImageList with the store's image index, which seeds IODINE's eval noise per image."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        return {"image": item["image"], "label_map": item["label_map"], "image_index": torch.tensor(100 + i)}
+
+
+def test_eval_reports_sim_at_each_refinement_iteration_whatever_the_batch():
+    """eval.json's meta carries Sim of the posterior means at each of the T + 1 decodes
+    (issue 14: does inference pull the slots apart as it refines?), computed from the model's
+    lds_means, and the same for any batch size; the per-image records stay scalar."""
+    from lds.evaluation.evaluate import evaluate
+    from lds.evaluation.metrics import slot_similarity
+
+    model = tiny_model().eval()
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    results = [evaluate(model, IndexedImages(images), batch_size=size, progress=False)
+               for size in (5, 2)]
+    with torch.no_grad():
+        out = model({"image": images, "image_index": torch.arange(100, 105)})
+    expected = torch.stack([slot_similarity(m) for m in out.lds_means]).mean(1)   # (T + 1,)
+    for result in results:
+        by_iteration = result.meta["sim_by_iteration"]
+        assert by_iteration["n"] == [5] * 4
+        torch.testing.assert_close(torch.tensor(by_iteration["mean"], dtype=torch.float32),
+                                   expected.float(), rtol=1e-4, atol=1e-5)
+        assert all(not isinstance(v, list) for r in result.records for v in r.values())
+    assert results[0].meta["sim_by_iteration"]["mean"] == pytest.approx(
+        results[1].meta["sim_by_iteration"]["mean"], abs=1e-5)
+    # The last iteration's mean is the posterior the metrics score: its Sim is the "sim" metric.
+    assert results[0].meta["sim_by_iteration"]["mean"][-1] == pytest.approx(
+        results[0].mean("sim"), abs=1e-5)

@@ -59,6 +59,11 @@ def test_contract_with_1_and_6_observed_views(num_observed):
     out = model(batch, num_observed=num_observed)
     out.check(2 * 7, 3, H, W)
     assert model.output_rows(batch) == 14
+    # each observed view runs the T = 3 iterations: per-iteration values average the views
+    assert out.lds_iterations.tolist() == [0, 1, 2] * num_observed
+    per_step = torch.arange(3.0 * num_observed)
+    assert out.per_iteration(per_step).tolist() == [
+        float(per_step[t::3].mean()) for t in range(3)]
     query = out.query_rows.view(2, 7)
     assert query.sum(1).tolist() == [7 - num_observed] * 2       # observed first, then queries
     assert not query[:, :num_observed].any()
@@ -298,6 +303,8 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "nll", "kl", "query_nll", "lds", "grad_norm"} <= set(rows[0])
     assert rows[0]["lds"] < 0
+    # the prior per refinement iteration (2), averaged over however many views were observed
+    assert {"lds_iter0", "lds_iter1"} <= set(rows[0]) and "lds_iter2" not in rows[0]
 
     resumed = runner.invoke(app, ["train", "mulmon", "--out", str(run), "--resume", "--steps", "3",
                                   "--no-progress"])
@@ -314,6 +321,9 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
         assert data["aggregates"][name]["n"] == 6
         assert data["aggregates"][f"query_{name}"]["n"] == 2
     assert sum(r["query_view"] for r in data["records"]) == 2
+    # Sim per refinement iteration, over the observed views' rows (each repeats its scene's)
+    by_iteration = data["meta"]["sim_by_iteration"]
+    assert by_iteration["n"] == [6, 6] and all(-1 <= s <= 1 for s in by_iteration["mean"])
     with_figure = runner.invoke(app, ["eval", str(run), "--data", str(store), "--figure", "1",
                                     "--no-progress", "--overwrite"])
     assert with_figure.exit_code == 0 and (run / "eval" / "figure2.png").is_file()

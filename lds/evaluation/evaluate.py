@@ -31,7 +31,10 @@ from common.io import atomic_write_text
 from lds.contract import ModelOutput
 from lds.evaluation.sharding import ShardedBatches
 from lds.evaluation.metrics import (DECODED_PREFIX, METRICS, QUERY_PREFIX, MetricsConfig, batch_metrics, metric,
-                         segmentation_masks, segmentation_source_of)
+                         segmentation_masks, segmentation_source_of, slot_similarity)
+
+# Per-image lists that the records carry until aggregation, then leave for eval.json's meta.
+SIM_BY_ITERATION = "sim_by_iteration"
 
 EVAL_FILE_VERSION = 1
 class EvalFileError(UserError):
@@ -158,6 +161,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
             values = batch_metrics(output, batch["image"], labels, config)
             size = batch["image"].shape[0]
             rows_per_item = size // len(indices)        # views per scene for multi-view data
+            sim_by_iteration = _sim_by_iteration(output, size, config)
             records: list[dict[str, Any]] = []
             for i in range(size):
                 index = indices[0] * rows_per_item + i
@@ -170,6 +174,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
                     record["query_view"] = bool(output.query_rows[i])
                 for name, value in values.items():
                     record[name] = _json_number(float(value[i]))
+                if sim_by_iteration is not None:
+                    record[SIM_BY_ITERATION] = [_json_number(float(v)) for v in sim_by_iteration[:, i]]
                 records.append(record)
             per_batch.append((batch_number, records))
             bar.advance(task, len(indices))
@@ -183,6 +189,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     queries = [r for r in records if r.get("query_view")]
     observed = [r for r in records if not r.get("query_view")]
     aggregates = {name: aggregate(r[name] for r in observed) for name in names}
+    by_iteration = [r.pop(SIM_BY_ITERATION) for r in records if SIM_BY_ITERATION in r]
     if queries:
         aggregates.update({f"{QUERY_PREFIX}{name}": aggregate(r[name] for r in queries)
                            for name in names})
@@ -196,8 +203,27 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 32,
     if "query_view" in records[0]:
         info["views"] = {"observed": len(observed), "query": len(queries),
                          "scenes": len({r.get("scene_index") for r in records})}
+    if by_iteration:
+        # Sim at each refinement iteration at test time (IODINE, MulMON: does inference pull the
+        # slots apart as it refines?); MulMON's rows repeat their scene's value on each view.
+        observed_rows = [row for row, r in zip(by_iteration, records) if not r.get("query_view")]
+        per_iteration = [aggregate(column) for column in zip(*observed_rows)]
+        info[SIM_BY_ITERATION] = {key: [a[key] for a in per_iteration] for key in ("mean", "stderr", "n")}
     info.update(meta or {})
     return EvalResult(records=records, aggregates=aggregates, meta=info)
+
+
+def _sim_by_iteration(output: ModelOutput, rows: int, config: MetricsConfig) -> torch.Tensor | None:
+    """(I, rows): each output row's Sim of the posterior means at each refinement iteration, or
+    None for a model with one inference step. The latents' rows are images or, for MulMON,
+    scenes whose views are consecutive output rows."""
+    means = output.lds_means.detach().cpu()
+    steps, latent_rows = means.shape[:2]
+    if steps < 2:
+        return None
+    sim = slot_similarity(means.flatten(0, 1), config.similarity_eps).view(steps, latent_rows)
+    sim = output.per_iteration(sim)
+    return sim.repeat_interleave(rows // latent_rows, dim=1)
 
 
 def make_validator(cfg) -> Callable[[torch.nn.Module], dict[str, float]] | None:

@@ -625,6 +625,80 @@ def lds_latents_ablation(report: Report, results, spec, study_dir: Path, summary
                      "as trained in the main runs), 'LDS, mean' on the posterior means.")
 
 
+def refinement_iterations(report: Report, results, spec, study_dir: Path, summary) -> None:
+    """IODINE and MulMON: Sim of the posterior means at each refinement iteration at test time
+    (eval.json's meta), and the LDS prior of each iteration over training (metrics.jsonl's
+    ``lds_iter<i>``): does inference pull the slots apart as it refines, and does the prior rise
+    as training goes on? Main runs, mean over seeds."""
+    from lds.training.logging import read_metrics
+
+    panels: dict[str, dict] = {}
+    for model in spec.models:
+        for store in spec.stores:
+            runs = [r for r in results if (r.run.model, r.run.store) == (model, store)
+                    and r.run.is_main and r.eval and "sim_by_iteration" in r.eval.get("meta", {})]
+            if runs:
+                panels[f"{model}/{store}"] = {"runs": runs}
+    if not panels:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report.heading("Sim and the LDS prior per refinement iteration")
+    rows, table = [], {}
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.0 * len(panels), 6.0), squeeze=False)
+    for column, (key, panel) in enumerate(panels.items()):
+        table[key] = {}
+        sim_ax, prior_ax = axes[0][column], axes[1][column]
+        for group in sorted({r.run.group for r in panel["runs"]}, key=_GROUP_ORDER):
+            runs = [r for r in panel["runs"] if r.run.group == group]
+            curves = np.array([r.eval["meta"]["sim_by_iteration"]["mean"] for r in runs], dtype=float)
+            mean = curves.mean(0)
+            table[key][group] = mean.tolist()
+            rows.append([key, group, str(len(runs))] + [f"{v:.3f}" for v in mean])
+            iterations = np.arange(len(mean))
+            sim_ax.set_xticks(iterations)
+            sim_ax.plot(iterations, mean, "o-", color=_GROUP_COLOURS.get(group, "#777777"), label=group)
+            if len(runs) > 1:
+                std = curves.std(0, ddof=1)
+                sim_ax.fill_between(iterations, mean - std, mean + std, alpha=0.15,
+                                    color=_GROUP_COLOURS.get(group, "#777777"))
+        labelled = False
+        for r in panel["runs"]:
+            train_rows = read_metrics(run_dir_of(study_dir, r.run), "metrics.jsonl")
+            names = sorted({k for row in train_rows for k in row if k.startswith("lds_iter")},
+                           key=lambda k: int(k.removeprefix("lds_iter")))
+            colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(names), 1)))
+            for colour, name in zip(colours, names):
+                steps = [row["step"] for row in train_rows if name in row]
+                prior_ax.plot(steps, [row[name] for row in train_rows if name in row], lw=0.8,
+                              color=colour, label=None if labelled else
+                              f"iteration {name.removeprefix('lds_iter')}")
+            labelled = labelled or bool(names)
+        sim_ax.set_title(f"{key}: Sim at test time", fontsize=9)
+        sim_ax.set_xlabel("refinement iteration", fontsize=8)
+        sim_ax.legend(fontsize=7)
+        prior_ax.set_title(f"{key}: LDS prior per iteration (LDS runs)", fontsize=9)
+        prior_ax.set_xlabel("training step", fontsize=8)
+        if labelled:
+            prior_ax.legend(fontsize=6)
+        for ax in (sim_ax, prior_ax):
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    width = max(len(r) for r in rows) - 3
+    report.table(["model/store", "group", "seeds"] + [f"Sim, iteration {i}" for i in range(width)],
+                 [r + [""] * (width + 3 - len(r)) for r in rows])
+    report.figure("refinement_iterations.png", _png(fig),
+                  "Top: Sim (mean pairwise cosine similarity of the slots' posterior means) after "
+                  "each refinement iteration on the test scenes, mean and std over seeds; the "
+                  "last iteration is the posterior the metrics score. Bottom: the LDS prior "
+                  "(Eq. 3, higher = fewer duplicates) of each iteration per logged training "
+                  "window, every LDS run (MulMON: averaged over the observed views).")
+    summary["sim_by_iteration"] = table
+
+
 def validation_curves(report: Report, results, spec, study_dir: Path, summary) -> None:
     """FG-ARI, mIoU, MSE ... against steps on the held-out (validation) scenes, control vs LDS
     (and LDS on other latents where the study has that ablation), mean and std over seeds
@@ -762,6 +836,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
         figure5(report, results, spec, study_dir, summary)
     ablations(report, results, spec, summary)
     lds_latents_ablation(report, results, spec, study_dir, summary)
+    refinement_iterations(report, results, spec, study_dir, summary)
     training_curves(report, results, spec, study_dir, summary)
     missing = [r.run.run_id for r in results if not r.eval]
     if missing:

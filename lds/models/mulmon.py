@@ -536,6 +536,7 @@ class MulMON(MultiObjectVAE):
             lds_latents=torch.stack(samples),                 # (V_obs * T, S, K, D)
             lds_means=torch.stack(sample_means),
             lds_weights=image.new_tensor(sample_weights),
+            lds_iterations=torch.arange(steps).repeat(num_observed),   # (v, t) in view-major order
             query_rows=query_view.flatten(),
         )
         if not training:

@@ -36,7 +36,7 @@ from lds.training.checkpoint import (list_checkpoints, load_checkpoint, prune_ch
                                      save_checkpoint)
 from lds.training.config import LEGACY_MODEL_KEYS, TrainConfig
 from lds.training.logging import RunLogger
-from lds.training.objective import training_objective
+from lds.training.objective import prior_per_iteration, training_objective
 from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
 
 TRAIN_LOCK = ".train.lock"
@@ -521,6 +521,11 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             objective, prior = training_objective(out, cfg.lds)
             terms = {k: float(v.detach()) for k, v in out.loss_terms.items()}
             terms["lds"] = float(prior.detach())
+            # IODINE and MulMON: the prior at each refinement iteration, logged (a fixed set of
+            # names per model, so windows and ranks average them like every other term)
+            by_iteration = prior_per_iteration(out, cfg.lds)
+            iteration_terms = {} if by_iteration is None else {
+                f"lds_iter{i}": float(v) for i, v in enumerate(by_iteration)}
             loss = float(objective.detach())
             bad = not math.isfinite(loss)
             grad_norm = math.nan
@@ -551,7 +556,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, dataset, resume: bool, progre
             optimizer.step()
             step += 1
 
-            values = {"loss": loss, **terms, "grad_norm": grad_norm}
+            values = {"loss": loss, **terms, **iteration_terms, "grad_norm": grad_norm}
             for k, v in values.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1

@@ -24,3 +24,16 @@ def training_objective(out: ModelOutput, lds) -> tuple[torch.Tensor, torch.Tenso
     latents = out.lds_means if lds.latents == "mean" else out.lds_latents
     prior, _ = weighted_lds_prior(latents, out.lds_weights, lds.sigma)
     return out.loss - lds.weight * prior, prior
+
+
+@torch.no_grad()
+def prior_per_iteration(out: ModelOutput, lds) -> torch.Tensor | None:
+    """The batch-mean LDS prior of each refinement iteration, (I,), on the latents the run's
+    prior applies to (for MulMON averaged over the observed views), or None where LDS is off
+    or the model has one inference step. What the trainer logs to show whether LDS acts early
+    or late in inference, and whether it rises over training."""
+    if not lds.enabled or lds.weight == 0 or out.lds_latents.shape[0] < 2:
+        return None
+    latents = out.lds_means if lds.latents == "mean" else out.lds_latents
+    _, per_step = weighted_lds_prior(latents.detach(), out.lds_weights, lds.sigma)
+    return out.per_iteration(per_step)
