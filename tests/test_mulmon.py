@@ -324,6 +324,15 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
     # Sim per refinement iteration, over the observed views' rows (each repeats its scene's)
     by_iteration = data["meta"]["sim_by_iteration"]
     assert by_iteration["n"] == [6, 6] and all(-1 <= s <= 1 for s in by_iteration["mean"])
+    # Query views against the number observed (issue 14): observe 1 view, predict 3 per scene.
+    one = runner.invoke(app, ["eval", str(run), "--data", str(store), "--no-progress",
+                              "--observed-views", "1", "--out", str(run / "eval" / "obs1.json")])
+    assert one.exit_code == 0, one.output + repr(one.exception)
+    data_one = json.loads((run / "eval" / "obs1.json").read_text())
+    assert data_one["meta"]["observed_views"] == 1
+    assert data_one["meta"]["views"] == {"observed": 2, "query": 6, "scenes": 2}
+    assert data_one["aggregates"]["query_mse"]["n"] == 6
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["eval_observed"] == 5
     with_figure = runner.invoke(app, ["eval", str(run), "--data", str(store), "--figure", "1",
                                     "--no-progress", "--overwrite"])
     assert with_figure.exit_code == 0 and (run / "eval" / "figure2.png").is_file()

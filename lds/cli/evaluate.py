@@ -1,7 +1,7 @@
 """`ldsrig eval` and `ldsrig compare` (mounted by root cli.py through lds/cli/train.py).
 
     ldsrig eval RUN --data STORE [--out FILE] [--batch-size 32] [--max-images N] [--figure N]
-                [--metric claim_iou=0.6 ...]
+                [--metric claim_iou=0.6 ...] [--observed-views N]
     ldsrig compare RUN_CONTROL RUN_LDS [--data STORE] [--figure N]
 
 `eval` writes RUN/eval/eval.json (per-image records + aggregates) and prints a table; with
@@ -63,28 +63,38 @@ def _run_meta(run: Path, train_cfg, data: Path) -> dict:
 def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int = 32,
                  max_images: int | None = None, device: str = "cpu", figure: int = 0,
                  metric_overrides: list[str] | None = None, progress: bool = True,
-                 console: Console | None = None) -> EvalResult:
+                 console: Console | None = None, observed_views: int | None = None) -> EvalResult:
     """Evaluate the run's latest checkpoint on ``data``; write eval.json (and figure2.png).
 
+    ``observed_views``: multi-view models (MulMON) observe the first N views of each scene and
+    predict the rest (the query views) instead of their trained ``model.eval_observed``.
     Under torchrun the images are sharded over the ranks and gathered; rank 0 writes the files.
     """
     with distributed.session(device):
         return _evaluate_run(run, data, out, batch_size, max_images,
                              str(distributed.local_device(device)), figure, metric_overrides,
-                             progress, console)
+                             progress, console, observed_views)
 
 
 def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric_overrides,
-                  progress, console) -> EvalResult:
+                  progress, console, observed_views=None) -> EvalResult:
     console = console or Console()
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device))
+    meta = _run_meta(run, train_cfg, data)
+    if observed_views is not None:
+        if not hasattr(model.cfg, "eval_observed"):
+            raise UserError(f"--observed-views is for multi-view models (MulMON); "
+                            f"{train_cfg.model.name} sees one image at a time")
+        # the run's own config stays as trained; only this evaluation observes N views
+        model.cfg.eval_observed = observed_views
+        meta["observed_views"] = observed_views
     dataset = open_eval_dataset(data, train_cfg.model)
     if len(dataset) == 0:
         raise UserError(f"data store {data} has no images to evaluate")
     result = evaluate(model, dataset, batch_size=batch_size, device=device, max_images=max_images,
-                      progress=progress, config=config, meta=_run_meta(run, train_cfg, data))
+                      progress=progress, config=config, meta=meta)
     out = Path(out) if out is not None else run / EVAL_DIR / EVAL_FILE
     if not distributed.is_main():      # every rank holds the gathered result; rank 0 writes it
         return result
@@ -111,13 +121,16 @@ def eval_command(
     metric: list[str] = typer.Option([], "--metric", help="Metric threshold override key=value (repeatable), e.g. claim_iou=0.6."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output JSON."),
+    observed_views: Optional[int] = typer.Option(
+        None, "--observed-views", min=1, help="MulMON: observe the first N views of each scene "
+        "and predict the others (query views); default: the run's model.eval_observed."),
 ) -> None:
     """Evaluate a trained run: MSE, RMSE, mIoU (Hungarian and greedy), ARI, FG-ARI, Sim, duplicates."""
     target = Path(out) if out is not None else Path(run) / EVAL_DIR / EVAL_FILE
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists already; pass --overwrite to replace it, or --out FILE")
     evaluate_run(run, data, out, batch_size, max_images, device, figure, list(metric),
-                 progress=not no_progress)
+                 progress=not no_progress, observed_views=observed_views)
 
 
 def _eval_for(run: Path, data: Path | None, **kwargs) -> EvalResult:
