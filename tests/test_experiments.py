@@ -280,3 +280,36 @@ def test_iterative_models_report_sim_and_the_prior_per_refinement_iteration(tmp_
     table = json.loads((study / "report" / "summary.json").read_text())["sim_by_iteration"]["iodine/toy"]
     assert set(table) == {"control", "lds"}
     assert all(len(values) == 4 and all(-1 <= v <= 1 for v in values) for values in table.values())
+
+
+def test_mulmon_study_evaluates_novel_views_against_the_views_observed(tmp_path):
+    """eval.observed_views: each main MulMON run is also evaluated observing 1 and 2 views per
+    scene (eval_obs<N>.json, the rest query views), and the report tables and draws the query
+    views' MSE, mIoU and FG-ARI against N for control and LDS."""
+    from cli import app
+    from tests.test_mulmon import make_views_store
+
+    store = tmp_path / "views.zarr"
+    make_views_store(store)
+    spec_path = write_spec(tmp_path / "spec.yaml", store, gap={"enabled": False}, ablations={},
+                           eval={"batch_size": 2, "observed_views": [1, 2]},
+                           models={"mulmon": ["model.height=32", "model.width=32",
+                                              "model.num_slots=3", "model.num_iterations=2",
+                                              "model.num_views=4"]})
+    study = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(app, ["experiment", "run", str(spec_path), "--out", str(study),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for run in expand_runs(load_spec(spec_path)):
+        for n, query in ((1, 6), (2, 4)):
+            data = json.loads((run_dir_of(study, run) / "eval" / f"eval_obs{n}.json").read_text())
+            assert data["meta"]["observed_views"] == n
+            assert data["meta"]["views"]["query"] == query      # 2 scenes x (4 - n) views
+    result = runner.invoke(app, ["experiment", "report", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "Novel views against the number of views observed" in (study / "report" / "report.md").read_text()
+    assert (study / "report" / "novel_views.png").is_file()
+    table = json.loads((study / "report" / "summary.json").read_text())["novel_views"]["mulmon/toy"]
+    assert set(table) == {"control", "lds"} and set(table["lds"]) == {"1", "2"}
+    assert table["lds"]["1"]["query_mse"]["n"] == 1

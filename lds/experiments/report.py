@@ -44,6 +44,7 @@ class RunResult:
     run: RunSpec
     eval: dict | None = None                                    # eval.json contents
     eval_k: dict[int, dict] = field(default_factory=dict)       # test K -> eval json
+    eval_obs: dict[int, dict] = field(default_factory=dict)     # views observed -> eval json
     gap: dict | None = None
 
     def mean(self, metric: str, test_k: int | None = None) -> float:
@@ -72,6 +73,10 @@ def collect(study_dir: Path, spec: ExperimentSpec) -> list[RunResult]:
             data = _read_json(run_dir / "eval" / f"eval_K{k}.json")
             if data is not None:
                 result.eval_k[int(k)] = data
+        for n in spec.eval.observed_views:
+            data = _read_json(run_dir / "eval" / f"eval_obs{n}.json")
+            if data is not None:
+                result.eval_obs[int(n)] = data
         result.gap = _read_json(run_dir / "gap" / "gap.json")
         results.append(result)
     return results
@@ -403,10 +408,8 @@ def _has_weights(study_dir: Path, *results: RunResult) -> bool:
 
 
 def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> None:
-    import torch
-
-    from datasets.torch_data import ImageDataset
-    from lds.evaluation.figures import figure2
+    from lds.data import open_eval_dataset
+    from lds.evaluation.figures import figure2_for_dataset
     from lds.training.runs import load_run
 
     # Every seed gets its grid: one seed's picture can be a run that never left posterior
@@ -415,7 +418,7 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
     pairs = _main_pairs(results, spec)
     drew, without_weights = False, []
     for (model, store), seeds in pairs.items():
-        images = None
+        dataset = None
         for seed in sorted(seeds):
             c, l = seeds[seed]
             if not (c and l and c.eval and l.eval):
@@ -424,18 +427,15 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
             if not _has_weights(study_dir, c, l):
                 without_weights.append(f"{model}/{store} seed {seed}")
                 continue
-            if images is None:          # the same test images for every seed
-                dataset = ImageDataset(spec.stores[store].eval)
-                count = min(spec.figures.num_examples, len(dataset))
-                limit = spec.eval.max_images or len(dataset)
-                chosen = np.unique(np.linspace(0, min(limit, len(dataset)) - 1, num=count).round())
-                images = torch.stack([dataset[int(i)]["image"] for i in chosen])
             models = {}
             for name, r in (("control", c), ("LDS", l)):
-                models[f"{model} {name}"] = load_run(run_dir_of(study_dir, r.run))[0]
+                models[f"{model} {name}"], train_cfg = load_run(run_dir_of(study_dir, r.run))
+            # the same test items for every seed: images, or scenes of views for MulMON
+            dataset = dataset or open_eval_dataset(spec.stores[store].eval, train_cfg.model)
             name = f"figure2_{model}_{store}_seed{seed}.png"
             path = report.out_dir / name
-            figure2(models, images, path)
+            figure2_for_dataset(list(models.values()), dataset, spec.figures.num_examples, path,
+                                limit=spec.eval.max_images, labels=list(models))
             report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): "
                           "Obs | Rec | each component alone | Seg; control rows above LDS rows")
             drew = True
@@ -625,6 +625,68 @@ def lds_latents_ablation(report: Report, results, spec, study_dir: Path, summary
                      "as trained in the main runs), 'LDS, mean' on the posterior means.")
 
 
+NOVEL_VIEW_METRICS = ("query_mse", "query_miou", "query_fg_ari")
+
+
+def novel_views(report: Report, results, spec, summary) -> None:
+    """MulMON: the query views' MSE, mIoU and FG-ARI against the number of views observed
+    (eval.observed_views), control against LDS, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({n for r in results for n in r.eval_obs})
+    keys = sorted({(r.run.model, r.run.store) for r in results if r.eval_obs})
+    if not counts or not keys:
+        return
+    report.heading("Novel views against the number of views observed")
+    rows, table = [], {}
+    fig, axes = plt.subplots(len(keys), len(NOVEL_VIEW_METRICS),
+                             figsize=(3.4 * len(NOVEL_VIEW_METRICS), 2.9 * len(keys)), squeeze=False)
+    for row_axes, (model, store) in zip(axes, keys):
+        key = f"{model}/{store}"
+        table[key] = {}
+        for group in ("control", "lds"):
+            runs = [r for r in results if (r.run.model, r.run.store) == (model, store)
+                    and r.run.is_main and r.run.group == group and r.eval_obs]
+            if not runs:
+                continue
+            table[key][group] = {}
+            for n in counts:
+                values = {m: _mean_std([_aggregate_mean(r.eval_obs.get(n), m) for r in runs])
+                          for m in NOVEL_VIEW_METRICS}
+                table[key][group][n] = {m: {"mean": v[0], "std": v[1], "n": v[2]}
+                                        for m, v in values.items()}
+                rows.append([key, group, str(n), str(values[NOVEL_VIEW_METRICS[0]][2])] +
+                            [_fmt(m.removeprefix("query_"), v[0]) +
+                             (f" ± {_fmt(m.removeprefix('query_'), v[1])}" if math.isfinite(v[1]) else "")
+                             for m, v in values.items()])
+            for ax, name in zip(row_axes, NOVEL_VIEW_METRICS):
+                means = [table[key][group][n][name]["mean"] for n in counts]
+                stds = [table[key][group][n][name]["std"] for n in counts]
+                ax.errorbar(counts, means, yerr=[s if math.isfinite(s) else 0 for s in stds],
+                            marker="o", capsize=3, label=group,
+                            color=_GROUP_COLOURS.get(group, "#777777"))
+                ax.set_title(f"{key}: {name.replace('_', ' ')}", fontsize=9)
+                ax.set_xticks(counts)
+                ax.set_xlabel("views observed", fontsize=8)
+                ax.tick_params(labelsize=7)
+        row_axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    report.table(["model/store", "group", "views observed", "seeds", "query MSE", "query mIoU",
+                  "query FG-ARI"], rows)
+    report.figure("novel_views.png", _png(fig), "The views the model did not observe, predicted "
+                  "from the posterior after the first N views of each scene: MSE, mIoU and FG-ARI "
+                  "against N on the test scenes, mean ± std over seeds.")
+    summary["novel_views"] = table
+
+
+def _aggregate_mean(data: dict | None, name: str) -> float:
+    value = (data or {}).get("aggregates", {}).get(name, {}).get("mean")
+    return math.nan if value is None else float(value)
+
+
 def refinement_iterations(report: Report, results, spec, study_dir: Path, summary) -> None:
     """IODINE and MulMON: Sim of the posterior means at each refinement iteration at test time
     (eval.json's meta), and the LDS prior of each iteration over training (metrics.jsonl's
@@ -783,14 +845,16 @@ def figure5(report: Report, results, spec, study_dir: Path, summary) -> None:
             continue
         c, l = drawable[0]
         split = [r["image_index"] for r in c.eval["records"] if r.get("dup_bg")]
-        if not split:
+        models = {f"{model} control": load_run(run_dir_of(study_dir, c.run))[0],
+                  f"{model} LDS": load_run(run_dir_of(study_dir, l.run))[0]}
+        # Pictured image by image; a multi-view model infers a scene from its views together,
+        # so its split views are in its Figure 2 grids (one row per view) and only counted here.
+        if not split or models[f"{model} control"].item_kind == "scenes":
             continue
         dataset = ImageDataset(spec.stores[store].eval)
         position = {int(dataset[i]["image_index"]): i for i in range(len(dataset))}
         chosen = [position[i] for i in split[:: max(1, len(split) // 4)][:4] if i in position]
         images = torch.stack([dataset[i]["image"] for i in chosen])
-        models = {f"{model} control": load_run(run_dir_of(study_dir, c.run))[0],
-                  f"{model} LDS": load_run(run_dir_of(study_dir, l.run))[0]}
         name = f"figure5_{model}_{store}.png"
         path = report.out_dir / name
         figure2(models, images, path)
@@ -837,6 +901,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
     ablations(report, results, spec, summary)
     lds_latents_ablation(report, results, spec, study_dir, summary)
     refinement_iterations(report, results, spec, study_dir, summary)
+    novel_views(report, results, spec, summary)
     training_curves(report, results, spec, study_dir, summary)
     missing = [r.run.run_id for r in results if not r.eval]
     if missing:

@@ -5,6 +5,7 @@
         runs/<run_id>/              a normal training run directory (config.yaml, checkpoints/ ...)
             eval/eval.json          evaluation on the spec's eval store
             eval/eval_K<k>.json     the test-K ablation: the same weights run with k slots
+            eval/eval_obs<n>.json   MulMON with eval.observed_views: n views observed per scene
             gap/gap.json            per-image inference gap (when gap.enabled)
         status.jsonl                one row per finished step (run, stage, seconds)
 
@@ -161,15 +162,20 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
     store = spec.stores[run.store].eval
     metrics = load_config(MetricsConfig, None, list(spec.eval.metrics))
     dataset = None
-    variants: list[tuple[str, int | None]] = [("eval", None)]
+    # (stage, K at test time, views observed): None keeps the run's own setting
+    variants: list[tuple[str, int | None, int | None]] = [("eval", None, None)]
     if run.sigma is None and run.latents is None:   # train-K x test-K: main and train-K runs
-        variants += [(f"eval_K{k}", int(k)) for k in spec.ablations.test_k]
-    for stage, num_slots in variants:
+        variants += [(f"eval_K{k}", int(k), None) for k in spec.ablations.test_k]
+    if run.is_main and _is_multi_view(run.model):
+        variants += [(f"eval_obs{n}", None, int(n)) for n in spec.eval.observed_views]
+    for stage, num_slots, observed_views in variants:
         path = run_dir / "eval" / f"{stage}.json"
         if _eval_file_current(path, steps, max_images=spec.eval.max_images):
             happened[stage] = "skipped"
             continue
         model, cfg = load_run_with_slots(run_dir, num_slots, spec.device)
+        if observed_views is not None:
+            model.cfg.eval_observed = observed_views     # this evaluation only
         dataset = dataset or open_eval_dataset(Path(store), cfg.model)   # views for MulMON
         started = time.perf_counter()
         meta = {"run": str(run_dir), "run_id": run.run_id, "data": str(Path(store).resolve()),
@@ -177,6 +183,8 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
                 "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight,
                         "sigma": cfg.lds.sigma, "latents": cfg.lds.latents},
                 "checkpoint_step": steps, "seed": cfg.seed, "max_images": spec.eval.max_images}
+        if observed_views is not None:
+            meta["observed_views"] = observed_views
         result = evaluate(model, dataset, batch_size=spec.eval.batch_size, device=spec.device,
                           max_images=spec.eval.max_images, progress=progress, config=metrics,
                           meta=meta)
@@ -201,6 +209,15 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
             log(run, "gap", time.perf_counter() - started)
             happened["gap"] = "done"
     return happened
+
+
+def _is_multi_view(model: str) -> bool:
+    """Whether the model observes some views of a scene and predicts the others (MulMON)."""
+    from dataclasses import fields
+
+    from lds.models import MODEL_CONFIGS
+
+    return any(f.name == "eval_observed" for f in fields(MODEL_CONFIGS[model]))
 
 
 def _with_defaults(saved: dict) -> dict:

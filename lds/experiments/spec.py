@@ -11,6 +11,8 @@
       overrides: [optim.batch_size=16, threads=1]
     lds: {weight: 0.5, sigma: 0.1}     # the experimental group (control: LDS off)
     eval: {max_images: 400, batch_size: 32, metrics: []}
+                                  # MulMON: observed_views: [1, 3, 5] also evaluates each main
+                                  # run observing that many views (query views: the rest)
     gap: {enabled: true, samples: 200, max_images: 48, chunk: 50}
     figures: {num_examples: 6}
     ablations:
@@ -63,6 +65,9 @@ class EvalSection:
     max_images: int | None = None
     batch_size: int = 32
     metrics: list[str] = field(default_factory=list)       # MetricsConfig overrides key=value
+    # Multi-view models: each main run is also evaluated observing this many views of each
+    # scene (eval/eval_obs<N>.json), for novel-view quality against the views seen.
+    observed_views: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -203,6 +208,8 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: gap.amp must be off or bf16, got {spec.gap.amp!r}")
     if any(s <= 0 for s in spec.ablations.sigma):
         raise SpecError(f"{where}: ablations.sigma values must be positive")
+    if any(n < 1 for n in spec.eval.observed_views):
+        raise SpecError(f"{where}: eval.observed_views values must be at least 1")
     if any(k < 2 for k in spec.ablations.test_k + spec.ablations.train_k):
         raise SpecError(f"{where}: ablation K values must be at least 2")
     from lds.training.config import LDS_LATENTS
