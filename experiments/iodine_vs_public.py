@@ -163,7 +163,7 @@ from torch.nn import functional as F  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
-from monet_vs_public import read_rows  # noqa: E402  (experiments/)
+from seed_curves import common_steps, read_rows, require_stores, values_at  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig IODINE", "theirs": "zhixuan-lin/IODINE (public)"}
@@ -570,11 +570,7 @@ def train(args, out: Path) -> None:
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    for name, path in (("--train", args.train), ("--val", args.val)):
-        if not path:
-            raise UserError(f"{name} STORE is needed to train")
-        if not Path(path).exists():
-            raise UserError(f"{name} store {path} does not exist")
+    require_stores(train=args.train, val=args.val)
     train_set, val_set = ImageDataset(args.train), ImageDataset(args.val)
     h, w = train_set[0]["image"].shape[-2:]
     if h != w or tuple(val_set[0]["image"].shape[-2:]) != (h, w):
@@ -739,12 +735,11 @@ def plot(out: Path) -> None:
         runs = [rows for rows in curves[who] if rows]
         if not runs:
             continue
-        steps = sorted(set.intersection(*[{r["step"] for r in rows} for rows in runs]))
+        steps = common_steps(runs)
         summary[who] = {"runs": len(runs), "steps": steps,
                         "stopped": [rows[-1]["stopped"] for rows in runs if "stopped" in rows[-1]]}
         for ax, (name, title) in zip(axes, PANELS):
-            values = np.array([[next((r.get(name) for r in rows if r["step"] == s), None)
-                                for s in steps] for rows in runs], dtype=float)
+            values = values_at(runs, steps, name)
             if np.isnan(values).all():
                 continue
             with warnings.catch_warnings():              # a step without a value (loss at 0)

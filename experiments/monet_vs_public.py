@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from genesis_checkout import AttrDict, import_from_checkout  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
+from seed_curves import common_steps, read_rows, values_at  # noqa: E402  (experiments/)
 
 CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "mse_attention")
 
@@ -265,10 +266,6 @@ def speed(args) -> None:
 
 # ---- curves -------------------------------------------------------------------------------------------
 
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot(out: Path, ours_runs: list[Path]) -> None:
     import matplotlib
 
@@ -287,12 +284,11 @@ def plot(out: Path, ours_runs: list[Path]) -> None:
     for who, runs in curves.items():
         if not runs:
             continue
-        steps = sorted(set.intersection(*[{r["step"] for r in rows} for rows in runs]))
+        steps = common_steps(runs)
         summary[who] = {"runs": len(runs), "steps": steps}
         for ax, name in zip(axes, CURVE_METRICS):
             # A metric a run did not record (mse_attention in older validation.jsonl) is NaN.
-            values = np.array([[next(r.get(name, np.nan) for r in rows if r["step"] == s)
-                                for s in steps] for rows in runs], dtype=float)
+            values = values_at(runs, steps, name)
             if np.isnan(values).all():
                 continue
             mean, std = values.mean(0), values.std(0)

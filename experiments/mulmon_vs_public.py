@@ -149,6 +149,7 @@ import torch  # noqa: E402
 from bench_mulmon_public import PUBLIC_FILES, load_public_mulmon, public_config  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from lds.contract import ModelOutput  # noqa: E402
+from seed_curves import common_steps, read_rows, require_stores, values_at  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig MulMON", "theirs": "NanboLi/MulMON (public)"}
@@ -462,11 +463,7 @@ def train(args, out: Path) -> None:
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    for name, path in (("--train", args.train), ("--val", args.val)):
-        if not path:
-            raise UserError(f"{name} STORE is needed to train")
-        if not Path(path).exists():
-            raise UserError(f"{name} store {path} does not exist")
+    require_stores(train=args.train, val=args.val)
     cfg = load_train_config("mulmon", None, [
         f"model.num_views={args.views}", f"model.viewpoint={args.viewpoint}",
         f"optim.lr={args.lr}", f"optim.batch_size={args.batch}", f"optim.steps={args.steps}",
@@ -543,10 +540,6 @@ def train(args, out: Path) -> None:
 
 # ---- curves -------------------------------------------------------------------------------------
 
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot(out: Path) -> None:
     import matplotlib
 
@@ -565,15 +558,14 @@ def plot(out: Path) -> None:
         runs = [rows for rows in curves[who] if rows]
         if not runs:
             continue
-        steps = sorted(set.intersection(*[{r["step"] for r in rows} for rows in runs]))
+        steps = common_steps(runs)
         summary[who] = {"runs": len(runs), "steps": steps,
                         "stopped": [rows[-1]["stopped"] for rows in runs if "stopped" in rows[-1]]}
         for ax, (name, title, query_name) in zip(axes, PANELS):
             for key, style, suffix in ((name, "-", ""), (query_name, "--", " (query views)")):
                 if key is None:
                     continue
-                values = np.array([[next((r.get(key) for r in rows if r["step"] == s), None)
-                                    for s in steps] for rows in runs], dtype=float)
+                values = values_at(runs, steps, key)
                 if np.isnan(values).all():
                     continue
                 with warnings.catch_warnings():      # a step without a value (loss at 0)
