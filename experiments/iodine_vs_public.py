@@ -163,13 +163,14 @@ from torch.nn import functional as F  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
-from seed_curves import common_steps, read_rows, require_stores, values_at  # noqa: E402  (experiments/)
+from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig IODINE", "theirs": "zhixuan-lin/IODINE (public)"}
 PUBLIC_FILES = ("lib/modeling/iodine.py", "lib/config/defaults.py", "lib/utils/vis_logger.py")
-PANELS = (("fg_ari", "FG-ARI (held out)"), ("miou", "mIoU (held out)"), ("mse", "MSE (held out)"),
-          ("ari", "ARI (held out)"), ("loss", "training loss (each its own objective)"))
+PANELS = (("fg_ari", "FG-ARI (held out)", None), ("miou", "mIoU (held out)", None),
+          ("mse", "MSE (held out)", None), ("ari", "ARI (held out)", None),
+          ("loss", "training loss (each its own objective)", None))
 PRINTED = ("loss", "mse", "fg_ari", "miou", "ari")
 # Their refinement inputs with ``coordinate``: the 17 image channels ours computes.
 EXTRA_ENCODINGS = ("coordinate",)
@@ -720,50 +721,7 @@ def speed(args) -> None:
 # ---- curves --------------------------------------------------------------------------------------
 
 def plot(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    curves = {who: [read_rows(p) for p in sorted(out.glob(f"{who}_seed*.jsonl"))] for who in WHO}
-    if not any(curves.values()):
-        raise UserError(f"no curves (ours_seed*.jsonl, theirs_seed*.jsonl) in {out}")
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.3))
-    summary: dict = {}
-    for colour, who in zip(("C0", "C1"), WHO):
-        runs = [rows for rows in curves[who] if rows]
-        if not runs:
-            continue
-        steps = common_steps(runs)
-        summary[who] = {"runs": len(runs), "steps": steps,
-                        "stopped": [rows[-1]["stopped"] for rows in runs if "stopped" in rows[-1]]}
-        for ax, (name, title) in zip(axes, PANELS):
-            values = values_at(runs, steps, name)
-            if np.isnan(values).all():
-                continue
-            with warnings.catch_warnings():              # a step without a value (loss at 0)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
-            seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
-            ax.plot(steps, mean, color=colour, marker=".", label=f"{LABELS[who]} ({seeds})")
-            if len(runs) > 1:
-                ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
-            summary[who][name] = {"mean": [None if math.isnan(x) else x for x in mean],
-                                  "std": [None if math.isnan(x) else x for x in std],
-                                  "final_per_seed": [None if math.isnan(x) else x
-                                                     for x in values[:, -1]]}
-        summary[who]["images_per_s"] = [rows[-1].get("images_per_s") for rows in runs
-                                        if rows[-1].get("images_per_s")]
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out / 'curves.png'} and {out / 'summary.json'}")
+    plot_comparison(out, LABELS, PANELS, "images_per_s")
 
 
 def main() -> None:

@@ -136,7 +136,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,7 +148,7 @@ import torch  # noqa: E402
 from bench_mulmon_public import PUBLIC_FILES, load_public_mulmon, public_config  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from lds.contract import ModelOutput  # noqa: E402
-from seed_curves import common_steps, read_rows, require_stores, values_at  # noqa: E402  (experiments/)
+from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig MulMON", "theirs": "NanboLi/MulMON (public)"}
@@ -541,56 +540,7 @@ def train(args, out: Path) -> None:
 # ---- curves -------------------------------------------------------------------------------------
 
 def plot(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    curves: dict[str, list[list[dict]]] = {who: [] for who in WHO}
-    for who in WHO:
-        curves[who] = [read_rows(p) for p in sorted(out.glob(f"{who}_seed*.jsonl"))]
-    if not any(curves.values()):
-        raise UserError(f"no curves (ours_seed*.jsonl, theirs_seed*.jsonl) in {out}")
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    summary: dict = {}
-    for colour, who in zip(("C0", "C1"), WHO):
-        runs = [rows for rows in curves[who] if rows]
-        if not runs:
-            continue
-        steps = common_steps(runs)
-        summary[who] = {"runs": len(runs), "steps": steps,
-                        "stopped": [rows[-1]["stopped"] for rows in runs if "stopped" in rows[-1]]}
-        for ax, (name, title, query_name) in zip(axes, PANELS):
-            for key, style, suffix in ((name, "-", ""), (query_name, "--", " (query views)")):
-                if key is None:
-                    continue
-                values = values_at(runs, steps, key)
-                if np.isnan(values).all():
-                    continue
-                with warnings.catch_warnings():      # a step without a value (loss at 0)
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
-                seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
-                ax.plot(steps, mean, style, color=colour, marker=".",
-                        label=f"{LABELS[who]}{suffix} ({seeds})")
-                if len(runs) > 1:
-                    ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15)
-                summary[who][key] = {"mean": [None if math.isnan(x) else x for x in mean],
-                                     "final_per_seed": [None if math.isnan(x) else x
-                                                        for x in values[:, -1]]}
-            ax.set_title(title + ("" if query_name is None else " (held out; solid: observed)"),
-                         fontsize=9)
-            ax.set_xlabel("step")
-        speeds = [rows[-1].get("scenes_per_s") for rows in runs if rows[-1].get("scenes_per_s")]
-        summary[who]["scenes_per_s"] = speeds
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out / 'curves.png'} and {out / 'summary.json'}")
+    plot_comparison(out, LABELS, PANELS, "scenes_per_s")
 
 
 def check_sources(args) -> None:
