@@ -205,8 +205,15 @@ def test_batch_metrics_perfect_model_and_duplicate_model():
     assert values["fg_ari"].item() == pytest.approx(1.0)
     assert values["dup_gt"].item() == 0 and values["dup_nogt"].item() == 0
     assert values["active_slots"].item() == 3
+    assert values["largest_segment"].item() == pytest.approx(0.5)   # the background: 8 of 16
     assert values["sim"].item() == pytest.approx(0.0)
     assert all(v.dtype == torch.float64 and v.shape == (1,) for v in values.values())
+
+    # GENESIS in the supplement's C.2: one slot draws the whole scene as one flat object
+    flat = output_from_logits(_logits([BG + OBJ1 + OBJ2, [], [], []]) * 3, torch.eye(4).unsqueeze(0),
+                              image)
+    flat_values = batch_metrics(flat, image, GT)
+    assert flat_values["largest_segment"].item() == 1.0 and flat_values["fg_ari"].item() == 0.0
 
     bad = output_from_logits(_logits([BG, OBJ1, OBJ2, OBJ1]), torch.eye(4).unsqueeze(0), image)
     values = batch_metrics(bad, image, GT)

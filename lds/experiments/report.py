@@ -33,7 +33,7 @@ from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
 from lds.evaluation.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
 
 TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "dup_bg",
-                  "active_slots"]
+                  "active_slots", "largest_segment"]
 # Where a model segments with other masks than its decoded ones (MONet), these are shown on the
 # decoded masks too, labelled (lds.evaluation.metrics.table).
 TABLE1_DECODED = ["miou", "fg_ari", "dup_gt"]
@@ -104,7 +104,9 @@ def _label(name: str, results=None) -> str:
 def _table1_metrics(results) -> list[str]:
     decoded = {DECODED_PREFIX + m for r in results if r.eval for m in TABLE1_DECODED
                if DECODED_PREFIX + m in r.eval["aggregates"]}
-    names = list(TABLE1_METRICS)
+    present = {m for r in results if r.eval for m in r.eval["aggregates"]}
+    # a metric added after a study's evaluations ran (largest_segment) is left out, not shown empty
+    names = [m for m in TABLE1_METRICS if m in present or not present]
     for m in TABLE1_DECODED:
         if DECODED_PREFIX + m in decoded:
             names.insert(names.index(m) + 1, DECODED_PREFIX + m)
@@ -801,7 +803,7 @@ def validation_curves(report: Report, results, spec, study_dir: Path, summary) -
                         ax.plot(steps, seed_values * metric(name).scale, color=colour, lw=0.5,
                                 alpha=0.45)
                 ax.plot(steps, mean * metric(name).scale, color=colour,
-                        label=f"{group} ({len(runs)} seeds)")
+                        label=f"{group} ({len(runs)} seed{'' if len(runs) == 1 else 's'})")
                 ax.fill_between(steps, (mean - std) * metric(name).scale,
                                 (mean + std) * metric(name).scale, color=colour, alpha=0.2)
                 ax.set_title(_label(name, results), fontsize=8)

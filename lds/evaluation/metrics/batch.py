@@ -44,8 +44,13 @@ def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.
     dup_pairs = duplicate_pairs_without_gt(slot_masks, posterior_mean, config.active_area,
                                            config.duplicate_mask_iou, config.duplicate_latent_cos,
                                            config.similarity_eps)
+    labels = argmax_labels(masks)
+    flat_labels = labels.flatten(1)
+    segment_area = torch.zeros(masks.shape[:2], dtype=torch.float32).scatter_add_(   # (B, K)
+        1, flat_labels, torch.ones(flat_labels.shape, dtype=torch.float32))
     values = {
         "active_slots": (slot_masks.sum(-1) >= config.active_area * num_pixels).sum(-1),
+        "largest_segment": segment_area.max(-1).values / flat_labels.shape[1],
         "dup_pairs": dup_pairs,
         "dup_nogt": dup_pairs > 0,
     }
@@ -56,7 +61,7 @@ def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.
         dup_components = ((claims >= 2) & present).sum(dim=-1)
         # one contingency table (GT label x argmax slot pixel counts) serves every segmentation
         # metric; FG-ARI is the same table without the GT background row
-        table = contingency_table(gt, argmax_labels(masks), masks.shape[1])
+        table = contingency_table(gt, labels, masks.shape[1])
         values.update({
             "miou": miou_hungarian_from_contingency(table),
             "miou_greedy": miou_greedy_from_contingency(table, config.greedy_mask_threshold,

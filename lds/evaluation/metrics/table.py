@@ -43,6 +43,10 @@ _TABLE = (
     Metric("fg_ari", "FG-ARI", higher_is_better=True, needs_gt=True),
     Metric("sim", "Sim (mean pairwise cos)", higher_is_better=False, short="Sim"),
     Metric("active_slots", "active slots", "{:.2f}"),
+    # GT-free: near 100% when one slot takes the whole image (GENESIS on CLE-MV in the
+    # supplement's C.2, "one big flat object"); near 1/K when the slots share it evenly.
+    Metric("largest_segment", "largest slot's share of the image (%)", "{:.1f}", 100.0,
+           short="largest slot (%)"),
     Metric("dup_pairs", "duplicate pairs / image (no GT)", "{:.3f}", higher_is_better=False,
            short="dup. pairs"),
     Metric("dup_nogt", "images with duplicates, no GT (%)", "{:.1f}", 100.0, False,
@@ -57,8 +61,8 @@ _TABLE = (
 
 # The metrics whose value depends on which masks segment (the rest use latents or the
 # reconstruction only).
-SEGMENTATION_METRICS = ("miou", "miou_greedy", "ari", "fg_ari", "active_slots", "dup_pairs",
-                        "dup_nogt", "dup_components", "dup_gt", "dup_bg")
+SEGMENTATION_METRICS = ("miou", "miou_greedy", "ari", "fg_ari", "active_slots", "largest_segment",
+                        "dup_pairs", "dup_nogt", "dup_components", "dup_gt", "dup_bg")
 DECODED_PREFIX = "decoded_"
 DECODED_LABEL = "decoded masks"
 QUERY_PREFIX = "query_"  # multi-view models: metrics of the query (unobserved) views
