@@ -36,6 +36,12 @@ Shapes (B images, K slots, D latent size, H x W pixels):
                                    per-iteration figures average over the views
     query_rows       (B,) bool     multi-view models: which rows are query (unobserved) views;
                                    None for single-image models
+    masks_partition  bool          True when the decoded masks split the image by construction
+                                   and no component has a mask of its own (GENESIS's stick-
+                                   breaking: mask_logits = log pi_k, whose sigmoid means nothing
+                                   alone). Each component "alone" is then its share pi_k, and
+                                   duplicates are counted on the argmax segments, as for MONet's
+                                   attention masks (docs/evaluation.md)
 
 Multi-view models flatten views into the batch axis for every image-shaped field
 (B = scenes * views) and keep their latents per scene-view pair the same way, so metrics and
@@ -77,6 +83,7 @@ class ModelOutput:
     lds_weights: torch.Tensor | None = None                        # None: one step, weight 1
     lds_iterations: torch.Tensor | None = None                     # None: 0 .. T-1
     query_rows: torch.Tensor | None = None                         # multi-view models only
+    masks_partition: bool = False                                  # GENESIS: see the docstring
 
     def __post_init__(self) -> None:
         if self.segmentation_masks is None:

@@ -32,6 +32,9 @@ def test_components_alone_use_sigmoid_over_the_background():
     assert torch.allclose(black[:, 2], torch.zeros(2, 3, 8, 8))             # empty -> black
     # sigmoid, not softmax: slot 1 is drawn alone even where slot 0 also claims the pixel
     assert torch.allclose(white[:, 1, :, 0, 0], out.appearance[:, 1, :, 0, 0])
+    # masks that only partition the image (GENESIS): each component alone is pi_k * x_k
+    out.masks_partition = True
+    assert torch.allclose(render_components_alone(out, "black"), out.masks * out.appearance)
 
 
 def test_segmentation_uses_the_fixed_palette():

@@ -64,6 +64,12 @@ def test_output_contract_and_loss_terms_match_direct_formulas():
     assert set(out.loss_terms) == {"nll", "kl_mask", "kl_comp"}
     torch.testing.assert_close(out.masks, torch.softmax(out.mask_logits, dim=1))
     torch.testing.assert_close(out.reconstruction, (out.masks * out.appearance).sum(1))
+    # Stick-breaking masks have no logit of a component's own: metrics count duplicates on the
+    # argmax segments and Figure 2 draws each component alone as pi_k * x_k.
+    assert out.masks_partition and out.detached().masks_partition
+    from lds.evaluation.figures import render_components_alone
+    alone = render_components_alone(out.detached(), "black")
+    torch.testing.assert_close(alone, out.masks.detach() * out.appearance.detach().clamp(0, 1))
     # The original's mixture: each pixel's each colour channel is its own draw.
     dens = torch.distributions.Normal(out.appearance, 0.2).log_prob(images[:, None])
     nll = -torch.log((out.masks * dens.exp()).sum(1)).sum((1, 2, 3)).mean()

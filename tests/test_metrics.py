@@ -215,6 +215,18 @@ def test_batch_metrics_perfect_model_and_duplicate_model():
     flat_values = batch_metrics(flat, image, GT)
     assert flat_values["largest_segment"].item() == 1.0 and flat_values["fg_ari"].item() == 0.0
 
+    # Masks that partition the image with no logit of a component's own (GENESIS: log pi_k) are
+    # counted on their argmax segments: object 1 split between slots 1 and 3 is a duplicate.
+    split = [BG, OBJ1[:2], OBJ2, OBJ1[2:]]
+    partition = output_from_logits(_logits(split) * 3, torch.eye(4).unsqueeze(0), image)
+    partition.mask_logits = partition.masks.log()
+    partition.masks_partition = True
+    values_partition = batch_metrics(partition, image, GT)
+    assert values_partition["active_slots"].item() == 4
+    assert values_partition["dup_gt"].item() == 1 and values_partition["dup_components"].item() == 1
+    partition.masks_partition = False   # the old rule: sigmoid(log pi) <= 0.5, no slot is active
+    assert batch_metrics(partition, image, GT)["active_slots"].item() == 0
+
     bad = output_from_logits(_logits([BG, OBJ1, OBJ2, OBJ1]), torch.eye(4).unsqueeze(0), image)
     values = batch_metrics(bad, image, GT)
     assert values["dup_gt"].item() == 1 and values["dup_components"].item() == 1

@@ -3,7 +3,8 @@
 Rendering follows the supplement (section B):
 * Rec, the whole scene, uses the softmax mixing probabilities: sum_k softmax_k(m^lg) * x_k
   (the model's ``reconstruction``);
-* each component alone uses the sigmoid of its own mask logit: sigmoid(m^lg_k) * x_k, composited
+* each component alone uses the sigmoid of its own mask logit: sigmoid(m^lg_k) * x_k (GENESIS,
+  whose stick-breaking masks have no logit of a component's own: pi_k * x_k), composited
   over a plain background, white by default (``background="black"`` for dark scenes), so an
   empty slot is a blank tile and a duplicate shows as two tiles drawing the same object;
 * Seg is the argmax of the mixing probabilities, coloured with a fixed palette (slot k always
@@ -41,13 +42,15 @@ Source = Union[ModelOutput, nn.Module, str, Path]
 
 
 def render_components_alone(output: ModelOutput, background: str = "white") -> torch.Tensor:
-    """Each component rendered alone: sigmoid(mask_logit_k) * x_k over the background colour.
+    """Each component rendered alone: sigmoid(mask_logit_k) * x_k over the background colour
+    (pi_k * x_k where the masks are a partition with no mask of a component's own: GENESIS).
 
     Returns (B, K, 3, H, W) in [0, 1]. Appearance is clipped to [0, 1] (MulMON's is unbounded).
     """
     if background not in ("white", "black"):
         raise ValueError(f"background must be 'white' or 'black', got {background!r}")
-    alpha = torch.sigmoid(output.mask_logits.detach().float().cpu())
+    alpha = (output.masks if output.masks_partition else torch.sigmoid(output.mask_logits))
+    alpha = alpha.detach().float().cpu()
     appearance = output.appearance.detach().float().cpu().clamp(0.0, 1.0)
     base = 1.0 if background == "white" else 0.0
     return alpha * appearance + (1.0 - alpha) * base

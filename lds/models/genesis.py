@@ -345,6 +345,7 @@ class GENESIS(MultiObjectVAE):
             appearance=appearance,
             reconstruction=(masks * appearance).sum(1),
             extras={"kl_weight": torch.as_tensor(beta, dtype=image.dtype).detach()},
+            masks_partition=True,       # stick-breaking: no component has a mask of its own
         )
 
     # ---- the probabilistic interface (lds.models.interface) -------------------------------

@@ -32,13 +32,17 @@ def segmentation_masks(output: ModelOutput, source: str = "model") -> tuple[torc
     raise ConfigError(f"segmentation_masks must be 'model', 'masks' or 'extras.KEY', got {source!r}")
 
 
-def _segmentation_values(masks: torch.Tensor, decoded: bool, mask_logits: torch.Tensor,
+def _segmentation_values(masks: torch.Tensor, own_masks: bool, mask_logits: torch.Tensor,
                          posterior_mean: torch.Tensor, gt: torch.Tensor | None,
                          config: MetricsConfig) -> dict[str, torch.Tensor]:
-    """The metrics that depend on which masks segment (lds.evaluation.metrics.table.SEGMENTATION_METRICS)."""
+    """The metrics that depend on which masks segment (lds.evaluation.metrics.table.SEGMENTATION_METRICS).
+
+    ``own_masks``: the segmenting masks are decoded ones whose components each have a mask logit
+    of their own, so ``duplicate_masks=auto`` renders each alone; otherwise (MONet's attention,
+    GENESIS's stick-breaking) it counts on the argmax segments."""
     kind = config.duplicate_masks
     if kind == "auto":
-        kind = "alone" if decoded else "argmax"
+        kind = "alone" if own_masks else "argmax"
     slot_masks = slot_binary_masks(mask_logits, masks, kind, config.alone_mask_threshold)
     num_pixels = slot_masks.shape[-1]
     dup_pairs = duplicate_pairs_without_gt(slot_masks, posterior_mean, config.active_area,
@@ -101,11 +105,12 @@ def batch_metrics(output: ModelOutput, image: torch.Tensor, label_map: torch.Ten
         "rmse": rmse_mulmon(image, reconstruction),
         "sim": slot_similarity(posterior_mean, config.similarity_eps),
     }
-    values.update(_segmentation_values(masks.detach().float().cpu(), decoded, mask_logits,
-                                       posterior_mean, gt, config))
+    own_masks = not output.masks_partition
+    values.update(_segmentation_values(masks.detach().float().cpu(), decoded and own_masks,
+                                       mask_logits, posterior_mean, gt, config))
     if not decoded:
         values.update({DECODED_PREFIX + name: value for name, value in _segmentation_values(
-            output.masks.detach().float().cpu(), True, mask_logits, posterior_mean, gt,
+            output.masks.detach().float().cpu(), own_masks, mask_logits, posterior_mean, gt,
             config).items()})
     order = [name for name in METRICS if name in values]
     return {name: values[name].to(torch.float64) for name in order}

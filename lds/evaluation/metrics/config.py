@@ -29,7 +29,9 @@ class MetricsConfig:
     # --- Duplicates -------------------------------------------------------------------------------
     # Which per-slot masks the duplicate counts look at (always derived from the masks that
     # segment, so a model whose decoded masks are still flat is not counted on them):
-    #   "auto":   "alone" when the segmenting masks are the decoded ones, else "argmax";
+    #   "auto":   "alone" when the segmenting masks are the decoded ones and each component
+    #             has a mask logit of its own (IODINE, MulMON), else "argmax" (MONet's attention,
+    #             GENESIS's stick-breaking: ModelOutput.masks_partition);
     #   "alone":  each component rendered alone, sigmoid(mask_logit_k) > alone_mask_threshold
     #             (supplement section B; these are the masks in which the paper's Figure 2 shows
     #             duplicates: two components that each draw the same object). Only defined for
