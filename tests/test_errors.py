@@ -62,6 +62,11 @@ def test_eval_on_a_store_of_another_size_is_one_line(tiny_run):
                             cwd=tiny_run), "24x24 images", "data prepare")
 
 
+def test_eval_of_a_step_without_a_checkpoint_is_one_line(tiny_run):
+    _one_line_error(_ldsrig("eval", "run", "--data", "store16.zarr", "--step", "7",
+                            "--out", "step7.json", cwd=tiny_run), "no checkpoint for step 7")
+
+
 def test_observed_views_on_a_single_image_model_is_one_line(tiny_run):
     _one_line_error(_ldsrig("eval", "run", "--data", "store16.zarr", "--observed-views", "3",
                             "--out", "obs3.json", cwd=tiny_run), "multi-view models", "monet")

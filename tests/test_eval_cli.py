@@ -124,6 +124,7 @@ def test_eval_and_compare_end_to_end_on_trained_runs(tmp_path):
     for name, lds in (("control", False), ("lds", True)):
         cfg = load_train_config("monet", None, TINY_MONET + [f"data={store}"])
         cfg.lds.enabled = lds
+        cfg.log.checkpoint_every = 1          # steps 1, 2, 3: --step below scores step 1
         train(cfg, tmp_path / name, progress=False)
 
     runner = CliRunner()
@@ -144,6 +145,15 @@ def test_eval_and_compare_end_to_end_on_trained_runs(tmp_path):
                                 "--no-progress", "--overwrite", "--max-images", "2"])
     assert again.exit_code == 0, again.output
     assert EvalResult.load(tmp_path / "control" / "eval" / "eval.json").meta["num_images"] == 2
+    # --step scores an earlier checkpoint: other weights, so another reconstruction error
+    early = runner.invoke(app, ["eval", str(tmp_path / "control"), "--data", str(store),
+                                "--no-progress", "--step", "1", "--max-images", "2", "--out",
+                                str(tmp_path / "early.json")])
+    assert early.exit_code == 0, early.output
+    early_result = EvalResult.load(tmp_path / "early.json")
+    latest = EvalResult.load(tmp_path / "control" / "eval" / "eval.json")
+    assert early_result.meta["checkpoint_step"] == 1 and "checkpoint_step" not in latest.meta
+    assert early_result.mean("mse") != latest.mean("mse")
 
     # the LDS run has no eval.json yet: compare evaluates it first because --data is given
     run = runner.invoke(app, ["compare", str(tmp_path / "control"), str(tmp_path / "lds"),

@@ -45,12 +45,12 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _load_run(run: Path, device: str):
+def _load_run(run: Path, device: str, step: int | None = None):
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
     from lds.training.runs import load_run  # the training package is only needed here
 
-    return load_run(run, map_location=device)
+    return load_run(run, map_location=device, step=step)
 
 
 def _run_meta(run: Path, train_cfg, data: Path) -> dict:
@@ -63,8 +63,10 @@ def _run_meta(run: Path, train_cfg, data: Path) -> dict:
 def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int = 32,
                  max_images: int | None = None, device: str = "cpu", figure: int = 0,
                  metric_overrides: list[str] | None = None, progress: bool = True,
-                 console: Console | None = None, observed_views: int | None = None) -> EvalResult:
-    """Evaluate the run's latest checkpoint on ``data``; write eval.json (and figure2.png).
+                 console: Console | None = None, observed_views: int | None = None,
+                 step: int | None = None) -> EvalResult:
+    """Evaluate the run's latest checkpoint (or the one of ``step``) on ``data``; write eval.json
+    (and figure2.png).
 
     ``observed_views``: multi-view models (MulMON) observe the first N views of each scene and
     predict the rest (the query views) instead of their trained ``model.eval_observed``.
@@ -73,16 +75,18 @@ def evaluate_run(run: Path, data: Path, out: Path | None = None, batch_size: int
     with distributed.session(device):
         return _evaluate_run(run, data, out, batch_size, max_images,
                              str(distributed.local_device(device)), figure, metric_overrides,
-                             progress, console, observed_views)
+                             progress, console, observed_views, step)
 
 
 def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric_overrides,
-                  progress, console, observed_views=None) -> EvalResult:
+                  progress, console, observed_views=None, step=None) -> EvalResult:
     console = console or Console()
     run = Path(run)
     config = load_config(MetricsConfig, None, metric_overrides or [])
-    model, train_cfg = _load_run(run, _check_device(device))
+    model, train_cfg = _load_run(run, _check_device(device), step)
     meta = _run_meta(run, train_cfg, data)
+    if step is not None:
+        meta["checkpoint_step"] = step
     if observed_views is not None:
         if not hasattr(model.cfg, "eval_observed"):
             raise UserError(f"--observed-views is for multi-view models (MulMON); "
@@ -124,13 +128,16 @@ def eval_command(
     observed_views: Optional[int] = typer.Option(
         None, "--observed-views", min=1, help="MulMON: observe the first N views of each scene "
         "and predict the others (query views); default: the run's model.eval_observed."),
+    step: Optional[int] = typer.Option(
+        None, "--step", min=0, help="Evaluate the checkpoint of this training step (default: "
+        "the latest), e.g. to score a run's curve again with changed metrics."),
 ) -> None:
     """Evaluate a trained run: MSE, RMSE, mIoU (Hungarian and greedy), ARI, FG-ARI, Sim, duplicates."""
     target = Path(out) if out is not None else Path(run) / EVAL_DIR / EVAL_FILE
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists already; pass --overwrite to replace it, or --out FILE")
     evaluate_run(run, data, out, batch_size, max_images, device, figure, list(metric),
-                 progress=not no_progress, observed_views=observed_views)
+                 progress=not no_progress, observed_views=observed_views, step=step)
 
 
 def _eval_for(run: Path, data: Path | None, **kwargs) -> EvalResult:
