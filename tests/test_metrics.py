@@ -206,6 +206,7 @@ def test_batch_metrics_perfect_model_and_duplicate_model():
     assert values["dup_gt"].item() == 0 and values["dup_nogt"].item() == 0
     assert values["active_slots"].item() == 3
     assert values["largest_segment"].item() == pytest.approx(0.5)   # the background: 8 of 16
+    assert values["fg_in_bg_slot"].item() == 0.0
     assert values["sim"].item() == pytest.approx(0.0)
     assert all(v.dtype == torch.float64 and v.shape == (1,) for v in values.values())
 
@@ -214,6 +215,11 @@ def test_batch_metrics_perfect_model_and_duplicate_model():
                               image)
     flat_values = batch_metrics(flat, image, GT)
     assert flat_values["largest_segment"].item() == 1.0 and flat_values["fg_ari"].item() == 0.0
+    assert flat_values["fg_in_bg_slot"].item() == 1.0
+    # the background's slot takes object 1 (4 of the 8 object pixels), object 2 keeps its own
+    half = output_from_logits(_logits([BG + OBJ1, [], OBJ2, []]) * 3, torch.eye(4).unsqueeze(0),
+                              image)
+    assert batch_metrics(half, image, GT)["fg_in_bg_slot"].item() == 0.5
 
     # Masks that partition the image with no logit of a component's own (GENESIS: log pi_k) are
     # counted on their argmax segments: object 1 split between slots 1 and 3 is a duplicate.

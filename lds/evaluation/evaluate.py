@@ -307,7 +307,8 @@ def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "
     table.add_column("Δ (LDS − control)", justify="right")
     table.add_column("LDS better?", justify="center")
     order = ["sim", "dSim", "dup_gt", "dup_nogt", "dup_components", "dup_pairs", "mse", "rmse",
-             "miou", "miou_greedy", "ari", "fg_ari", "active_slots", "largest_segment"]
+             "miou", "miou_greedy", "ari", "fg_ari", "fg_in_bg_slot", "active_slots",
+             "largest_segment"]
     order += [DECODED_PREFIX + name for name in order if DECODED_PREFIX + name in METRICS]
     source = segmentation_source_of(control.meta)
     for name in order:

@@ -32,8 +32,8 @@ from lds.experiments.runner import RUNS_DIR, run_dir_of, study_spec
 from lds.experiments.spec import ExperimentSpec, RunSpec, expand_runs
 from lds.evaluation.metrics.table import DECODED_PREFIX, metric, segmentation_source_of
 
-TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "sim", "dup_gt", "dup_nogt", "dup_bg",
-                  "active_slots", "largest_segment"]
+TABLE1_METRICS = ["mse", "miou", "ari", "fg_ari", "fg_in_bg_slot", "sim", "dup_gt", "dup_nogt",
+                  "dup_bg", "active_slots", "largest_segment"]
 # Where a model segments with other masks than its decoded ones (MONet), these are shown on the
 # decoded masks too, labelled (lds.evaluation.metrics.table).
 TABLE1_DECODED = ["miou", "fg_ari", "dup_gt"]

@@ -9,6 +9,7 @@ from lds.contract import ModelOutput
 from lds.evaluation.metrics.config import MetricsConfig
 from lds.evaluation.metrics.reconstruction import mse, rmse_mulmon
 from lds.evaluation.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
+                                      foreground_in_background_slot,
                                       miou_greedy_from_contingency,
                                       miou_hungarian_from_contingency)
 from lds.evaluation.metrics.slots import (duplicate_pairs_without_gt, gt_component_claims,
@@ -72,6 +73,7 @@ def _segmentation_values(masks: torch.Tensor, own_masks: bool, mask_logits: torc
                                                         config.greedy_min_iou),
             "ari": ari_from_contingency(table),
             "fg_ari": ari_from_contingency(table[:, 1:]),
+            "fg_in_bg_slot": foreground_in_background_slot(table),
             "dup_components": dup_components,
             "dup_gt": dup_components > 0,
             # the supplement's Figure 5: the table (GT background) claimed by two or more slots

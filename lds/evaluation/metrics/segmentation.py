@@ -68,6 +68,20 @@ def contingency_table(gt_labels: torch.Tensor, pred_labels: torch.Tensor,
     return counts.view(batch, num_gt, num_pred).to(torch.float64)
 
 
+def foreground_in_background_slot(table: torch.Tensor) -> torch.Tensor:
+    """Share of the GT foreground (labels >= 1) that lies in the slot holding most of the GT
+    background (label 0), from a (B, G, K) contingency table -> (B,); NaN without foreground.
+
+    Near 0 when the objects have slots of their own; near 1 when the slot that draws the
+    background draws the objects too, as one flat layer (GENESIS on CLE-MV, supplement C.2).
+    """
+    background_slot = table[:, 0].argmax(dim=-1)                                   # (B,)
+    foreground = table[:, 1:].sum(dim=1)                                          # (B, K)
+    in_slot = foreground.gather(1, background_slot[:, None])[:, 0]
+    total = foreground.sum(dim=-1)
+    return torch.where(total > 0, in_slot / total.clamp_min(1.0), torch.full_like(total, float("nan")))
+
+
 def _contingency(gt_labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     num_slots = flatten_slot_masks(masks).shape[1]
     return contingency_table(gt_labels, argmax_labels(masks), num_slots)

@@ -41,6 +41,9 @@ _TABLE = (
            short="mIoU (greedy)"),
     Metric("ari", "ARI", higher_is_better=True, needs_gt=True),
     Metric("fg_ari", "FG-ARI", higher_is_better=True, needs_gt=True),
+    # the objects drawn inside the background's slot, as one flat layer (supplement C.2)
+    Metric("fg_in_bg_slot", "object pixels in the background's slot (%)", "{:.1f}", 100.0, False,
+           needs_gt=True, short="objects in bg slot (%)"),
     Metric("sim", "Sim (mean pairwise cos)", higher_is_better=False, short="Sim"),
     Metric("active_slots", "active slots", "{:.2f}"),
     # GT-free: near 100% when one slot takes the whole image (GENESIS on CLE-MV in the
@@ -61,8 +64,9 @@ _TABLE = (
 
 # The metrics whose value depends on which masks segment (the rest use latents or the
 # reconstruction only).
-SEGMENTATION_METRICS = ("miou", "miou_greedy", "ari", "fg_ari", "active_slots", "largest_segment",
-                        "dup_pairs", "dup_nogt", "dup_components", "dup_gt", "dup_bg")
+SEGMENTATION_METRICS = ("miou", "miou_greedy", "ari", "fg_ari", "fg_in_bg_slot", "active_slots",
+                        "largest_segment", "dup_pairs", "dup_nogt", "dup_components", "dup_gt",
+                        "dup_bg")
 DECODED_PREFIX = "decoded_"
 DECODED_LABEL = "decoded masks"
 QUERY_PREFIX = "query_"  # multi-view models: metrics of the query (unobserved) views
