@@ -91,6 +91,16 @@ def _fmt(name: str, value: float, digits: int | None = None) -> str:
     return f"{value:.{digits}f}"
 
 
+def _latent_kl(train_row: dict | None) -> float:
+    """The latent KL of a training log row: kl_z (MONet, IODINE), kl (MulMON), or GENESIS's two
+    latents together (kl_mask + kl_comp; MONet's kl_mask is a mask KL, not a latent one)."""
+    if not train_row:
+        return math.nan
+    if "kl_comp" in train_row:
+        return train_row["kl_comp"] + train_row.get("kl_mask", 0.0)
+    return next((train_row[k] for k in ("kl_z", "kl") if k in train_row), math.nan)
+
+
 def _label(name: str, results=None) -> str:
     """Short label; segmentation metrics name their masks when the runs report both sources."""
     source = None
@@ -236,6 +246,9 @@ def table1(report: Report, results, spec, summary) -> None:
                      "least one duplicate.")
 
 
+PER_SEED_METRICS = ("mse", "miou", "fg_ari", "decoded_fg_ari")
+
+
 def per_seed(report: Report, results, spec, study_dir: Path, summary) -> None:
     """One row per finished main run. Table 1's mean +- std over three seeds cannot tell a
     seed that never decomposed from a uniformly weaker group; the latent KL at the end of
@@ -243,6 +256,10 @@ def per_seed(report: Report, results, spec, study_dir: Path, summary) -> None:
     from lds.training.logging import read_metrics
 
     rows, summary["per_seed"] = [], {}
+    evaluated = [r for r in results if r.eval]
+    # the decoded-mask column only where a model segments with other masks (MONet)
+    metrics = [m for m in PER_SEED_METRICS if not m.startswith(DECODED_PREFIX)
+               or any(m in r.eval["aggregates"] for r in evaluated)]
     for (model, store), seeds in _main_pairs(results, spec).items():
         for seed in sorted(seeds):
             for r in seeds[seed]:
@@ -251,10 +268,9 @@ def per_seed(report: Report, results, spec, study_dir: Path, summary) -> None:
                 run_dir = run_dir_of(study_dir, r.run)
                 train_rows = read_metrics(run_dir, "metrics.jsonl")
                 val_rows = read_metrics(run_dir, "validation.jsonl")
-                kl = next((train_rows[-1][k] for k in ("kl_z", "kl") if train_rows
-                           and k in train_rows[-1]), math.nan)
+                kl = _latent_kl(train_rows[-1] if train_rows else None)
                 val = val_rows[-1].get("fg_ari", math.nan) if val_rows else math.nan
-                test = {m: r.mean(m) for m in ("mse", "miou", "fg_ari", "decoded_fg_ari")}
+                test = {m: r.mean(m) for m in metrics}
                 summary["per_seed"][r.run.run_id] = {**test, "val_fg_ari": val, "train_kl": kl}
                 cells = [_fmt(m, v) if math.isfinite(v) else "-" for m, v in test.items()]
                 cells += [f"{v:.{d}f}" if math.isfinite(v) else "-" for v, d in ((val, 3), (kl, 1))]
@@ -262,9 +278,9 @@ def per_seed(report: Report, results, spec, study_dir: Path, summary) -> None:
     if not rows:
         return
     report.heading("Per seed")
-    report.table(["model/store", "seed", "group", "MSE", "mIoU (attention)", "FG-ARI (attention)",
-                  "FG-ARI (decoded)", "FG-ARI, validation, last step", "latent KL, last "
-                  "training window (nats)"], rows)
+    report.table(["model/store", "seed", "group"] + [_label(m, evaluated) for m in metrics]
+                 + ["FG-ARI, validation, last step", "latent KL, last training window (nats)"],
+                 rows)
     report.paragraph("Test scenes unless marked validation. A latent KL near zero at the end of "
                      "training is posterior collapse: the slot latents carry no information.")
 
@@ -416,21 +432,23 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
 
     # Every seed gets its grid: one seed's picture can be a run that never left posterior
     # collapse, which the mean of Table 1 hides.
+    # A seed whose control or LDS run is not finished yet is drawn with the one that is.
     report.heading("Figure 2: qualitative grids (each seed; control above LDS)")
     pairs = _main_pairs(results, spec)
     drew, without_weights = False, []
     for (model, store), seeds in pairs.items():
         dataset = None
         for seed in sorted(seeds):
-            c, l = seeds[seed]
-            if not (c and l and c.eval and l.eval):
+            finished = [(name, r) for name, r in zip(("control", "LDS"), seeds[seed])
+                        if r and r.eval]
+            if not finished:
                 continue
             # A run kept as its results only (eval, curves; weights not shipped) has no picture.
-            if not _has_weights(study_dir, c, l):
+            if not _has_weights(study_dir, *(r for _, r in finished)):
                 without_weights.append(f"{model}/{store} seed {seed}")
                 continue
             models = {}
-            for name, r in (("control", c), ("LDS", l)):
+            for name, r in finished:
                 models[f"{model} {name}"], train_cfg = load_run(run_dir_of(study_dir, r.run))
             # the same test items for every seed: images, or scenes of views for MulMON
             dataset = dataset or open_eval_dataset(spec.stores[store].eval, train_cfg.model)
@@ -445,7 +463,7 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
         report.paragraph("No grid for " + ", ".join(without_weights) + ": the run directories "
                          "hold the results but not the weights.")
     elif not drew:
-        report.paragraph("No finished control/LDS pair to draw.")
+        report.paragraph("No finished run to draw.")
 
 
 def ablations(report: Report, results, spec, summary) -> None:
@@ -565,7 +583,7 @@ def training_curves(report: Report, results, spec, study_dir: Path, summary) -> 
     summary["training_final"] = {run.run_id: rows[-1] for run, rows in curves.items() if rows}
 
 
-CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "dup_bg")
+CURVE_METRICS = ("fg_ari", "miou", "mse", "decoded_fg_ari", "fg_in_bg_slot", "dup_bg")
 
 
 _GROUP_COLOURS = {"control": "#3a7dc9", "lds": "#d9534f", "lds-mean": "#3b9a4b",
@@ -611,7 +629,7 @@ def lds_latents_ablation(report: Report, results, spec, study_dir: Path, summary
                              for m, v in stats.items()])
                 for r in runs:
                     train_rows = read_metrics(run_dir_of(study_dir, r.run), "metrics.jsonl")
-                    kl = train_rows[-1].get("kl_z", math.nan) if train_rows else math.nan
+                    kl = _latent_kl(train_rows[-1] if train_rows else None)
                     per_seed.append([key, str(r.run.seed), "control" if group == "control" else label,
                                      _fmt("fg_ari", r.mean("fg_ari")), _fmt("sim", r.mean("sim")),
                                      f"{kl:.1f}" if math.isfinite(kl) else "-"])
