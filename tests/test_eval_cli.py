@@ -12,6 +12,7 @@ from datasets.store import SceneStore
 from datasets.torch_data import ImageDataset
 from lds.cli.evaluate import compare_command, eval_command
 from lds.evaluation import EvalResult, evaluate
+from lds.training.runs import latest_checkpoint_step
 from tests.test_eval import LabelOracle
 
 H = W = 16
@@ -152,7 +153,8 @@ def test_eval_and_compare_end_to_end_on_trained_runs(tmp_path):
     assert early.exit_code == 0, early.output
     early_result = EvalResult.load(tmp_path / "early.json")
     latest = EvalResult.load(tmp_path / "control" / "eval" / "eval.json")
-    assert early_result.meta["checkpoint_step"] == 1 and "checkpoint_step" not in latest.meta
+    assert early_result.meta["checkpoint_step"] == 1
+    assert latest.meta["checkpoint_step"] == latest_checkpoint_step(tmp_path / "control") > 1
     assert early_result.mean("mse") != latest.mean("mse")
 
     # the LDS run has no eval.json yet: compare evaluates it first because --data is given

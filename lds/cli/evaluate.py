@@ -85,8 +85,8 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     config = load_config(MetricsConfig, None, metric_overrides or [])
     model, train_cfg = _load_run(run, _check_device(device), step)
     meta = _run_meta(run, train_cfg, data)
-    if step is not None:
-        meta["checkpoint_step"] = step
+    # the step loaded, and the image limit: a study counts this file as current when both match
+    meta.update(checkpoint_step=model.checkpoint_step, max_images=max_images)
     if observed_views is not None:
         if not hasattr(model.cfg, "eval_observed"):
             raise UserError(f"--observed-views is for multi-view models (MulMON); "

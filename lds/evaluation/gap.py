@@ -117,7 +117,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
     """Estimate the gap for the first ``max_images`` images of ``data`` under the run's latest
     checkpoint; write RUN/gap/gap.json (records per image + aggregates) and return it."""
     from lds.data import open_eval_dataset
-    from lds.training.runs import latest_checkpoint_step, load_run
+    from lds.training.runs import load_run
 
     run = Path(run)
     if not Path(data).exists():
@@ -177,7 +177,7 @@ def gap_for_run(run: str | Path, data: str | Path, num_samples: int = 500,
             "lds": {"enabled": cfg.lds.enabled, "weight": cfg.lds.weight, "sigma": cfg.lds.sigma},
             "num_images": len(records), "samples": num_samples, "seed": seed,
             "max_images": max_images, "amp": amp,
-            "checkpoint_step": latest_checkpoint_step(run),
+            "checkpoint_step": model.checkpoint_step,
             "seconds": time.perf_counter() - started,
             "units": "nats per image", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     meta.update(extra_meta or {})

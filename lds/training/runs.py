@@ -50,7 +50,9 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu",
              step: int | None = None) -> tuple[torch.nn.Module, TrainConfig]:
     """The trained model (eval mode, on ``map_location``) and its TrainConfig.
 
-    ``step`` picks a checkpoint; the default is the latest complete one.
+    ``step`` picks a checkpoint; the default is the latest complete one. The step loaded is
+    ``model.checkpoint_step``: results record it from there, not from the directory, which a
+    training still running may have moved on since.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -71,6 +73,7 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu",
         raise RunError(f"checkpoint {checkpoint.path} holds non-finite weights ({', '.join(bad[:3])}"
                        f"{' ...' if len(bad) > 3 else ''}); it cannot be evaluated: load an earlier "
                        "step (step=N) or retrain")
+    model.checkpoint_step = checkpoint.step
     model.to(map_location)
     model.eval()
     return model, cfg

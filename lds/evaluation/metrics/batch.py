@@ -11,7 +11,7 @@ from lds.evaluation.metrics.reconstruction import mse, rmse_mulmon
 from lds.evaluation.metrics.segmentation import (argmax_labels, ari_from_contingency, contingency_table,
                                       foreground_in_background_slot,
                                       miou_greedy_from_contingency,
-                                      miou_hungarian_from_contingency)
+                                      miou_hungarian_from_contingency, one_hot_labels)
 from lds.evaluation.metrics.slots import (duplicate_pairs_without_gt, gt_component_claims,
                                slot_binary_masks, slot_similarity)
 from lds.evaluation.metrics.table import DECODED_LABEL, DECODED_PREFIX, METRICS
@@ -44,13 +44,16 @@ def _segmentation_values(masks: torch.Tensor, own_masks: bool, mask_logits: torc
     kind = config.duplicate_masks
     if kind == "auto":
         kind = "alone" if own_masks else "argmax"
-    slot_masks = slot_binary_masks(mask_logits, masks, kind, config.alone_mask_threshold)
+    # one argmax serves the segment areas, the contingency table and, for the argmax rule, the
+    # duplicate counts' slot masks
+    labels = argmax_labels(masks)
+    flat_labels = labels.flatten(1)
+    slot_masks = (one_hot_labels(labels, masks.shape[1]) if kind == "argmax" else
+                  slot_binary_masks(mask_logits, masks, kind, config.alone_mask_threshold))
     num_pixels = slot_masks.shape[-1]
     dup_pairs = duplicate_pairs_without_gt(slot_masks, posterior_mean, config.active_area,
                                            config.duplicate_mask_iou, config.duplicate_latent_cos,
                                            config.similarity_eps)
-    labels = argmax_labels(masks)
-    flat_labels = labels.flatten(1)
     segment_area = torch.zeros(masks.shape[:2], dtype=torch.float32).scatter_add_(   # (B, K)
         1, flat_labels, torch.ones(flat_labels.shape, dtype=torch.float32))
     values = {
