@@ -26,7 +26,10 @@ viewpoint noise 0.015 (both add it in training), the same viewpoint vector (the 
 what their running config does). Theirs is driven as their trainer drives it
 (trainer/model_trainer.py: ``model(images, targets, std=pixel_sigma)``, the sum of the loss
 dict, clip, step) with the CLE-MV configuration of bench_mulmon_public.public_config; ours is
-lds.models.MulMON without LDS (the control). Each model is initialised from torch's RNG seeded
+lds.models.MulMON without LDS (the control). ``--slots``, ``--max-observed`` and ``--amp bf16``
+set K, the most views observed per step and bf16 autocast of both training forwards (as
+``ldsrig train`` runs amp=bf16; evaluation stays fp32), for both alike, so that a CPU-scale study
+setting (experiments/mulmon_cpu_regime.yaml) can be repeated here. Each model is initialised from torch's RNG seeded
 with --seed; ``--same-init`` instead copies theirs' initial weights into ours
 (``their_weights_into_ours``), so only the implementations differ.
 
@@ -160,14 +163,16 @@ PRINTED = ("loss", "mse", "fg_ari", "miou", "query_mse", "query_fg_ari")
 
 # ---- the public MulMON ------------------------------------------------------------------------
 
-def public_mulmon(src: Path, size: int, viewpoint_size: int, lr: float):
+def public_mulmon(src: Path, size: int, viewpoint_size: int, lr: float, num_slots: int = 7):
     """Their MulMON in training mode, configured as bench_mulmon_public configures it (CLE-MV
-    settings), for ``size`` x ``size`` images and viewpoint vectors of ``viewpoint_size``, with
-    its view split set per step by the returned ``split`` (``split["observed"]``)."""
+    settings), for ``size`` x ``size`` images, ``num_slots`` slots and viewpoint vectors of
+    ``viewpoint_size``, with its view split set per step by the returned ``split``
+    (``split["observed"]``)."""
     PublicMulMON, CONFIG, shims = load_public_mulmon(src)
     cfg = public_config(CONFIG, SimpleNamespace(observed=1, size=size))
     cfg.v_in_dim = cfg.view_dim = viewpoint_size   # their running config: view_dim = v_in_dim
     cfg.lr_rate = lr
+    cfg.num_slots = num_slots                      # their K (train.py's --num_slots)
     model = PublicMulMON(cfg).train()
     split = {"observed": 1}
 
@@ -403,8 +408,12 @@ class Trainee:
             group["lr"] = learning_rate(self.cfg, step)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        # --amp bf16: the forward under autocast, as ldsrig's trainer runs it (amp=bf16)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.amp == "bf16"
+                    else contextlib.nullcontext())
         try:
-            loss, query_nll = self.loss_of(batch, num_observed)
+            with autocast:
+                loss, query_nll = self.loss_of(batch, num_observed)
         except AssertionError as error:            # their code asserts a finite posterior
             self.stopped = f"step {step + 1}: {error}"
             return
@@ -465,8 +474,11 @@ def train(args, out: Path) -> None:
     require_stores(train=args.train, val=args.val)
     cfg = load_train_config("mulmon", None, [
         f"model.num_views={args.views}", f"model.viewpoint={args.viewpoint}",
+        f"model.num_slots={args.slots}",
+        *([f"model.max_observed={args.max_observed}"] if args.max_observed else []),
         f"optim.lr={args.lr}", f"optim.batch_size={args.batch}", f"optim.steps={args.steps}",
-        f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}"])
+        f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}",
+        f"amp={args.amp}"])
     train_set = open_store_dataset(args.train, cfg.model)     # resolves model.viewpoint
     size = tuple(train_set[0]["image"].shape[-2:])
     cfg.model.height, cfg.model.width = size
@@ -497,7 +509,8 @@ def train(args, out: Path) -> None:
                 raise UserError("--public-src DIR (the public MulMON sources, their repository "
                                 "layout) is needed to train theirs")
             theirs, their_cfg, split, shims = public_mulmon(Path(args.public_src), size[0],
-                                                           cfg.model.viewpoint_size, args.lr)
+                                                           cfg.model.viewpoint_size, args.lr,
+                                                           args.slots)
             print(f"public sources: {args.public_src}; shims: {'; '.join(shims)}", flush=True)
 
             def loss_of(batch, n, theirs=theirs, split=split, sigma=their_cfg.pixel_sigma):
@@ -571,6 +584,13 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=4, help="scenes per evaluation batch")
     parser.add_argument("--views", type=int, default=10, help="views per scene (observed + query)")
     parser.add_argument("--batch", type=int, default=8, help="scenes per step")
+    parser.add_argument("--slots", type=int, default=7, help="K, for both models")
+    parser.add_argument("--max-observed", type=int, default=None,
+                        help="most views observed in a training step (ours' model.max_observed; "
+                             "the split is drawn once for both)")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off",
+                        help="both training forwards under bf16 autocast (ldsrig's amp=bf16); "
+                             "evaluation stays fp32")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--schedule", choices=["gqn", "constant"], default="gqn")
     parser.add_argument("--clip", type=float, default=5.0)
