@@ -164,6 +164,7 @@ from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
+from side_by_side import Trainee  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig IODINE", "theirs": "zhixuan-lin/IODINE (public)"}
@@ -479,80 +480,6 @@ def step_seed_of(seed: int, step: int) -> int:
 
 # ---- training both the same way ------------------------------------------------------------------
 
-class Trainee:
-    """One model's training state: its step on a batch, its running numbers, its curve file."""
-
-    def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int,
-                 final: str):
-        from lds.training.loop import make_optimizer
-
-        self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(cfg, self.params)   # Adam(lr, eps 1e-8) for both
-        self.cfg, self.final = cfg, final
-        self.path = out / f"{who}_seed{seed}.jsonl"
-        self.path.unlink(missing_ok=True)
-        self.seconds, self.window, self.stopped = 0.0, [], None
-
-    def step(self, image: torch.Tensor, step: int, seed: int) -> None:
-        """One training step. The order is their train.py's: forward, zero_grad, backward,
-        clip, step. For ours zero_grad before or after the forward pass is the same; for theirs
-        it must come after, or the gradients of their forward's internal backward passes would
-        be added to the step's."""
-        from lds.training.loop import learning_rate, step_seed
-
-        if self.stopped:
-            return
-        torch.manual_seed(step_seed(seed, step))   # as our trainer seeds step `step`
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, step)
-        started = time.perf_counter()
-        loss = self.loss_of(image)
-        self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        grad_norm = math.nan
-        if math.isfinite(value):
-            loss.backward()
-            clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            self.stopped = f"step {step + 1}: non-finite loss {value} or gradient norm {grad_norm}"
-            self.optimizer.zero_grad(set_to_none=True)
-            return
-        self.optimizer.step()
-        self.seconds += time.perf_counter() - started
-        self.window.append(value)
-
-    def record(self, step: int, val_set, args) -> None:
-        from lds.evaluation import evaluate
-        from lds.training.loop import learning_rate
-
-        row: dict = {"step": step, "train_seconds": round(self.seconds, 3)}
-        if self.window:
-            row["loss"] = sum(self.window) / len(self.window)
-        if self.seconds:
-            row["images_per_s"] = step * args.batch / self.seconds
-        row["lr"] = learning_rate(self.cfg, step)
-        row["final"] = self.final
-        if self.stopped:
-            row["stopped"] = self.stopped
-        else:
-            with torch.random.fork_rng():
-                result = evaluate(self.evaluated, val_set, batch_size=args.eval_batch,
-                                  max_images=args.val_images, progress=False, shard=False)
-            self.model.train()
-            row.update({k: v["mean"] for k, v in result.aggregates.items()})
-            if "sim_by_iteration" in result.meta:   # Sim of the posterior means per decode
-                row["sim_by_iteration"] = result.meta["sim_by_iteration"]["mean"]
-        self.window = []
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        shown = ", ".join(f"{k} {row[k]:.4f}" for k in PRINTED if row.get(k) is not None)
-        speed = f", {row['images_per_s']:.2f} images/s" if row.get("images_per_s") else ""
-        print(f"{self.who:6s} seed {args.seed} step {step}: {shown}{speed}"
-              + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
-
-
 def train_config(args, size: int):
     from lds.training.config import load_train_config
 
@@ -592,30 +519,34 @@ def train(args, out: Path) -> None:
     for who in who_list:
         if who == "ours":
             model = models[who]
-            trainees[who] = Trainee(who, model, model, lambda x, m=model: m({"image": x}).loss,
-                                    cfg, out, args.seed, "posterior mean")
+            trainees[who] = Trainee(who, model, model, lambda x, m=model: (m({"image": x}).loss, {}),
+                                    cfg, out, args.seed, {"final": "posterior mean"},
+                                    {"images_per_s": args.batch}, PRINTED)
         else:
             _, _, _, notes = load_public_iodine(src)
             print(f"public sources: {src}; stand-ins: {'; '.join(notes)}", flush=True)
             adapter = PublicIODINEAdapter(models[who], args.theirs_final)
-            trainees[who] = Trainee(who, models[who], adapter, adapter.loss, cfg, out, args.seed,
-                                    "posterior mean" if args.theirs_final == "mean" else "sample")
+            # their forward runs backward passes of its own: zero_grad after it (their train.py)
+            trainees[who] = Trainee(
+                who, models[who], adapter, lambda x, a=adapter: (a.loss(x), {}), cfg, out,
+                args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample"},
+                {"images_per_s": args.batch}, PRINTED, zero_grad_after_forward=True)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
 
     sampler = StepBatchSampler(len(train_set), args.batch, args.seed, 0, args.steps)
     collate = KeyCollate(("image",))
     for trainee in trainees.values():
-        trainee.record(0, val_set, args)
+        trainee.record(0, val_set, args.val_images, args.eval_batch, args.seed)
     for step, indices in enumerate(sampler):
         image = collate([train_set[i] for i in indices])["image"]
         order = list(trainees.values())
         for trainee in (order if step % 2 == 0 else order[::-1]):
-            trainee.step(image, step, args.seed)
+            trainee.step(step, args.seed, image)
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             for trainee in trainees.values():
-                trainee.record(done, val_set, args)
+                trainee.record(done, val_set, args.val_images, args.eval_batch, args.seed)
     for trainee in trainees.values():
         weights = out / f"{trainee.who}_seed{args.seed}_step{args.steps}.safetensors"
         save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},

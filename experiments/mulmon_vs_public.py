@@ -135,10 +135,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,6 +149,7 @@ from bench_mulmon_public import PUBLIC_FILES, load_public_mulmon, public_config 
 from common.errors import UserError  # noqa: E402
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
+from side_by_side import Trainee  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig MulMON", "theirs": "NanboLi/MulMON (public)"}
@@ -382,85 +380,6 @@ class SampledInference(torch.nn.Module):
 
 # ---- training both the same way ------------------------------------------------------------------
 
-class Trainee:
-    """One model's training state: its step on a batch, its running numbers, its curve file."""
-
-    def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int):
-        from lds.training.loop import make_optimizer
-
-        self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(cfg, self.params)   # Adam(lr, eps) for both
-        self.cfg = cfg
-        self.path = out / f"{who}_seed{seed}.jsonl"
-        self.path.unlink(missing_ok=True)
-        self.seconds, self.window, self.stopped = 0.0, [], None
-        sampled = isinstance(evaluated, (SampledInference, PublicMulMONAdapter))
-        self.inference = "sampled z" if sampled else "posterior means"
-
-    def step(self, batch: dict, num_observed: int, step: int, seed: int) -> None:
-        from lds.training.loop import learning_rate, step_seed
-
-        if self.stopped:
-            return
-        torch.manual_seed(step_seed(seed, step))   # as our trainer seeds step `step`
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, step)
-        started = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        # --amp bf16: the forward under autocast, as ldsrig's trainer runs it (amp=bf16)
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.amp == "bf16"
-                    else contextlib.nullcontext())
-        try:
-            with autocast:
-                loss, query_nll = self.loss_of(batch, num_observed)
-        except AssertionError as error:            # their code asserts a finite posterior
-            self.stopped = f"step {step + 1}: {error}"
-            return
-        value = float(loss.detach())
-        grad_norm = math.nan
-        if math.isfinite(value):
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            self.stopped = f"step {step + 1}: non-finite loss {value} or gradient norm {grad_norm}"
-            self.optimizer.zero_grad(set_to_none=True)
-            return
-        self.optimizer.step()
-        self.seconds += time.perf_counter() - started
-        self.window.append((value, float(query_nll)))
-
-    def record(self, step: int, val_set, args, views: int) -> None:
-        from lds.evaluation import evaluate
-        from lds.training.loop import learning_rate
-
-        row: dict = {"step": step, "train_seconds": round(self.seconds, 3)}
-        if self.window:
-            row["loss"] = sum(v for v, _ in self.window) / len(self.window)
-            row["train_query_nll"] = sum(q for _, q in self.window) / len(self.window)
-        if self.seconds:
-            row["scenes_per_s"] = step * args.batch / self.seconds
-            row["images_per_s"] = step * args.batch * views / self.seconds
-        row["lr"] = learning_rate(self.cfg, step)
-        row["inference"] = self.inference
-        if self.stopped:
-            row["stopped"] = self.stopped
-        else:
-            with torch.random.fork_rng():
-                result = evaluate(self.evaluated, val_set, batch_size=args.eval_batch,
-                                  max_images=args.val_scenes, progress=False, shard=False)
-            self.model.train()
-            row.update({k: v["mean"] for k, v in result.aggregates.items()})
-            row["eval_views"] = result.meta.get("views")
-        self.window = []
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        shown = ", ".join(f"{k} {row[k]:.4f}" for k in PRINTED if row.get(k) is not None)
-        speed = f", {row['scenes_per_s']:.3f} scenes/s" if row.get("scenes_per_s") else ""
-        print(f"{self.who:6s} seed {args.seed} step {step}: {shown}{speed}"
-              + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
-
-
 def train(args, out: Path) -> None:
     from safetensors.torch import save_file
 
@@ -493,6 +412,7 @@ def train(args, out: Path) -> None:
           flush=True)
 
     who_list = list(WHO) if args.only == "both" else [args.only]
+    speeds = {"scenes_per_s": args.batch, "images_per_s": args.batch * views}
     trainees = {}
     for who in who_list:
         torch.manual_seed(args.seed)               # each model's initialisation from the seed
@@ -501,9 +421,11 @@ def train(args, out: Path) -> None:
 
             def loss_of(batch, n, model=model):
                 out = model(batch, num_observed=n)
-                return out.loss, out.loss_terms["query_nll"].detach()
+                return out.loss, {"train_query_nll": out.loss_terms["query_nll"].detach()}
             evaluated = SampledInference(model) if args.ours_eval == "sampled" else model
-            trainees[who] = Trainee(who, model, evaluated, loss_of, cfg, out, args.seed)
+            inference = "sampled z" if args.ours_eval == "sampled" else "posterior means"
+            trainees[who] = Trainee(who, model, evaluated, loss_of, cfg, out, args.seed,
+                                    {"inference": inference}, speeds, PRINTED)
         else:
             if not args.public_src:
                 raise UserError("--public-src DIR (the public MulMON sources, their repository "
@@ -517,9 +439,10 @@ def train(args, out: Path) -> None:
                 split["observed"] = n
                 targets = [{"view_points": vp} for vp in batch["viewpoint"].unbind(0)]
                 loss_dict = theirs(list(batch["image"].unbind(0)), targets, std=sigma)
-                return sum(loss_dict.values()), loss_dict["query_nll"].detach()
+                return sum(loss_dict.values()), {"train_query_nll": loss_dict["query_nll"].detach()}
             adapter = PublicMulMONAdapter(theirs, cfg.model.eval_observed)
-            trainees[who] = Trainee(who, theirs, adapter, loss_of, cfg, out, args.seed)
+            trainees[who] = Trainee(who, theirs, adapter, loss_of, cfg, out, args.seed,
+                                    {"inference": "sampled z"}, speeds, PRINTED)
     if args.same_init and len(trainees) == 2:
         their_weights_into_ours(trainees["theirs"].model, trainees["ours"].model)
         print("same initial weights: theirs copied into ours", flush=True)
@@ -531,18 +454,18 @@ def train(args, out: Path) -> None:
     collate = KeyCollate(("image", "viewpoint"))
     lo, hi = cfg.model.observed_range(views)
     for trainee in trainees.values():
-        trainee.record(0, val_set, args, views)
+        trainee.record(0, val_set, args.val_scenes, args.eval_batch, args.seed)
     for step, items in enumerate(sampler):
         batch = collate([train_set[item] for item in items])
         draw = torch.Generator().manual_seed(step_seed(args.seed + 15485863, step))
         num_observed = int(torch.randint(lo, hi + 1, (), generator=draw))
         order = list(trainees.values())
         for trainee in (order if step % 2 == 0 else order[::-1]):
-            trainee.step(batch, num_observed, step, args.seed)
+            trainee.step(step, args.seed, batch, num_observed)
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             for trainee in trainees.values():
-                trainee.record(done, val_set, args, views)
+                trainee.record(done, val_set, args.val_scenes, args.eval_batch, args.seed)
     for trainee in trainees.values():
         weights = out / f"{trainee.who}_seed{args.seed}_step{args.steps}.safetensors"
         save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},

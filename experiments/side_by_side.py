@@ -1,0 +1,110 @@
+"""Training ours and a public model side by side, as the *_vs_public.py comparisons do: one model's
+step on a batch (seeded, scheduled and clipped as ldsrig's trainer does it) and its curve file,
+one JSON row per evaluation by lds.evaluation.evaluate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+
+class Trainee:
+    """One model's training state: its step, its running numbers, its curve file.
+
+    ``loss_of(*inputs)`` returns the training loss and a dict of other per-step numbers (their
+    means since the last row are recorded under the same names). ``zero_grad_after_forward``:
+    a public model whose forward runs backward passes of its own (zhixuan-lin/IODINE) must
+    have its gradients cleared after the forward pass, or they are added to the step's; for
+    ours either order is the same. ``labels``: fixed fields of every row (how it is scored).
+    ``items_per_step``: speed fields (name -> items per step), e.g. images_per_s: 8."""
+
+    def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int,
+                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...],
+                 zero_grad_after_forward: bool = False):
+        from lds.training.loop import make_optimizer
+
+        self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg, self.params)   # Adam(lr, eps) for both
+        self.cfg, self.labels, self.items_per_step = cfg, labels, items_per_step
+        self.printed, self.zero_grad_after_forward = printed, zero_grad_after_forward
+        self.path = out / f"{who}_seed{seed}.jsonl"
+        self.path.unlink(missing_ok=True)
+        self.seconds, self.window, self.stopped = 0.0, [], None
+
+    def step(self, step: int, seed: int, *inputs) -> None:
+        """One training step: seed, learning rate, forward (under bf16 autocast where the run's
+        config says amp=bf16, as ldsrig's trainer runs it), backward, clip, step. A non-finite
+        loss or gradient norm (or a failed assertion in public code) stops this model."""
+        from lds.training.loop import learning_rate, step_seed
+
+        if self.stopped:
+            return
+        torch.manual_seed(step_seed(seed, step))   # as our trainer seeds step `step`
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, step)
+        started = time.perf_counter()
+        if not self.zero_grad_after_forward:
+            self.optimizer.zero_grad(set_to_none=True)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.amp == "bf16"
+                    else contextlib.nullcontext())
+        try:
+            with autocast:
+                loss, numbers = self.loss_of(*inputs)
+        except AssertionError as error:            # public code asserting a finite posterior
+            self.stopped = f"step {step + 1}: {error}"
+            return
+        if self.zero_grad_after_forward:
+            self.optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        grad_norm = math.nan
+        if math.isfinite(value):
+            loss.backward()
+            clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if not (math.isfinite(value) and math.isfinite(grad_norm)):
+            self.stopped = f"step {step + 1}: non-finite loss {value} or gradient norm {grad_norm}"
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        self.optimizer.step()
+        self.seconds += time.perf_counter() - started
+        self.window.append({"loss": value, **{k: float(v) for k, v in numbers.items()}})
+
+    def record(self, step: int, val_set, max_items: int, eval_batch: int, seed: int) -> None:
+        """Score the model on ``val_set`` (its first ``max_items`` items) and append a row."""
+        from lds.evaluation import evaluate
+        from lds.training.loop import learning_rate
+
+        row: dict = {"step": step, "train_seconds": round(self.seconds, 3)}
+        for key in self.window[0] if self.window else ():
+            row[key] = sum(w[key] for w in self.window) / len(self.window)
+        if self.seconds:
+            row.update({name: step * items / self.seconds
+                        for name, items in self.items_per_step.items()})
+        row["lr"] = learning_rate(self.cfg, step)
+        row.update(self.labels)
+        if self.stopped:
+            row["stopped"] = self.stopped
+        else:
+            with torch.random.fork_rng():
+                result = evaluate(self.evaluated, val_set, batch_size=eval_batch,
+                                  max_images=max_items, progress=False, shard=False)
+            self.model.train()
+            row.update({k: v["mean"] for k, v in result.aggregates.items()})
+            if "sim_by_iteration" in result.meta:   # Sim of the posterior means per decode
+                row["sim_by_iteration"] = result.meta["sim_by_iteration"]["mean"]
+            if "views" in result.meta:               # multi-view: the observed/query split scored
+                row["eval_views"] = result.meta["views"]
+        self.window = []
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in self.printed if row.get(k) is not None)
+        speed = "".join(f", {row[name]:.3f} {name.replace('_per_s', '')}/s"
+                        for name in self.items_per_step if row.get(name))
+        print(f"{self.who:6s} seed {seed} step {step}: {shown}{speed}"
+              + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
