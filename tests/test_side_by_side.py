@@ -1,0 +1,96 @@
+"""experiments/side_by_side.py: the training step and curve rows the comparisons against public
+code share (experiments/iodine_vs_public.py, experiments/mulmon_vs_public.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lds.training.config import load_train_config
+from lds.training.loop import learning_rate
+from tests.test_monet import TINY_OVERRIDES, one_torch_thread, tiny_model  # noqa: F401 (fixture)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from side_by_side import Trainee  # noqa: E402
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        labels = (self.images[i].mean(0) > 0.5).long()       # two "objects": dark and light
+        return {"image": self.images[i], "label_map": labels, "image_index": i}
+
+
+def _trainee(tmp_path, model, loss_of, **options) -> Trainee:
+    cfg = load_train_config("monet", None, [*TINY_OVERRIDES, "optim.lr=1e-3", "optim.grad_clip=5"])
+    return Trainee("ours", model, model, loss_of, cfg, tmp_path, 0, {"final": "mean"},
+                   {"images_per_s": 2}, ("loss", "mse"), **options)
+
+
+def test_steps_train_and_rows_hold_the_means_since_the_last_row(tmp_path):
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainee = _trainee(tmp_path, model, lambda x: (model({"image": x}).loss, {"extra": 2.0}))
+    for step in range(2):
+        trainee.step(step, 0, images[2 * step: 2 * step + 2])
+    assert trainee.stopped is None and trainee.seconds > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    losses = [w["loss"] for w in trainee.window]
+    trainee.record(2, Images(images), 4, 2, 0)
+    row = json.loads((tmp_path / "ours_seed0.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 2 and row["final"] == "mean" and row["extra"] == 2.0
+    assert abs(row["loss"] - sum(losses) / 2) < 1e-9 and row["images_per_s"] > 0
+    assert row["lr"] == learning_rate(trainee.cfg, 2)
+    assert 0.0 <= row["fg_ari"] <= 1.0 and row["mse"] > 0       # lds.evaluation's aggregates
+    assert trainee.window == [] and model.training               # evaluation left train mode on
+
+
+def test_a_non_finite_loss_stops_the_model_and_its_next_row_says_so(tmp_path):
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss_of(x):
+        return model({"image": x}).loss * float("nan"), {}
+
+    trainee = _trainee(tmp_path, model, loss_of)
+    trainee.step(0, 0, torch.rand(2, 3, 16, 16))
+    assert trainee.stopped.startswith("step 1: non-finite loss")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())   # no update
+    trainee.step(1, 0, torch.rand(2, 3, 16, 16))                  # a stopped model is not run
+    trainee.record(2, Images(torch.rand(2, 3, 16, 16)), 2, 2, 0)
+    row = json.loads((tmp_path / "ours_seed0.jsonl").read_text())
+    assert row["stopped"] == trainee.stopped and "mse" not in row
+
+
+def test_zero_grad_after_the_forward_drops_gradients_the_forward_made(tmp_path):
+    """zhixuan-lin/IODINE runs backward passes inside its forward: with the flag, gradients left
+    by the forward do not reach the step, so the update equals that of the loss alone."""
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 16, 16)
+    updated = {}
+    for flag in (False, True):
+        model = tiny_model()
+
+        def loss_of(x, model=model):
+            stray = sum(p.sum() for p in model.parameters()) * 100.0
+            stray.backward()                                     # the forward's own backward
+            return model({"image": x}).loss, {}
+
+        trainee = _trainee(tmp_path, model, loss_of, zero_grad_after_forward=flag)
+        trainee.step(0, 0, image)
+        updated[flag] = [p.detach().clone() for p in model.parameters()]
+    reference = tiny_model()
+    trainee = _trainee(tmp_path, reference, lambda x: (reference({"image": x}).loss, {}))
+    trainee.step(0, 0, image)
+    assert all(torch.allclose(a, b) for a, b in zip(updated[True], reference.parameters()))
+    assert not all(torch.allclose(a, b) for a, b in zip(updated[False], reference.parameters()))
