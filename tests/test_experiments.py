@@ -4,10 +4,12 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
-from lds.experiments.runner import is_finished, load_run_with_slots, run_dir_of, train_config_for
+from lds.experiments.runner import (execute_run, is_finished, load_run_with_slots, run_dir_of,
+                                    train_config_for)
 from lds.experiments.spec import (RunSpec, SpecError, expand_runs, load_spec, parse_slice,
                                   select_slice)
 from tests.test_eval_cli import make_store
@@ -112,6 +114,15 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
                                  "--no-progress"])
     assert result.exit_code == 0 and "0 trained now, 2 already trained" in result.output
     assert len((study / "status.jsonl").read_text().splitlines()) == len(rows)
+    # A pass over finished runs evaluates at the run's own thread count, not torch's default.
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        spec.train.overrides = [*spec.train.overrides, "threads=2"]
+        assert set(execute_run(spec, control, study, progress=False).values()) == {"skipped"}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads_before)
 
     # The report: tables, figures embedded in the HTML, summary numbers.
     result = runner.invoke(app, ["experiment", "report", str(study)])

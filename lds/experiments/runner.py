@@ -131,9 +131,10 @@ def _eval_file_current(path: Path, steps: int, **settings) -> bool:
 
 
 def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: bool = True,
-                log: StageLog | None = None) -> dict[str, str]:
+                log: StageLog | None = None, threads: int | None = None) -> dict[str, str]:
     """Bring one run up to date: train (or resume), evaluate, test-K, gap. Returns stage -> what
-    happened ("done" / "skipped")."""
+    happened ("done" / "skipped"). ``threads``: torch CPU threads of the stages after training
+    (default: the run's own ``threads`` setting, where it has one)."""
     from lds.evaluation import evaluate, make_validator
     from lds.evaluation.metrics import MetricsConfig
     from common.config import load_config
@@ -159,6 +160,11 @@ def execute_run(spec: ExperimentSpec, run: RunSpec, study_dir: Path, progress: b
         log(run, "train", time.perf_counter() - started, resumed=resume)
         happened["train"] = "done"
 
+    # Evaluation and the gap run on the run's threads too: a pass that only adds the gap to
+    # finished runs must not take every core from the study's runs still training.
+    stage_threads = threads or train_config_for(spec, run).threads
+    if stage_threads > 0:
+        torch.set_num_threads(stage_threads)
     store = spec.stores[run.store].eval
     metrics = load_config(MetricsConfig, None, list(spec.eval.metrics))
     dataset = None
@@ -280,7 +286,7 @@ def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, in
     done = []
     for i, run in enumerate(runs, 1):
         echo(f"[{i}/{len(runs)}] {run.run_id}")
-        done.append((run, execute_run(spec, run, study_dir, progress, log)))
+        done.append((run, execute_run(spec, run, study_dir, progress, log, threads)))
     return done
 
 
