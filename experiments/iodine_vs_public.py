@@ -526,11 +526,10 @@ def train(args, out: Path) -> None:
             _, _, _, notes = load_public_iodine(src)
             print(f"public sources: {src}; stand-ins: {'; '.join(notes)}", flush=True)
             adapter = PublicIODINEAdapter(models[who], args.theirs_final)
-            # their forward runs backward passes of its own: zero_grad after it (their train.py)
             trainees[who] = Trainee(
                 who, models[who], adapter, lambda x, a=adapter: (a.loss(x), {}), cfg, out,
                 args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample"},
-                {"images_per_s": args.batch}, PRINTED, zero_grad_after_forward=True)
+                {"images_per_s": args.batch}, PRINTED)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
 

@@ -17,22 +17,19 @@ class Trainee:
     """One model's training state: its step, its running numbers, its curve file.
 
     ``loss_of(*inputs)`` returns the training loss and a dict of other per-step numbers (their
-    means since the last row are recorded under the same names). ``zero_grad_after_forward``:
-    a public model whose forward runs backward passes of its own (zhixuan-lin/IODINE) must
-    have its gradients cleared after the forward pass, or they are added to the step's; for
-    ours either order is the same. ``labels``: fixed fields of every row (how it is scored).
+    means since the last row are recorded under the same names). ``labels``: fixed fields of
+    every row (how it is scored).
     ``items_per_step``: speed fields (name -> items per step), e.g. images_per_s: 8."""
 
     def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int,
-                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...],
-                 zero_grad_after_forward: bool = False):
+                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...]):
         from lds.training.loop import make_optimizer
 
         self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg, self.params)   # Adam(lr, eps) for both
         self.cfg, self.labels, self.items_per_step = cfg, labels, items_per_step
-        self.printed, self.zero_grad_after_forward = printed, zero_grad_after_forward
+        self.printed = printed
         self.path = out / f"{who}_seed{seed}.jsonl"
         self.path.unlink(missing_ok=True)
         self.seconds, self.window, self.stopped = 0.0, [], None
@@ -49,8 +46,6 @@ class Trainee:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step)
         started = time.perf_counter()
-        if not self.zero_grad_after_forward:
-            self.optimizer.zero_grad(set_to_none=True)
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.amp == "bf16"
                     else contextlib.nullcontext())
         try:
@@ -59,8 +54,10 @@ class Trainee:
         except AssertionError as error:            # public code asserting a finite posterior
             self.stopped = f"step {step + 1}: {error}"
             return
-        if self.zero_grad_after_forward:
-            self.optimizer.zero_grad(set_to_none=True)
+        # After the forward pass, as zhixuan-lin/IODINE's train.py does: its forward runs backward
+        # passes of its own, whose gradients must not join the step's. The other models' forwards
+        # leave no gradients (autograd.grad), so for them either order is the same.
+        self.optimizer.zero_grad(set_to_none=True)
         value = float(loss.detach())
         grad_norm = math.nan
         if math.isfinite(value):
