@@ -29,17 +29,23 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from lds.models import fused_decoder  # noqa: E402
-from lds.models.mulmon import BroadcastDecoder  # noqa: E402
+from lds.models.base import SpatialBroadcastDecoder  # noqa: E402
 from lds.training.loop import keep_freed_memory  # noqa: E402
 
 PHASES = ("forward", "refinement grad", "training backward")
 
 
-def phases(decoder: BroadcastDecoder, z: torch.Tensor) -> list[float]:
+def mulmon_decoder(size: int, fused: bool) -> SpatialBroadcastDecoder:
+    """MulMON's decoder (lds/models/mulmon.py): 4 x 32-channel convs, RGB and mask heads."""
+    return SpatialBroadcastDecoder(16, size, size, (32, 32, 32, 32), 4, channels_last=True,
+                                   fused_trunk=fused)
+
+
+def phases(decoder: SpatialBroadcastDecoder, z: torch.Tensor) -> list[float]:
     """Seconds of: forward, dL/dz alone (retaining the graph), the full backward."""
     zz = z.detach().clone().requires_grad_()
     start = time.perf_counter()
-    means, logits = decoder(zz)
+    means, logits = decoder(zz, splits=(3, 1))
     loss = means.sum() + logits.sum()
     forward = time.perf_counter()
     torch.autograd.grad(loss, [zz], retain_graph=True)
@@ -49,14 +55,14 @@ def phases(decoder: BroadcastDecoder, z: torch.Tensor) -> list[float]:
     return [forward - start, refine - forward, end - refine]
 
 
-def flops_per_phase(decoder: BroadcastDecoder, z: torch.Tensor) -> list[int]:
+def flops_per_phase(decoder: SpatialBroadcastDecoder, z: torch.Tensor) -> list[int]:
     counts = []
     zz = z.detach().clone().requires_grad_()
     for phase in range(3):
         counter = FlopCounterMode(display=False)
         with counter:
             if phase == 0:
-                means, logits = decoder(zz)
+                means, logits = decoder(zz, splits=(3, 1))
                 loss = means.sum() + logits.sum()
             elif phase == 1:
                 torch.autograd.grad(loss, [zz], retain_graph=True)
@@ -79,8 +85,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     torch.manual_seed(0)
-    fused = BroadcastDecoder(16, args.size, args.size)
-    plain = BroadcastDecoder(16, args.size, args.size, fused=False)
+    fused = mulmon_decoder(args.size, fused=True)
+    plain = mulmon_decoder(args.size, fused=False)
     plain.load_state_dict(fused.state_dict())
     z = torch.randn(args.items, 16)
     flops = flops_per_phase(plain, z)

@@ -16,18 +16,30 @@ from torch.utils.flop_counter import FlopCounterMode
 from lds.models import build_model
 from lds.models.base import SpatialBroadcastDecoder
 from lds.models.fused_decoder import chunk_size, fused_trunk_supported
-from lds.models.mulmon import BroadcastDecoder, MulMONConfig
+from lds.models.mulmon import MulMONConfig
 
 pytestmark = pytest.mark.skipif(not fused_trunk_supported(torch.zeros(1)),
                                 reason="the fused trunk needs oneDNN on the CPU")
 
 
+class _SplitHead(torch.nn.Module):
+    """The decoder as MulMON calls it: RGB and the mask logit as two tensors."""
+
+    def __init__(self, decoder: SpatialBroadcastDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z):
+        return self.decoder(z, splits=(3, 1))
+
+
 def _decoders(kind: str):
     torch.manual_seed(0)
     if kind == "mulmon":
-        fused = BroadcastDecoder(8, 12, 10, channels=(16, 16, 16))
+        fused = _SplitHead(SpatialBroadcastDecoder(8, 12, 10, channels=(16, 16, 16), out_channels=4,
+                                                   channels_last=True))
         plain = copy.deepcopy(fused)
-        plain.fused = False
+        plain.decoder.fused_trunk = False
     else:
         fused = SpatialBroadcastDecoder(8, 12, 10, channels=(16, 16, 24, 24), out_channels=4,
                                         channels_last=True)
@@ -95,9 +107,11 @@ def test_every_activation_is_saved_through_save_for_backward():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         means, logits = fused(torch.randn(n, 8, requires_grad=True))
-    activation_shapes = [s for s in packed if len(s) == 4 and s[-1] > 3]
+    # (the coordinate grid, saved by the conv that makes the coordinate features, is not one)
+    grid = fused.decoder.coords.shape
+    activation_shapes = [s for s in packed if len(s) == 4 and s[-1] > 3 and s != grid]
     # every slot image's ReLU outputs: the broadcast layer and the 2 convs after it
-    assert sum(s[0] for s in activation_shapes) == len(fused.convs) * n
+    assert sum(s[0] for s in activation_shapes) == len(fused.decoder.convs) * n
 
 
 def test_mulmon_training_step_is_the_same_with_and_without_the_fused_trunk():
@@ -112,7 +126,7 @@ def test_mulmon_training_step_is_the_same_with_and_without_the_fused_trunk():
     for fused in (True, False):
         torch.manual_seed(1)
         model = build_model(cfg).train()
-        model.decoder.fused = fused
+        model.decoder.fused_trunk = fused
         torch.manual_seed(2)
         counter = FlopCounterMode(display=False)
         with counter:

@@ -177,7 +177,7 @@ def test_fused_decoder_equals_the_plain_broadcast_decoder():
     model = tiny_model()
     decoder = model.decoder
     z = torch.randn(5, 16, requires_grad=True)
-    means, logits = decoder(z)
+    means, logits = decoder(z, splits=(3, 1))
     pad = decoder.pad
     grid = coordinate_grid(H + 2 * pad, W + 2 * pad)
     h = torch.cat([z[:, :, None, None].expand(-1, -1, H + 2 * pad, W + 2 * pad),

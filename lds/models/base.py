@@ -48,19 +48,30 @@ def coordinate_grid(height: int, width: int, device=None, dtype=None) -> torch.T
     return torch.stack([grid_x, grid_y])[None]
 
 
-def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, splits: Sequence[int] | None = None):
     """A 1x1 ``conv`` applied to ``x``; for channels-last input it is one matmul over pixels.
 
     oneDNN's 1x1 convolution with few output channels (MONet's 64 -> 4 head, the U-Net's 32 -> 2)
     is pathologically slow, its backward above all; on NHWC memory the same map is a
     (pixels x C_in) @ (C_in x C_out) matmul on a view, and the result is again NHWC memory.
+    ``splits`` (e.g. (3, 1)) returns one tensor per group of output channels instead: on NHWC
+    memory one matmul per group, because slicing one output would make its backward zero-fill
+    and copy a full-size gradient per slice.
     """
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
-        return conv(x)
+        out = conv(x)
+        return out if splits is None else tuple(out.split(tuple(splits), dim=1))
+    n, c, h, w = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, c)                      # NHWC rows: a view
     weight = conv.weight.flatten(1)                                    # (C_out, C_in)
-    out = torch.addmm(conv.bias, x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), weight.t())
-    n, _, h, w = x.shape
-    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+    if splits is None:
+        return torch.addmm(conv.bias, pixels, weight.t()).view(n, h, w, -1).permute(0, 3, 1, 2)
+    outs, start = [], 0
+    for size in splits:
+        part = torch.addmm(conv.bias[start: start + size], pixels, weight[start: start + size].t())
+        outs.append(part.view(n, h, w, size).permute(0, 3, 1, 2))
+        start += size
+    return tuple(outs)
 
 
 class _BroadcastAddReLU(torch.autograd.Function):
@@ -143,13 +154,29 @@ class SpatialBroadcastDecoder(nn.Module):
         grid = coordinate_grid(height + 2 * self.pad, width + 2 * self.pad)
         self.register_buffer("coords", grid, persistent=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, D) latents -> (N, out_channels, H, W) raw outputs."""
+    def coordinate_features(self) -> torch.Tensor:
+        """The first conv's coordinate channels plus its bias, (1, C1, H+2L-2, W+2L-2).
+
+        The same for every slot image; a caller that decodes several times with unchanged
+        weights (MulMON: every refinement iteration and view) computes it once and passes it to
+        :meth:`forward`. Used only with ``fused_broadcast``.
+        """
+        first = self.convs[0]
+        return F.conv2d(self.coords, first.weight[:, self.latent_dim:], first.bias)
+
+    def forward(self, z: torch.Tensor, coordinate_features: torch.Tensor | None = None,
+                splits: Sequence[int] | None = None):
+        """(N, D) latents -> (N, out_channels, H, W) raw outputs.
+
+        ``splits`` (e.g. (3, 1) for RGB and a mask logit) returns one tensor per group of output
+        channels instead, computed apart rather than sliced (see :func:`pointwise_conv`).
+        """
         n = z.shape[0]
         first = self.convs[0]
         if self.fused_broadcast:
             weight_z = first.weight[:, : self.latent_dim].sum(dim=(2, 3))      # (C1, D)
-            coord_part = F.conv2d(self.coords, first.weight[:, self.latent_dim:], first.bias)
+            coord_part = (self.coordinate_features() if coordinate_features is None
+                          else coordinate_features)
             per_item = z @ weight_z.t()
             if self.elu:
                 h = per_item[:, :, None, None] + coord_part
@@ -157,8 +184,9 @@ class SpatialBroadcastDecoder(nn.Module):
                     h = h.contiguous(memory_format=torch.channels_last)
                 h = F.elu(h, inplace=True)
             elif self.fused_trunk and self.channels_last and fused_trunk_supported(per_item):
-                return broadcast_decoder_trunk(per_item, coord_part, self.convs[1:], self.head,
-                                               (self.head.out_channels,))[0]
+                outs = broadcast_decoder_trunk(per_item, coord_part, self.convs[1:], self.head,
+                                               splits or (self.head.out_channels,))
+                return outs if splits else outs[0]
             else:
                 h = _BroadcastAddReLU.apply(per_item, coord_part, self.channels_last)
         else:
@@ -171,7 +199,7 @@ class SpatialBroadcastDecoder(nn.Module):
             # In place: a conv's backward needs its input, not its output; ReLU's (and ELU's)
             # needs only its output, so overwriting the conv output saves one full-size tensor.
             h = F.elu(conv(h), inplace=True) if self.elu else F.relu_(conv(h))
-        return pointwise_conv(h, self.head)
+        return pointwise_conv(h, self.head, splits)
 
 
 class ComponentEncoder(nn.Module):

@@ -51,9 +51,8 @@ from common.errors import ConfigError
 from datasets.viewpoints import VIEWPOINT_KINDS
 from lds.contract import ModelOutput
 from lds.models.interface import GaussianPosterior, MultiObjectVAE, diagonal_gaussian_log_density
-from lds.models.base import LOG_2PI, _BroadcastAddReLU, check_image_batch, conv_output_size, \
-    coordinate_grid
-from lds.models.fused_decoder import broadcast_decoder_trunk, fused_trunk_supported
+from lds.models.base import LOG_2PI, SpatialBroadcastDecoder, check_image_batch, \
+    conv_output_size, coordinate_grid
 
 REFINE_INPUT_CHANNELS = 17
 # Query views per decoder call. One call over all query views (8 scenes x 7 views x 7 slots at
@@ -136,63 +135,6 @@ class MulMONConfig:
         return min(self.min_observed, hi), hi
 
 
-class BroadcastDecoder(nn.Module):
-    """MulMON's spatial broadcast decoder: z (N, D) -> RGB means (N, 3, H, W), mask logits (N, 1, H, W).
-
-    Tiled to (H+2L) x (W+2L) with 2 coordinate channels, L unpadded 3x3 convs (ReLU), 1x1 conv
-    to 4 channels (RGB unbounded + 1 mask logit). The first conv is computed without the tiled
-    grid (z's part is constant over space: one matmul with the kernel-summed weights; the
-    coordinates' part is identical for every slot and is computed once per forward pass by
-    :meth:`coordinate_features` from a fixed im2col of the grid). The head is two matmuls over
-    channels-last pixels, giving means and logits as separate tensors (no slicing, whose
-    backward would zero-fill and copy full-size gradients).
-    """
-
-    def __init__(self, latent_dim: int, height: int, width: int, channels=(32, 32, 32, 32),
-                 fused: bool = True):
-        super().__init__()
-        self.latent_dim, self.height, self.width = latent_dim, height, width
-        self.fused = fused
-        self.pad = len(channels)
-        self.convs = nn.ModuleList()
-        in_ch = latent_dim + 2
-        for out_ch in channels:
-            self.convs.append(nn.Conv2d(in_ch, out_ch, 3))
-            in_ch = out_ch
-        self.head = nn.Conv2d(in_ch, 4, 1)
-        grid = coordinate_grid(height + 2 * self.pad, width + 2 * self.pad)
-        self.first_hw = (height + 2 * self.pad - 2, width + 2 * self.pad - 2)
-        self.register_buffer("coord_columns", F.unfold(grid, 3)[0], persistent=False)  # (18, P)
-
-    def coordinate_features(self) -> torch.Tensor:
-        """The coordinate channels' contribution to the first conv (+ bias): (1, C1, H', W')."""
-        first = self.convs[0]
-        weight = first.weight[:, self.latent_dim:].flatten(1)              # (C1, 2*9)
-        out = torch.addmm(first.bias[:, None], weight, self.coord_columns)
-        return out.view(1, -1, *self.first_hw)
-
-    def forward(self, z: torch.Tensor, coordinate_features: torch.Tensor | None = None):
-        if coordinate_features is None:
-            coordinate_features = self.coordinate_features()
-        weight_z = self.convs[0].weight[:, : self.latent_dim].sum(dim=(2, 3))  # (C1, D)
-        per_item = z @ weight_z.t()
-        if self.fused and fused_trunk_supported(per_item):
-            # The same function, chunked and fused on the CPU (lds/models/fused_decoder.py).
-            return broadcast_decoder_trunk(per_item, coordinate_features, self.convs[1:],
-                                           self.head, (3, 1))
-        h = _BroadcastAddReLU.apply(per_item, coordinate_features, True)   # channels-last
-        for conv in self.convs[1:]:
-            h = F.relu_(conv(h))
-        n, c = h.shape[:2]
-        pixels = h.permute(0, 2, 3, 1).reshape(-1, c)                        # NHWC rows: a view
-        weight, bias = self.head.weight.flatten(1), self.head.bias
-        means = torch.addmm(bias[:3], pixels, weight[:3].t())
-        logits = torch.addmm(bias[3:], pixels, weight[3:].t())
-        shape = (n, self.height, self.width)
-        return (means.view(*shape, 3).permute(0, 3, 1, 2),
-                logits.view(*shape, 1).permute(0, 3, 1, 2))
-
-
 def _standardize(t: torch.Tensor, start_dim: int) -> torch.Tensor:
     """Parameter-free layer norm over the dims from ``start_dim`` on, detached, as MulMON's
     ``layernorm`` computes it: (x - mean) / (std + 1e-5), with the biased std over an image's
@@ -272,8 +214,10 @@ class MulMON(MultiObjectVAE):
                                           nn.Linear(cfg.view_hidden, v_dim))
         self.projector = nn.Sequential(nn.Linear(d + v_dim, cfg.projector_hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.projector_hidden, d))
-        self.decoder = BroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels,
-                                        fused=cfg.fused_decoder)
+        # MulMON's spatial broadcast decoder: L unpadded 3x3 convs (ReLU), a 1x1 head to RGB
+        # (unbounded) and one mask logit, returned as two tensors (splits (3, 1) in render).
+        self.decoder = SpatialBroadcastDecoder(d, cfg.height, cfg.width, cfg.decoder_channels, 4,
+                                               channels_last=True, fused_trunk=cfg.fused_decoder)
         self.refine = RefinementNetwork(cfg)
         self.register_buffer("coords", coordinate_grid(cfg.height, cfg.width), persistent=False)
         self.last_nonfinite: tuple[int, int] | None = None
@@ -294,7 +238,8 @@ class MulMON(MultiObjectVAE):
         n = view_embedding.shape[1]
         zv = torch.cat([z[:, None].expand(s, n, k, d),
                         view_embedding[:, :, None].expand(s, n, k, view_embedding.shape[-1])], -1)
-        means, logits = self.decoder(self.projector(zv).reshape(s * n * k, d), coordinate_features)
+        means, logits = self.decoder(self.projector(zv).reshape(s * n * k, d), coordinate_features,
+                                     splits=(3, 1))
         hw = (self.cfg.height, self.cfg.width)
         means, logits = means.view(s, n, k, 3, *hw), logits.view(s, n, k, 1, *hw)
         logits = logits.float()                     # mask probabilities in fp32 under autocast
