@@ -487,7 +487,8 @@ def train_config(args, size: int):
         f"model.height={size}", f"model.width={size}", f"model.num_slots={args.slots}",
         f"model.latent_dim={args.latent_dim}", "optim.name=adam", f"optim.lr={args.lr}",
         f"optim.batch_size={args.batch}", f"optim.steps={args.steps}",
-        f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}"])
+        f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}",
+        f"amp={args.amp}"])
 
 
 def train(args, out: Path) -> None:
@@ -669,6 +670,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=7, help="K")
     parser.add_argument("--latent-dim", type=int, default=16, help="D (LDS's 16)")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off",
+                        help="both training forwards under bf16 autocast (ldsrig's amp=bf16, "
+                             "as experiments/iodine_cpu_regime.yaml trains); evaluation stays fp32")
     parser.add_argument("--schedule", choices=["gqn", "constant"], default="gqn")
     parser.add_argument("--clip", type=float, default=5.0)
     parser.add_argument("--theirs-final", choices=["mean", "sampled"], default="mean",
