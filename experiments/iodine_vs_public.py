@@ -164,7 +164,7 @@ from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
-from side_by_side import Trainee  # noqa: E402  (experiments/)
+from side_by_side import Trainee, train_alternating  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig IODINE", "theirs": "zhixuan-lin/IODINE (public)"}
@@ -492,8 +492,6 @@ def train_config(args, size: int):
 
 
 def train(args, out: Path) -> None:
-    from safetensors.torch import save_file
-
     from datasets.torch_data import ImageDataset
     from lds.training.loop import KeyCollate, StepBatchSampler, keep_freed_memory
 
@@ -536,22 +534,9 @@ def train(args, out: Path) -> None:
 
     sampler = StepBatchSampler(len(train_set), args.batch, args.seed, 0, args.steps)
     collate = KeyCollate(("image",))
-    for trainee in trainees.values():
-        trainee.record(0, val_set, args.val_images, args.eval_batch, args.seed)
-    for step, indices in enumerate(sampler):
-        image = collate([train_set[i] for i in indices])["image"]
-        order = list(trainees.values())
-        for trainee in (order if step % 2 == 0 else order[::-1]):
-            trainee.step(step, args.seed, image)
-        done = step + 1
-        if done % args.eval_every == 0 or done == args.steps:
-            for trainee in trainees.values():
-                trainee.record(done, val_set, args.val_images, args.eval_batch, args.seed)
-    for trainee in trainees.values():
-        weights = out / f"{trainee.who}_seed{args.seed}_step{args.steps}.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},
-                  str(weights))
-        print(f"wrote {trainee.path} and {weights}")
+    batches = ((collate([train_set[i] for i in indices])["image"],) for indices in sampler)
+    train_alternating(trainees, batches, args.steps, args.eval_every, val_set, args.val_images,
+                      args.eval_batch, args.seed, out)
 
 
 def score_saved(args, out: Path, store: Path) -> None:

@@ -149,7 +149,7 @@ from bench_mulmon_public import PUBLIC_FILES, load_public_mulmon, public_config 
 from common.errors import UserError  # noqa: E402
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
-from side_by_side import Trainee  # noqa: E402  (experiments/)
+from side_by_side import Trainee, train_alternating  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig MulMON", "theirs": "NanboLi/MulMON (public)"}
@@ -381,8 +381,6 @@ class SampledInference(torch.nn.Module):
 # ---- training both the same way ------------------------------------------------------------------
 
 def train(args, out: Path) -> None:
-    from safetensors.torch import save_file
-
     from lds.data import open_eval_dataset, open_store_dataset
     from lds.models import build_model
     from lds.training.config import load_train_config
@@ -453,24 +451,16 @@ def train(args, out: Path) -> None:
                                item_seeds=True)
     collate = KeyCollate(("image", "viewpoint"))
     lo, hi = cfg.model.observed_range(views)
-    for trainee in trainees.values():
-        trainee.record(0, val_set, args.val_scenes, args.eval_batch, args.seed)
-    for step, items in enumerate(sampler):
-        batch = collate([train_set[item] for item in items])
-        draw = torch.Generator().manual_seed(step_seed(args.seed + 15485863, step))
-        num_observed = int(torch.randint(lo, hi + 1, (), generator=draw))
-        order = list(trainees.values())
-        for trainee in (order if step % 2 == 0 else order[::-1]):
-            trainee.step(step, args.seed, batch, num_observed)
-        done = step + 1
-        if done % args.eval_every == 0 or done == args.steps:
-            for trainee in trainees.values():
-                trainee.record(done, val_set, args.val_scenes, args.eval_batch, args.seed)
-    for trainee in trainees.values():
-        weights = out / f"{trainee.who}_seed{args.seed}_step{args.steps}.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},
-                  str(weights))
-        print(f"wrote {trainee.path} and {weights}")
+
+    def batches():
+        for step, items in enumerate(sampler):
+            # the observed/query split: drawn once per step for both models
+            draw = torch.Generator().manual_seed(step_seed(args.seed + 15485863, step))
+            yield (collate([train_set[item] for item in items]),
+                   int(torch.randint(lo, hi + 1, (), generator=draw)))
+
+    train_alternating(trainees, batches(), args.steps, args.eval_every, val_set, args.val_scenes,
+                      args.eval_batch, args.seed, out)
 
 
 # ---- curves -------------------------------------------------------------------------------------

@@ -105,3 +105,28 @@ class Trainee:
                         for name in self.items_per_step if row.get(name))
         print(f"{self.who:6s} seed {seed} step {step}: {shown}{speed}"
               + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
+
+
+def train_alternating(trainees: dict[str, Trainee], batches, steps: int, eval_every: int,
+                      val_set, max_items: int, eval_batch: int, seed: int, out: Path) -> None:
+    """Step every trainee on each batch of ``batches`` (tuples of a step's inputs), in an order
+    that alternates from step to step so the machine's load hits all alike; each records a row
+    at step 0, every ``eval_every`` steps and at the end, then saves its final weights as
+    OUT/<who>_seed<S>_step<N>.safetensors."""
+    from safetensors.torch import save_file
+
+    for trainee in trainees.values():
+        trainee.record(0, val_set, max_items, eval_batch, seed)
+    for step, inputs in enumerate(batches):
+        order = list(trainees.values())
+        for trainee in (order if step % 2 == 0 else order[::-1]):
+            trainee.step(step, seed, *inputs)
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            for trainee in trainees.values():
+                trainee.record(done, val_set, max_items, eval_batch, seed)
+    for trainee in trainees.values():
+        weights = out / f"{trainee.who}_seed{seed}_step{steps}.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},
+                  str(weights))
+        print(f"wrote {trainee.path} and {weights}")

@@ -88,3 +88,34 @@ def test_gradients_a_forward_leaves_do_not_join_the_step(tmp_path):
     reference = tiny_model()
     _trainee(tmp_path, reference, lambda x: (reference({"image": x}).loss, {})).step(0, 0, image)
     assert all(torch.allclose(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+
+
+def test_train_alternating_rows_order_and_final_weights(tmp_path):
+    """Rows at step 0, every eval_every steps and at the end; the step order alternates; the
+    saved weights are the trained ones."""
+    from safetensors.torch import load_file
+
+    from side_by_side import train_alternating
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 16, 16)
+    calls = []
+    trainees = {}
+    for who in ("ours", "theirs"):
+        model = tiny_model()
+
+        def loss_of(x, m=model, who=who):
+            calls.append(who)
+            return m({"image": x}).loss, {}
+
+        trainee = _trainee(tmp_path, model, loss_of)
+        trainee.who, trainee.path = who, tmp_path / f"{who}_seed0.jsonl"
+        trainees[who] = trainee
+    batches = ((images[2 * s: 2 * s + 2],) for s in range(3))
+    train_alternating(trainees, batches, 3, 2, Images(images), 4, 2, 0, tmp_path)
+    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    for who, trainee in trainees.items():
+        rows = [json.loads(line) for line in trainee.path.read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 2, 3] and all("fg_ari" in r for r in rows)
+        saved = load_file(str(tmp_path / f"{who}_seed0_step3.safetensors"))
+        assert all(torch.equal(saved[k], v) for k, v in trainee.model.state_dict().items())
