@@ -94,6 +94,32 @@ def test_compare_reports_dsim_and_deltas():
     assert comparison_table(control, lds).row_count >= 8
 
 
+def _records(values_by_scene: dict[int, list[float]]) -> EvalResult:
+    records, index = [], 0
+    for scene, values in values_by_scene.items():
+        for value in values:
+            records.append({"image_index": index, "scene_index": scene, "fg_ari": value})
+            index += 1
+    return EvalResult(records=records,
+                      aggregates={"fg_ari": aggregate(r["fg_ari"] for r in records)})
+
+
+def test_compare_pairs_images_and_takes_the_error_over_scenes():
+    control = _records({0: [0.5, 0.5], 1: [0.5, 0.5], 2: [0.5, 0.5]})
+    # per-scene mean differences 0.1, 0.2, 0.3 (the views of a scene differ, but are averaged)
+    lds = _records({0: [0.55, 0.65], 1: [0.7, 0.7], 2: [0.9, 0.7]})
+    row = compare(control, lds)["fg_ari"]
+    assert row["delta"] == pytest.approx(0.2) and row["scenes"] == 3
+    assert row["stderr"] == pytest.approx(0.1 / 3 ** 0.5)          # std 0.1 over 3 scenes
+    assert row["clear"] is True and row["lds_better"] is True
+    noisy = _records({0: [0.9, 0.9], 1: [0.3, 0.3], 2: [0.6, 0.6]})  # differences 0.4, -0.2, 0.1
+    assert compare(control, noisy)["fg_ari"]["clear"] is False
+    # runs scored on different images: no paired error
+    other = _records({0: [0.5, 0.5], 1: [0.5, 0.5]})
+    assert compare(control, other)["fg_ari"]["stderr"] is None
+    assert compare(control, other)["fg_ari"]["clear"] is None
+
+
 def test_evaluate_tiny_monet_runs_and_metrics_are_in_range():
     torch.manual_seed(0)
     cfg = MONetConfig(height=H, width=W, num_slots=4, latent_dim=4, unet_channels=(8, 8, 8),

@@ -273,8 +273,35 @@ def print_result(result: EvalResult, console: Console | None = None, title: str 
 
 # ---- comparing a control run with an LDS run (the paper's view) -------------------------------
 
+def paired_stderr(control: EvalResult, lds: EvalResult, name: str) -> tuple[float | None, int]:
+    """Standard error of the mean difference LDS - control of ``name``, paired by image.
+
+    Both runs must have scored the same images (matched by ``image_index``). The differences are
+    averaged per scene first, because the views of one scene are not independent samples, and
+    the standard error is taken over scenes. Returns (stderr, scenes), or (None, scenes) when
+    the images do not match or fewer than 2 scenes have the metric.
+    """
+    def by_image(result: EvalResult) -> dict:
+        return {r["image_index"]: r for r in result.records if "image_index" in r}
+
+    a, b = by_image(control), by_image(lds)
+    if not a or a.keys() != b.keys():
+        return None, 0
+    per_scene: dict = {}
+    for index, ra in a.items():
+        va, vb = _nan_if_none(ra.get(name)), _nan_if_none(b[index].get(name))
+        if np.isfinite(va) and np.isfinite(vb):
+            per_scene.setdefault(ra.get("scene_index", index), []).append(vb - va)
+    means = np.array([np.mean(d) for d in per_scene.values()])
+    if len(means) < 2:
+        return None, len(means)
+    return float(means.std(ddof=1) / np.sqrt(len(means))), len(means)
+
+
 def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float | None]]:
-    """Per metric: control mean, LDS mean, delta = LDS - control, and whether LDS is better.
+    """Per metric: control mean, LDS mean, delta = LDS - control, whether LDS is better, and
+    the paired standard error of delta over scenes (:func:`paired_stderr`) with ``clear``:
+    |delta| > 2 standard errors (None when the two runs did not score the same images).
 
     The paper's headline is dSim = Sim(control) - Sim(LDS) (positive: LDS made slot latents less
     similar); it is reported under the key "dSim". Metrics only one side has are skipped.
@@ -290,17 +317,24 @@ def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float |
         shown_equal = a is not None and b is not None and entry.format(a) == entry.format(b)
         if delta is not None and entry.higher_is_better is not None and not shown_equal:
             better = (delta > 0) == entry.higher_is_better
-        rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better}
+        stderr, scenes = paired_stderr(control, lds, name)
+        clear = None if stderr is None or delta is None else abs(delta) > 2.0 * stderr
+        rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better,
+                      "stderr": stderr, "scenes": scenes, "clear": clear}
     if "sim" in rows and rows["sim"]["delta"] is not None:
-        rows["dSim"] = {"control": None, "lds": None, "delta": -rows["sim"]["delta"],
-                        "lds_better": rows["sim"]["lds_better"]}
+        rows["dSim"] = {**rows["sim"], "control": None, "lds": None, "delta": -rows["sim"]["delta"]}
     return rows
 
 
 def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "control",
                      lds_name: str = "LDS") -> Table:
     rows = compare(control, lds)
-    table = Table(title=f"{control_name} vs {lds_name}")
+    scenes = max((row["scenes"] for row in rows.values()), default=0)
+    paired = any(row["stderr"] is not None for row in rows.values())
+    table = Table(title=f"{control_name} vs {lds_name}",
+                  caption=(f"± : standard error of Δ, paired by image and taken over {scenes} "
+                           "scenes; a verdict in brackets is within 2 standard errors"
+                           if paired else "the runs scored different images: no paired error"))
     table.add_column("metric")
     table.add_column(control_name, justify="right")
     table.add_column(lds_name, justify="right")
@@ -316,12 +350,16 @@ def comparison_table(control: EvalResult, lds: EvalResult, control_name: str = "
             continue
         row = rows[name]
         better = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[row["lds_better"]]
+        if row["lds_better"] is not None and row["clear"] is False:
+            better = f"[dim]({'yes' if row['lds_better'] else 'no'})[/]"
+        delta = _signed("sim" if name == "dSim" else name, row["delta"])
+        if row["stderr"] is not None and delta != "-":
+            delta += " ± " + _format("sim" if name == "dSim" else name, row["stderr"])
         if name == "dSim":
-            table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", _signed("sim", row["delta"]),
-                          better)
+            table.add_row("ΔSim = Sim(control) − Sim(LDS)", "", "", delta, better)
             continue
         table.add_row(metric(name, source).label, _format(name, row["control"]), _format(name, row["lds"]),
-                      _signed(name, row["delta"]), better)
+                      delta, better)
     return table
 
 
