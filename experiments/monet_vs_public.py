@@ -227,7 +227,9 @@ def speed(args) -> None:
     torch.manual_seed(0)
     size = args.size
     image = torch.rand(args.batch, 3, size, size)
-    ours = build_model("monet", MONetConfig(height=size, width=size, num_slots=args.slots)).train()
+    widths = {"decoder_channels": tuple(args.ours_decoder_channels)} if args.ours_decoder_channels else {}
+    ours = build_model("monet", MONetConfig(height=size, width=size, num_slots=args.slots,
+                                            **widths)).train()
     public, _ = public_monet(Path(args.public_src), size, args.slots, 0.09, 0.11)
     theirs = PublicAdapter(public, beta=0.5).train()
     steps = {}
@@ -253,6 +255,7 @@ def speed(args) -> None:
             times[name].append(time.perf_counter() - started)
     rate = max(rate, matmul_rate())
     print(f"MONet training step, {size}x{size}, K={args.slots}, batch {args.batch}, "
+          f"our decoder {ours.cfg.decoder_channels}, "
           f"{args.threads} thread(s), torch {torch.__version__}, CPU kernels: {kernel_family()}")
     print(f"fp32 matmul rate: {rate / 1e9:.0f} GFLOP/s")
     for name, values in times.items():
@@ -328,6 +331,9 @@ def main() -> None:
                         help="only time both models' training steps side by side")
     parser.add_argument("--size", type=int, default=32, help="--speed: image side")
     parser.add_argument("--pairs", type=int, default=5, help="--speed: timed step pairs")
+    parser.add_argument("--ours-decoder-channels", type=int, nargs="+", metavar="C",
+                        help="--speed: our component decoder's widths (MONet's paper: 32 32 64 "
+                             "64; genesis' MONet: 32 32 32 32, for a like-for-like step)")
     parser.add_argument("--ours-run", nargs="*", default=[],
                         help="ldsrig train run dirs (with validation) to plot as ours")
     parser.add_argument("--score-saved", metavar="STORE",
