@@ -36,12 +36,14 @@ from common.errors import UserError  # noqa: E402
 
 def slot_usage(out, images: torch.Tensor) -> dict:
     """The numbers above from a ModelOutput (rows = images or views) and its (rows, 3, H, W)
-    target images; ``mean_image_mse`` uses ``images`` grouped as given by the caller."""
+    target images (the average image's MSE is the caller's: it depends on the grouping)."""
+    from lds.models.base import gaussian_kl_standard_normal
+
     masks = out.masks.squeeze(2).float()                                 # (rows, K, H, W)
     share = masks.mean((-1, -2)).mean(0)                                 # (K,)
     order = share.argsort(descending=True)
-    mu, logvar = out.posterior_mean.float(), out.posterior_logvar.float()
-    kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)).mean(0)   # (K,)
+    kl = gaussian_kl_standard_normal(out.posterior_mean.float(),
+                                     out.posterior_logvar.float()).sum(-1).mean(0)   # (K,)
     largest = masks.max(1).values
     appearance = out.appearance.float().flatten(2)                       # (rows, K, 3HW)
     centred = appearance - appearance.mean(-1, keepdim=True)

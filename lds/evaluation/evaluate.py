@@ -273,25 +273,31 @@ def print_result(result: EvalResult, console: Console | None = None, title: str 
 
 # ---- comparing a control run with an LDS run (the paper's view) -------------------------------
 
-def paired_stderr(control: EvalResult, lds: EvalResult, name: str) -> tuple[float | None, int]:
-    """Standard error of the mean difference LDS - control of ``name``, paired by image.
-
-    Both runs must have scored the same images (matched by ``image_index``). The differences are
-    averaged per scene first, because the views of one scene are not independent samples, and
-    the standard error is taken over scenes. Returns (stderr, scenes), or (None, scenes) when
-    the images do not match or fewer than 2 scenes have the metric.
-    """
-    def by_image(result: EvalResult) -> dict:
-        return {r["image_index"]: r for r in result.records if "image_index" in r}
-
-    a, b = by_image(control), by_image(lds)
+def _image_pairs(control: EvalResult, lds: EvalResult) -> list[tuple[dict, dict]] | None:
+    """(control record, LDS record) per image, matched by ``image_index``; None unless both runs
+    scored the same images."""
+    a = {r["image_index"]: r for r in control.records if "image_index" in r}
+    b = {r["image_index"]: r for r in lds.records if "image_index" in r}
     if not a or a.keys() != b.keys():
+        return None
+    return [(a[index], b[index]) for index in a]
+
+
+def paired_stderr(pairs: list[tuple[dict, dict]] | None, name: str) -> tuple[float | None, int]:
+    """Standard error of the mean difference LDS - control of ``name`` over image ``pairs``
+    (:func:`_image_pairs`).
+
+    The differences are averaged per scene first, because the views of one scene are not
+    independent samples, and the standard error is taken over scenes. Returns (stderr, scenes),
+    or (None, scenes) without pairs or with fewer than 2 scenes that have the metric.
+    """
+    if pairs is None:
         return None, 0
     per_scene: dict = {}
-    for index, ra in a.items():
-        va, vb = _nan_if_none(ra.get(name)), _nan_if_none(b[index].get(name))
+    for ra, rb in pairs:
+        va, vb = _nan_if_none(ra.get(name)), _nan_if_none(rb.get(name))
         if np.isfinite(va) and np.isfinite(vb):
-            per_scene.setdefault(ra.get("scene_index", index), []).append(vb - va)
+            per_scene.setdefault(ra.get("scene_index", ra["image_index"]), []).append(vb - va)
     means = np.array([np.mean(d) for d in per_scene.values()])
     if len(means) < 2:
         return None, len(means)
@@ -307,6 +313,7 @@ def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float |
     similar); it is reported under the key "dSim". Metrics only one side has are skipped.
     """
     rows: dict[str, dict[str, float | None]] = {}
+    pairs = _image_pairs(control, lds)
     for name, entry in METRICS.items():
         if name not in control.aggregates or name not in lds.aggregates:
             continue
@@ -317,7 +324,7 @@ def compare(control: EvalResult, lds: EvalResult) -> dict[str, dict[str, float |
         shown_equal = a is not None and b is not None and entry.format(a) == entry.format(b)
         if delta is not None and entry.higher_is_better is not None and not shown_equal:
             better = (delta > 0) == entry.higher_is_better
-        stderr, scenes = paired_stderr(control, lds, name)
+        stderr, scenes = paired_stderr(pairs, name)
         clear = None if stderr is None or delta is None else abs(delta) > 2.0 * stderr
         rows[name] = {"control": a, "lds": b, "delta": delta, "lds_better": better,
                       "stderr": stderr, "scenes": scenes, "clear": clear}
