@@ -103,6 +103,23 @@ def test_training_draws_1_to_6_observed_views_and_evaluation_uses_5_plus_queries
     assert torch.equal(first.reconstruction, second.reconstruction)  # deterministic (seeded)
 
 
+def test_one_view_per_scene_is_the_single_view_limit_without_query_views():
+    """num_views = 1 (a diagnostic setting): one observed view per scene, no query term, in
+    training and in evaluation, and it still learns through every refinement part."""
+    model = tiny_model(num_views=1).train()
+    assert model.cfg.observed_range(1) == (1, 1)
+    batch = scenes_batch(scenes=2, views=1)
+    out = model(batch)
+    out.check(2, 3, H, W)
+    assert not out.query_rows.any()
+    assert float(out.loss_terms["query_nll"]) == 0.0
+    out.loss.backward()
+    assert float(model.refine.lstm.weight_ih.grad.abs().sum()) > 0
+    model.eval()
+    with torch.no_grad():
+        assert not model(batch).query_rows.any()
+
+
 def test_evaluation_breaks_the_slot_symmetry_and_does_not_depend_on_the_batch():
     """Every slot starts from the one learned lambda_0: decoded at the mean throughout, the K
     slots would stay identical and segment nothing. Evaluation samples the refinement's z from

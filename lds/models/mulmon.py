@@ -111,8 +111,10 @@ class MulMONConfig:
             raise ConfigError("model.pixel_sigma must be positive")
         if self.viewpoint not in ("auto", *VIEWPOINT_KINDS):
             raise ConfigError(f"model.viewpoint must be auto, clevr-mv or pose, got {self.viewpoint!r}")
-        if self.num_views < 2:
-            raise ConfigError("model.num_views must be at least 2 (observed and query views)")
+        # num_views = 1 is the single-view limit: one observed view, no query, nothing that needs
+        # the viewpoint transform learned (a diagnostic that sets MulMON beside IODINE).
+        if self.num_views < 1:
+            raise ConfigError("model.num_views must be at least 1")
         if not 1 <= self.min_observed <= self.max_observed:
             raise ConfigError("need 1 <= model.min_observed <= model.max_observed")
         if self.eval_observed < 1:
