@@ -164,7 +164,7 @@ from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
-from side_by_side import Trainee, train_alternating  # noqa: E402  (experiments/)
+from side_by_side import Trainee, run_settings, train_alternating  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig IODINE", "theirs": "zhixuan-lin/IODINE (public)"}
@@ -520,7 +520,7 @@ def train(args, out: Path) -> None:
             model = models[who]
             trainees[who] = Trainee(who, model, model, lambda x, m=model: (m({"image": x}).loss, {}),
                                     cfg, out, args.seed, {"final": "posterior mean"},
-                                    {"images_per_s": args.batch}, PRINTED)
+                                    {"images_per_s": args.batch}, PRINTED, args.resume)
         else:
             _, _, _, notes = load_public_iodine(src)
             print(f"public sources: {src}; stand-ins: {'; '.join(notes)}", flush=True)
@@ -528,15 +528,18 @@ def train(args, out: Path) -> None:
             trainees[who] = Trainee(
                 who, models[who], adapter, lambda x, a=adapter: (a.loss(x), {}), cfg, out,
                 args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample"},
-                {"images_per_s": args.batch}, PRINTED)
+                {"images_per_s": args.batch}, PRINTED, args.resume)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
 
-    sampler = StepBatchSampler(len(train_set), args.batch, args.seed, 0, args.steps)
     collate = KeyCollate(("image",))
-    batches = ((collate([train_set[i] for i in indices])["image"],) for indices in sampler)
+
+    def batches(start: int):
+        sampler = StepBatchSampler(len(train_set), args.batch, args.seed, start, args.steps)
+        return ((collate([train_set[i] for i in indices])["image"],) for indices in sampler)
+
     train_alternating(trainees, batches, args.steps, args.eval_every, val_set, args.val_images,
-                      args.eval_batch, args.seed, out)
+                      args.eval_batch, args.seed, out, run_settings(args), args.resume)
 
 
 def score_saved(args, out: Path, store: Path) -> None:
@@ -672,6 +675,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32,
                         help="--speed, and --check without --train: image side")
     parser.add_argument("--pairs", type=int, default=5, help="--speed: timed step pairs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT's run from the state saved at its last evaluation "
+                             "(the same arguments; --steps may be larger)")
     parser.add_argument("--plot", action="store_true", help="only draw the curves of OUT")
     parser.add_argument("--score-saved", metavar="STORE",
                         help="only evaluate the weights saved in OUT on STORE (test scenes)")

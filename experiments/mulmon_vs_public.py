@@ -149,7 +149,7 @@ from bench_mulmon_public import PUBLIC_FILES, load_public_mulmon, public_config 
 from common.errors import UserError  # noqa: E402
 from lds.contract import ModelOutput  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
-from side_by_side import Trainee, train_alternating  # noqa: E402  (experiments/)
+from side_by_side import Trainee, run_settings, train_alternating  # noqa: E402  (experiments/)
 
 WHO = ("ours", "theirs")
 LABELS = {"ours": "ldsrig MulMON", "theirs": "NanboLi/MulMON (public)"}
@@ -423,7 +423,7 @@ def train(args, out: Path) -> None:
             evaluated = SampledInference(model) if args.ours_eval == "sampled" else model
             inference = "sampled z" if args.ours_eval == "sampled" else "posterior means"
             trainees[who] = Trainee(who, model, evaluated, loss_of, cfg, out, args.seed,
-                                    {"inference": inference}, speeds, PRINTED)
+                                    {"inference": inference}, speeds, PRINTED, args.resume)
         else:
             if not args.public_src:
                 raise UserError("--public-src DIR (the public MulMON sources, their repository "
@@ -440,27 +440,27 @@ def train(args, out: Path) -> None:
                 return sum(loss_dict.values()), {"train_query_nll": loss_dict["query_nll"].detach()}
             adapter = PublicMulMONAdapter(theirs, cfg.model.eval_observed)
             trainees[who] = Trainee(who, theirs, adapter, loss_of, cfg, out, args.seed,
-                                    {"inference": "sampled z"}, speeds, PRINTED)
+                                    {"inference": "sampled z"}, speeds, PRINTED, args.resume)
     if args.same_init and len(trainees) == 2:
         their_weights_into_ours(trainees["theirs"].model, trainees["ours"].model)
         print("same initial weights: theirs copied into ours", flush=True)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
 
-    sampler = StepBatchSampler(len(train_set), args.batch, args.seed, 0, args.steps,
-                               item_seeds=True)
     collate = KeyCollate(("image", "viewpoint"))
     lo, hi = cfg.model.observed_range(views)
 
-    def batches():
-        for step, items in enumerate(sampler):
+    def batches(start: int):
+        sampler = StepBatchSampler(len(train_set), args.batch, args.seed, start, args.steps,
+                                   item_seeds=True)
+        for step, items in enumerate(sampler, start=start):
             # the observed/query split: drawn once per step for both models
             draw = torch.Generator().manual_seed(step_seed(args.seed + 15485863, step))
             yield (collate([train_set[item] for item in items]),
                    int(torch.randint(lo, hi + 1, (), generator=draw)))
 
-    train_alternating(trainees, batches(), args.steps, args.eval_every, val_set, args.val_scenes,
-                      args.eval_batch, args.seed, out)
+    train_alternating(trainees, batches, args.steps, args.eval_every, val_set, args.val_scenes,
+                      args.eval_batch, args.seed, out, run_settings(args), args.resume)
 
 
 # ---- curves -------------------------------------------------------------------------------------
@@ -516,6 +516,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--same-init", action="store_true",
                         help="start ours from theirs' initial weights (with --only both)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT's run from the state saved at its last evaluation "
+                             "(the same arguments; --steps may be larger)")
     parser.add_argument("--plot", action="store_true", help="only draw the curves of OUT")
     parser.add_argument("--check", action="store_true",
                         help="only compare both losses with the same weights and no noise")

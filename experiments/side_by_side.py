@@ -1,16 +1,25 @@
 """Training ours and a public model side by side, as the *_vs_public.py comparisons do: one model's
 step on a batch (seeded, scheduled and clipped as ldsrig's trainer does it) and its curve file,
-one JSON row per evaluation by lds.evaluation.evaluate."""
+one JSON row per evaluation by lds.evaluation.evaluate.
+
+A comparison at the studies' budget (4000 steps of two models) outlasts a working session, so
+after every evaluation all models' weights, optimiser states and clocks go into one state file,
+replaced atomically; ``--resume`` continues from it. Every step's randomness is a function of
+(seed, step) and the learning rate of the step alone, so a resumed run takes the steps an
+uninterrupted one takes (tests/test_side_by_side.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
+
+from common.errors import UserError
 
 
 class Trainee:
@@ -22,7 +31,8 @@ class Trainee:
     ``items_per_step``: speed fields (name -> items per step), e.g. images_per_s: 8."""
 
     def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int,
-                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...]):
+                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...],
+                 resume: bool = False):
         from lds.training.loop import make_optimizer
 
         self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
@@ -31,7 +41,8 @@ class Trainee:
         self.cfg, self.labels, self.items_per_step = cfg, labels, items_per_step
         self.printed = printed
         self.path = out / f"{who}_seed{seed}.jsonl"
-        self.path.unlink(missing_ok=True)
+        if not resume:                             # resuming keeps the rows (resume_from trims)
+            self.path.unlink(missing_ok=True)
         self.seconds, self.window, self.stopped = 0.0, [], None
 
     def step(self, step: int, seed: int, *inputs) -> None:
@@ -107,17 +118,82 @@ class Trainee:
               + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
 
 
-def train_alternating(trainees: dict[str, Trainee], batches, steps: int, eval_every: int,
-                      val_set, max_items: int, eval_batch: int, seed: int, out: Path) -> None:
-    """Step every trainee on each batch of ``batches`` (tuples of a step's inputs), in an order
-    that alternates from step to step so the machine's load hits all alike; each records a row
-    at step 0, every ``eval_every`` steps and at the end, then saves its final weights as
-    OUT/<who>_seed<S>_step<N>.safetensors."""
+# Arguments that do not change what a run computes: where things are (a resumed run may be on
+# another machine), how long it runs, what the command does instead of training.
+NOT_SETTINGS = {"out", "resume", "steps", "threads", "public_src", "train", "val", "plot",
+                "check", "speed", "score_saved", "pairs", "size"}
+
+
+def run_settings(args) -> dict:
+    """The command line's settings a resumed run must repeat."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
+
+
+def state_path(out: Path, seed: int) -> Path:
+    return out / f"state_seed{seed}.pt"
+
+
+def save_state(trainees: dict[str, Trainee], step: int, seed: int, out: Path,
+               settings: dict) -> None:
+    """Every model's weights, optimiser state, clock and stop reason after ``step`` steps, with
+    the run's settings, in one file written to a temporary name and then renamed over the last:
+    a kill leaves either the old state or the new one, never a mixture."""
+    path = state_path(out, seed)
+    state = {"step": step, "settings": settings, "trainees": {
+        who: {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+              "seconds": t.seconds, "stopped": t.stopped} for who, t in trainees.items()}}
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def resume_from(trainees: dict[str, Trainee], seed: int, out: Path, settings: dict) -> int:
+    """Load OUT's state into the trainees and trim their curve files to the rows it covers;
+    returns the step it was saved at. The settings must be those the run started with (all but
+    the number of steps, which a resumed run may extend)."""
+    path = state_path(out, seed)
+    if not path.is_file():
+        raise UserError(f"--resume: no saved state {path} (a run saves one at every evaluation)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    changed = sorted(k for k in {*settings, *state["settings"]} - {"steps"}
+                     if settings.get(k) != state["settings"].get(k))
+    if changed:
+        raise UserError(f"--resume: {path} was saved with other settings: " + ", ".join(
+            f"{k} {state['settings'].get(k)!r} (now {settings.get(k)!r})" for k in changed))
+    if set(state["trainees"]) != set(trainees):
+        raise UserError(f"--resume: {path} holds {sorted(state['trainees'])}, this run trains "
+                        f"{sorted(trainees)}")
+    step = int(state["step"])
+    for who, trainee in trainees.items():
+        saved = state["trainees"][who]
+        trainee.model.load_state_dict(saved["model"])
+        trainee.optimizer.load_state_dict(saved["optimizer"])
+        trainee.seconds, trainee.stopped, trainee.window = saved["seconds"], saved["stopped"], []
+        rows = (trainee.path.read_text().splitlines() if trainee.path.is_file() else [])
+        kept = [line for line in rows if line.strip() and json.loads(line)["step"] <= step]
+        trainee.path.write_text("".join(line + "\n" for line in kept))
+    print(f"resumed from {path} at step {step}", flush=True)
+    return step
+
+
+def train_alternating(trainees: dict[str, Trainee], batches_from, steps: int, eval_every: int,
+                      val_set, max_items: int, eval_batch: int, seed: int, out: Path,
+                      settings: dict | None = None, resume: bool = False) -> None:
+    """Step every trainee on each batch of ``batches_from(start_step)`` (an iterable of tuples of
+    a step's inputs, from ``start_step`` on), in an order that alternates from step to step so
+    the machine's load hits all alike; each records a row at step 0, every ``eval_every`` steps
+    and at the end, after which the state is saved (``settings``: what a resume must match);
+    at the end each saves its final weights as OUT/<who>_seed<S>_step<N>.safetensors."""
     from safetensors.torch import save_file
 
-    for trainee in trainees.values():
-        trainee.record(0, val_set, max_items, eval_batch, seed)
-    for step, inputs in enumerate(batches):
+    settings = dict(settings or {}, steps=steps)
+    start = resume_from(trainees, seed, out, settings) if resume else 0
+    if start == 0:
+        for trainee in trainees.values():
+            trainee.record(0, val_set, max_items, eval_batch, seed)
+    for step, inputs in enumerate(batches_from(start), start=start):
+        if step >= steps:
+            break
         order = list(trainees.values())
         for trainee in (order if step % 2 == 0 else order[::-1]):
             trainee.step(step, seed, *inputs)
@@ -125,6 +201,7 @@ def train_alternating(trainees: dict[str, Trainee], batches, steps: int, eval_ev
         if done % eval_every == 0 or done == steps:
             for trainee in trainees.values():
                 trainee.record(done, val_set, max_items, eval_batch, seed)
+            save_state(trainees, done, seed, out, settings)
     for trainee in trainees.values():
         weights = out / f"{trainee.who}_seed{seed}_step{steps}.safetensors"
         save_file({k: v.detach().contiguous() for k, v in trainee.model.state_dict().items()},

@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from common.errors import UserError
 
 from lds.training.config import load_train_config
 from lds.training.loop import learning_rate
@@ -111,7 +114,9 @@ def test_train_alternating_rows_order_and_final_weights(tmp_path):
         trainee = _trainee(tmp_path, model, loss_of)
         trainee.who, trainee.path = who, tmp_path / f"{who}_seed0.jsonl"
         trainees[who] = trainee
-    batches = ((images[2 * s: 2 * s + 2],) for s in range(3))
+    def batches(start):
+        return ((images[2 * s: 2 * s + 2],) for s in range(start, 3))
+
     train_alternating(trainees, batches, 3, 2, Images(images), 4, 2, 0, tmp_path)
     assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
     for who, trainee in trainees.items():
@@ -119,3 +124,55 @@ def test_train_alternating_rows_order_and_final_weights(tmp_path):
         assert [r["step"] for r in rows] == [0, 2, 3] and all("fg_ari" in r for r in rows)
         saved = load_file(str(tmp_path / f"{who}_seed0_step3.safetensors"))
         assert all(torch.equal(saved[k], v) for k, v in trainee.model.state_dict().items())
+
+
+def _pair(out: Path, resume: bool = False) -> dict:
+    trainees = {}
+    for who in ("ours", "theirs"):
+        torch.manual_seed(0 if who == "ours" else 1)
+        model = tiny_model()
+        trainee = _trainee(out, model, lambda x, m=model: (m({"image": x}).loss, {}),
+                           resume=resume)
+        trainee.who, trainee.path = who, out / f"{who}_seed0.jsonl"
+        trainees[who] = trainee
+    return trainees
+
+
+def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(tmp_path):
+    """Stopped after its evaluation at step 2 and resumed with more steps, a run ends with the
+    same weights, optimiser moments and curve rows (but for the clocks) as one run straight
+    through; a resume with other settings, or without a state, is refused in one line."""
+    from side_by_side import state_path, train_alternating
+
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 16, 16)
+
+    def batches(start):
+        return ((images[2 * (s % 4): 2 * (s % 4) + 2],) for s in range(start, 10))
+
+    def run(out, steps, resume=False, settings=None):
+        out.mkdir(exist_ok=True)
+        trainees = _pair(out, resume)
+        train_alternating(trainees, batches, steps, 2, Images(images), 4, 2, 0, out,
+                          settings or {"lr": 1e-3}, resume)
+        return trainees
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "split", 2)
+    assert state_path(tmp_path / "split", 0).is_file()
+    resumed = run(tmp_path / "split", 4, resume=True)
+    clocks = {"train_seconds", "images_per_s"}
+    for who in ("ours", "theirs"):
+        a, b = straight[who], resumed[who]
+        assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters()))
+        moments = [a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]]
+        assert moments[0].keys() == moments[1].keys() and moments[0]
+        assert all(torch.equal(torch.as_tensor(value), torch.as_tensor(moments[1][i][key]))
+                   for i in moments[0] for key, value in moments[0][i].items())
+        rows = [[{k: v for k, v in json.loads(line).items() if k not in clocks}
+                 for line in t.path.read_text().splitlines()] for t in (a, b)]
+        assert [r["step"] for r in rows[1]] == [0, 2, 4] and rows[0] == rows[1]
+    with pytest.raises(UserError, match="other settings: lr 0.001"):
+        run(tmp_path / "split", 6, resume=True, settings={"lr": 3e-4})
+    with pytest.raises(UserError, match="no saved state"):
+        run(tmp_path / "fresh", 4, resume=True)
