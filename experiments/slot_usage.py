@@ -87,7 +87,8 @@ def main() -> None:
     if "viewpoint" in batch:                                             # scenes x views
         views = cfg.model.num_views
         batch = {key: value[:, :views] for key, value in batch.items()}
-        options["num_observed"] = min(args.observed, views - 1)
+        # at least one query view where there are two or more; the one view where there is one
+        options["num_observed"] = max(1, min(args.observed, views - 1))
     torch.manual_seed(0)
     with torch.no_grad():
         out = model(batch, **options)
