@@ -73,6 +73,12 @@ class MulMONConfig:
     latent_dim: int = 16                                # D
     num_iterations: int = 5                             # T refinement iterations per observed view
     pixel_sigma: float = 0.1
+    # The likelihood's mixture over slots. "channel" (MulMON's code, which the public-code check
+    # matches): each colour channel of a pixel mixes the K slots on its own,
+    # sum_{i,c} log sum_k m_ki N(x_ic; mu_kic, sigma^2). "pixel" (IODINE's and MONet's): one
+    # mixture per pixel over its colour, sum_i log sum_k m_ki prod_c N(...). A diagnostic setting
+    # (docs/results/mulmon_cpu_regime): per channel, no slot has to draw an object's colour whole.
+    mixture: Literal["channel", "pixel"] = "channel"
     decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
     refine_channels: tuple[int, ...] = (32, 32, 64, 64)  # stride-2 convs, no padding
     refine_hidden: int = 256                            # MLP after the convs
@@ -109,6 +115,8 @@ class MulMONConfig:
             raise ConfigError("model.latent_dim and model.num_iterations must be positive")
         if self.pixel_sigma <= 0:
             raise ConfigError("model.pixel_sigma must be positive")
+        if self.mixture not in ("channel", "pixel"):
+            raise ConfigError(f"model.mixture must be channel or pixel, got {self.mixture!r}")
         if self.viewpoint not in ("auto", *VIEWPOINT_KINDS):
             raise ConfigError(f"model.viewpoint must be auto, clevr-mv or pose, got {self.viewpoint!r}")
         # num_views = 1 is the single-view limit: one observed view, no query, nothing that needs
@@ -253,7 +261,10 @@ class MulMON(MultiObjectVAE):
         return -0.5 * ((image.unsqueeze(2) - means) / sigma).pow(2) - math.log(sigma) - 0.5 * LOG_2PI
 
     def _nll(self, log_comp: torch.Tensor, log_masks: torch.Tensor) -> torch.Tensor:
-        """Per-colour-channel mixture NLL, summed over C, H, W -> (S, N)."""
+        """Mixture NLL (per colour channel or per pixel: cfg.mixture), summed over C, H, W ->
+        (S, N); log_comp (S, N, K, C, H, W)."""
+        if self.cfg.mixture == "pixel":
+            log_comp = log_comp.sum(3, keepdim=True)
         return -torch.logsumexp(log_masks + log_comp, dim=2).flatten(2).sum(-1)
 
     def _refinement_inputs(self, image, means, log_masks, logits, log_comp, d_means, d_log_masks):
