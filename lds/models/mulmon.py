@@ -73,11 +73,13 @@ class MulMONConfig:
     latent_dim: int = 16                                # D
     num_iterations: int = 5                             # T refinement iterations per observed view
     pixel_sigma: float = 0.1
-    # The likelihood's mixture over slots. "channel" (MulMON's code, which the public-code check
-    # matches): each colour channel of a pixel mixes the K slots on its own,
-    # sum_{i,c} log sum_k m_ki N(x_ic; mu_kic, sigma^2). "pixel" (IODINE's and MONet's): one
-    # mixture per pixel over its colour, sum_i log sum_k m_ki prod_c N(...). A diagnostic setting
-    # (docs/results/mulmon_cpu_regime): per channel, no slot has to draw an object's colour whole.
+    # The likelihood's mixture over slots, where MulMON's code and the papers disagree. "channel"
+    # (MulMON's code, which the public-code check matches): each colour channel of a pixel mixes
+    # the K slots on its own, sum_{i,c} log sum_k m_ki N(x_ic; mu_kic, sigma^2). "pixel" (the LDS
+    # paper's Eq. 1, which it calls MulMON's formulation; IODINE's and MONet's code): one mixture
+    # per pixel over its RGB value, sum_i log sum_k m_ki prod_c N(...). The default is the code
+    # that the original results came from; at CPU scale the per-channel mixture keeps slots from
+    # taking objects' colours (docs/results/mulmon_cpu_regime, the single-view limit).
     mixture: Literal["channel", "pixel"] = "channel"
     decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
     refine_channels: tuple[int, ...] = (32, 32, 64, 64)  # stride-2 convs, no padding
