@@ -121,13 +121,13 @@ def test_one_view_per_scene_is_the_single_view_limit_without_query_views():
 
 
 def test_the_per_pixel_mixture_is_one_mixture_over_each_pixels_colour():
-    """model.mixture=pixel scores sum_i log sum_k m_ki prod_c N(x_ic; mu_kic, sigma^2), by hand;
+    """model.likelihood=pixel scores sum_i log sum_k m_ki prod_c N(x_ic; mu_kic, sigma^2), by hand;
     the default (MulMON's code) mixes each channel on its own, a different number."""
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(2, 1, 3, H, W, generator=gen)
     means = torch.rand(2, 1, 3, 3, H, W, generator=gen)
     log_masks = torch.log_softmax(torch.randn(2, 1, 3, 1, H, W, generator=gen), dim=2)
-    per_channel, per_pixel = (tiny_model(mixture=m) for m in ("channel", "pixel"))
+    per_channel, per_pixel = (tiny_model(likelihood=m) for m in ("channel", "pixel"))
     log_comp = per_pixel._log_components(image, means)
     sigma = per_pixel.cfg.pixel_sigma
     density = torch.exp(-0.5 * ((image[:, :, None] - means) / sigma) ** 2) / (
@@ -135,9 +135,9 @@ def test_the_per_pixel_mixture_is_one_mixture_over_each_pixels_colour():
     by_hand = -torch.log((log_masks.exp() * density.prod(3, keepdim=True)).sum(2)).sum((2, 3, 4))
     assert torch.allclose(per_pixel._nll(log_comp, log_masks), by_hand, rtol=1e-5)
     assert not torch.allclose(per_channel._nll(log_comp, log_masks), by_hand, rtol=1e-3)
-    with pytest.raises(Exception, match="model.mixture"):
-        MulMONConfig(mixture="slot")
-    model = tiny_model(mixture="pixel").train()
+    with pytest.raises(Exception, match="model.likelihood"):
+        MulMONConfig(likelihood="slot")
+    model = tiny_model(likelihood="pixel").train()
     out = model(scenes_batch(scenes=2, views=3), num_observed=2)
     out.loss.backward()
     assert torch.isfinite(out.loss) and float(model.refine.lstm.weight_ih.grad.abs().sum()) > 0

@@ -8,7 +8,8 @@ one after another; for each view it runs T iterations (IODINE-style), refining b
     z ~ q_lambda                            (the mean at evaluation)
     z_v = projector([z, view_encoder(v)])   (viewpoint-conditioned slot latents)
     x_k, m_k^lg = decoder(z_v)              (RGB unbounded, masks = softmax over K)
-    L_t = -log p(x | z_v) + KL_MC(q_lambda || prior)   (per-colour-channel mixture, sigma 0.1)
+    L_t = -log p(x | z_v) + KL_MC(q_lambda || prior)   (per-colour-channel mixture, sigma 0.1;
+                                                        model.likelihood=pixel: per pixel)
     lambda <- lambda + refine(aux inputs, lambda, dL_t/dlambda)       (t < T - 1)
 
 The posterior after one view is the prior (and the start) for the next; the first view's prior
@@ -73,14 +74,15 @@ class MulMONConfig:
     latent_dim: int = 16                                # D
     num_iterations: int = 5                             # T refinement iterations per observed view
     pixel_sigma: float = 0.1
-    # The likelihood's mixture over slots, where MulMON's code and the papers disagree. "channel"
+    # The likelihood's mixture over slots (MONetConfig.likelihood's two values), where MulMON's code
+    # and the papers disagree. "channel"
     # (MulMON's code, which the public-code check matches): each colour channel of a pixel mixes
     # the K slots on its own, sum_{i,c} log sum_k m_ki N(x_ic; mu_kic, sigma^2). "pixel" (the LDS
     # paper's Eq. 1, which it calls MulMON's formulation; IODINE's and MONet's code): one mixture
     # per pixel over its RGB value, sum_i log sum_k m_ki prod_c N(...). The default is the code
     # that the original results came from; at CPU scale the per-channel mixture keeps slots from
     # taking objects' colours (docs/results/mulmon_cpu_regime, the single-view limit).
-    mixture: Literal["channel", "pixel"] = "channel"
+    likelihood: Literal["channel", "pixel"] = "channel"
     decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
     refine_channels: tuple[int, ...] = (32, 32, 64, 64)  # stride-2 convs, no padding
     refine_hidden: int = 256                            # MLP after the convs
@@ -117,8 +119,8 @@ class MulMONConfig:
             raise ConfigError("model.latent_dim and model.num_iterations must be positive")
         if self.pixel_sigma <= 0:
             raise ConfigError("model.pixel_sigma must be positive")
-        if self.mixture not in ("channel", "pixel"):
-            raise ConfigError(f"model.mixture must be channel or pixel, got {self.mixture!r}")
+        if self.likelihood not in ("channel", "pixel"):
+            raise ConfigError(f"model.likelihood must be channel or pixel, got {self.likelihood!r}")
         if self.viewpoint not in ("auto", *VIEWPOINT_KINDS):
             raise ConfigError(f"model.viewpoint must be auto, clevr-mv or pose, got {self.viewpoint!r}")
         # num_views = 1 is the single-view limit: one observed view, no query, nothing that needs
@@ -263,9 +265,9 @@ class MulMON(MultiObjectVAE):
         return -0.5 * ((image.unsqueeze(2) - means) / sigma).pow(2) - math.log(sigma) - 0.5 * LOG_2PI
 
     def _nll(self, log_comp: torch.Tensor, log_masks: torch.Tensor) -> torch.Tensor:
-        """Mixture NLL (per colour channel or per pixel: cfg.mixture), summed over C, H, W ->
+        """Mixture NLL (per colour channel or per pixel: cfg.likelihood), summed over C, H, W ->
         (S, N); log_comp (S, N, K, C, H, W)."""
-        if self.cfg.mixture == "pixel":
+        if self.cfg.likelihood == "pixel":
             log_comp = log_comp.sum(3, keepdim=True)
         return -torch.logsumexp(log_masks + log_comp, dim=2).flatten(2).sum(-1)
 
