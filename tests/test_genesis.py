@@ -86,6 +86,13 @@ def test_output_contract_and_loss_terms_match_direct_formulas():
     with torch.no_grad():
         out_eval = model({"image": images}).check(2, 3, 16, 16)
     torch.testing.assert_close(out_eval.slot_latents, out_eval.posterior_mean)
+    # model.likelihood=pixel: each pixel's RGB vector is one draw (the LDS paper's Eq. 1)
+    per_pixel = tiny_model(geco=False, beta=0.7, pixel_std=0.2, likelihood="pixel").train()
+    torch.manual_seed(0)
+    out = per_pixel({"image": images})
+    dens = torch.distributions.Normal(out.appearance, 0.2).log_prob(images[:, None]).sum(2)
+    nll = -torch.log((out.masks[:, :, 0] * dens.exp()).sum(1)).sum((1, 2)).mean()
+    torch.testing.assert_close(out.loss_terms["nll"], nll, rtol=1e-4, atol=1e-2)
 
 
 def test_lds_changes_the_loss_by_exactly_the_weighted_prior():

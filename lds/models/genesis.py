@@ -75,6 +75,10 @@ class GENESISConfig:
     comp_decoder_channels: tuple[int, ...] = (32, 32, 32, 32)   # broadcast decoder, ELU
     comp_prior_hidden: int = 256                        # p(z^c_k | z^m_k): two hidden layers
     pixel_std: float = 0.7                              # sigma_x ("pixel_std1/2")
+    # The mixture over components, as MONetConfig.likelihood: "channel" (the original's x_loss,
+    # the default) or "pixel" (the LDS paper's Eq. 1). MulMON's per-channel mixture is what kept
+    # its slots from taking objects' colours at CPU scale (docs/results/mulmon_cpu_regime).
+    likelihood: Literal["channel", "pixel"] = "channel"
     beta: float = 0.5                                   # KL weight when geco is off (train.py)
     # GECO (Rezende & Viola 2018) as the original trains GENESIS: goal per pixel and channel;
     # step size at 64x64, scaled by 64^2 / (H W) as the original scales it.
@@ -97,6 +101,8 @@ class GENESISConfig:
             raise ConfigError(f"model.num_slots must be at least 2, got {self.num_slots}")
         if min(self.mask_latent_dim, self.comp_latent_dim) < 1:
             raise ConfigError("model.mask_latent_dim and model.comp_latent_dim must be positive")
+        if self.likelihood not in ("channel", "pixel"):
+            raise ConfigError(f"model.likelihood must be channel or pixel, got {self.likelihood!r}")
         if self.pixel_std <= 0:
             raise ConfigError("model.pixel_std must be positive")
         if not set(self.mask_strides) <= {1, 2}:
@@ -303,10 +309,12 @@ class GENESIS(MultiObjectVAE):
 
     def log_likelihood(self, image: torch.Tensor, appearance: torch.Tensor,
                        log_masks: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) -> (N,): a mixture per pixel *and colour channel*, as the original's
-        x_loss (its mixture sum runs over the slots of each channel separately)."""
+        """log p(x | z) -> (N,): by default a mixture per pixel *and colour channel*, as the
+        original's x_loss (its mixture sum runs over the slots of each channel separately);
+        per pixel with model.likelihood=pixel."""
         sigma = appearance.new_tensor(self.cfg.pixel_std)
-        return mixture_log_likelihood(image, appearance, log_masks, sigma, per_channel=True)
+        return mixture_log_likelihood(image, appearance, log_masks, sigma,
+                                      per_channel=self.cfg.likelihood == "channel")
 
     def forward(self, batch: dict) -> ModelOutput:
         cfg = self.cfg
