@@ -520,7 +520,7 @@ def train(args, out: Path) -> None:
             model = models[who]
             trainees[who] = Trainee(who, model, model, lambda x, m=model: (m({"image": x}).loss, {}),
                                     cfg, out, args.seed, {"final": "posterior mean"},
-                                    {"images_per_s": args.batch}, PRINTED, args.resume)
+                                    {"images_per_s": args.batch}, PRINTED)
         else:
             _, _, _, notes = load_public_iodine(src)
             print(f"public sources: {src}; stand-ins: {'; '.join(notes)}", flush=True)
@@ -528,7 +528,7 @@ def train(args, out: Path) -> None:
             trainees[who] = Trainee(
                 who, models[who], adapter, lambda x, a=adapter: (a.loss(x), {}), cfg, out,
                 args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample"},
-                {"images_per_s": args.batch}, PRINTED, args.resume)
+                {"images_per_s": args.batch}, PRINTED)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
 

@@ -423,7 +423,7 @@ def train(args, out: Path) -> None:
             evaluated = SampledInference(model) if args.ours_eval == "sampled" else model
             inference = "sampled z" if args.ours_eval == "sampled" else "posterior means"
             trainees[who] = Trainee(who, model, evaluated, loss_of, cfg, out, args.seed,
-                                    {"inference": inference}, speeds, PRINTED, args.resume)
+                                    {"inference": inference}, speeds, PRINTED)
         else:
             if not args.public_src:
                 raise UserError("--public-src DIR (the public MulMON sources, their repository "
@@ -440,7 +440,7 @@ def train(args, out: Path) -> None:
                 return sum(loss_dict.values()), {"train_query_nll": loss_dict["query_nll"].detach()}
             adapter = PublicMulMONAdapter(theirs, cfg.model.eval_observed)
             trainees[who] = Trainee(who, theirs, adapter, loss_of, cfg, out, args.seed,
-                                    {"inference": "sampled z"}, speeds, PRINTED, args.resume)
+                                    {"inference": "sampled z"}, speeds, PRINTED)
     if args.same_init and len(trainees) == 2:
         their_weights_into_ours(trainees["theirs"].model, trainees["ours"].model)
         print("same initial weights: theirs copied into ours", flush=True)

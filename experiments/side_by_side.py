@@ -31,8 +31,7 @@ class Trainee:
     ``items_per_step``: speed fields (name -> items per step), e.g. images_per_s: 8."""
 
     def __init__(self, who: str, model, evaluated, loss_of, cfg, out: Path, seed: int,
-                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...],
-                 resume: bool = False):
+                 labels: dict, items_per_step: dict[str, int], printed: tuple[str, ...]):
         from lds.training.loop import make_optimizer
 
         self.who, self.model, self.evaluated, self.loss_of = who, model, evaluated, loss_of
@@ -41,8 +40,6 @@ class Trainee:
         self.cfg, self.labels, self.items_per_step = cfg, labels, items_per_step
         self.printed = printed
         self.path = out / f"{who}_seed{seed}.jsonl"
-        if not resume:                             # resuming keeps the rows (resume_from trims)
-            self.path.unlink(missing_ok=True)
         self.seconds, self.window, self.stopped = 0.0, [], None
 
     def step(self, step: int, seed: int, *inputs) -> None:
@@ -149,13 +146,13 @@ def save_state(trainees: dict[str, Trainee], step: int, seed: int, out: Path,
 
 def resume_from(trainees: dict[str, Trainee], seed: int, out: Path, settings: dict) -> int:
     """Load OUT's state into the trainees and trim their curve files to the rows it covers;
-    returns the step it was saved at. The settings must be those the run started with (all but
-    the number of steps, which a resumed run may extend)."""
+    returns the step it was saved at. The settings must be those the run started with
+    (``run_settings`` leaves out the number of steps, which a resumed run may extend)."""
     path = state_path(out, seed)
     if not path.is_file():
         raise UserError(f"--resume: no saved state {path} (a run saves one at every evaluation)")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    changed = sorted(k for k in {*settings, *state["settings"]} - {"steps"}
+    changed = sorted(k for k in {*settings, *state["settings"]}
                      if settings.get(k) != state["settings"].get(k))
     if changed:
         raise UserError(f"--resume: {path} was saved with other settings: " + ", ".join(
@@ -168,7 +165,7 @@ def resume_from(trainees: dict[str, Trainee], seed: int, out: Path, settings: di
         saved = state["trainees"][who]
         trainee.model.load_state_dict(saved["model"])
         trainee.optimizer.load_state_dict(saved["optimizer"])
-        trainee.seconds, trainee.stopped, trainee.window = saved["seconds"], saved["stopped"], []
+        trainee.seconds, trainee.stopped = saved["seconds"], saved["stopped"]
         rows = (trainee.path.read_text().splitlines() if trainee.path.is_file() else [])
         kept = [line for line in rows if line.strip() and json.loads(line)["step"] <= step]
         trainee.path.write_text("".join(line + "\n" for line in kept))
@@ -186,10 +183,11 @@ def train_alternating(trainees: dict[str, Trainee], batches_from, steps: int, ev
     at the end each saves its final weights as OUT/<who>_seed<S>_step<N>.safetensors."""
     from safetensors.torch import save_file
 
-    settings = dict(settings or {}, steps=steps)
+    settings = settings or {}
     start = resume_from(trainees, seed, out, settings) if resume else 0
-    if start == 0:
+    if start == 0:                                 # a fresh run: new curve files from step 0
         for trainee in trainees.values():
+            trainee.path.unlink(missing_ok=True)
             trainee.record(0, val_set, max_items, eval_batch, seed)
     for step, inputs in enumerate(batches_from(start), start=start):
         if step >= steps:

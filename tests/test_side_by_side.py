@@ -126,13 +126,12 @@ def test_train_alternating_rows_order_and_final_weights(tmp_path):
         assert all(torch.equal(saved[k], v) for k, v in trainee.model.state_dict().items())
 
 
-def _pair(out: Path, resume: bool = False) -> dict:
+def _pair(out: Path) -> dict:
     trainees = {}
     for who in ("ours", "theirs"):
         torch.manual_seed(0 if who == "ours" else 1)
         model = tiny_model()
-        trainee = _trainee(out, model, lambda x, m=model: (m({"image": x}).loss, {}),
-                           resume=resume)
+        trainee = _trainee(out, model, lambda x, m=model: (m({"image": x}).loss, {}))
         trainee.who, trainee.path = who, out / f"{who}_seed0.jsonl"
         trainees[who] = trainee
     return trainees
@@ -152,7 +151,7 @@ def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(tmp_path):
 
     def run(out, steps, resume=False, settings=None):
         out.mkdir(exist_ok=True)
-        trainees = _pair(out, resume)
+        trainees = _pair(out)
         train_alternating(trainees, batches, steps, 2, Images(images), 4, 2, 0, out,
                           settings or {"lr": 1e-3}, resume)
         return trainees
