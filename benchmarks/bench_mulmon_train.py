@@ -29,6 +29,7 @@ the load average is printed at the end.
 decoding (lds.models.mulmon.QUERY_VIEWS_PER_DECODER_CALL views per decoder call) against N
 query views per call (e.g. 100: all query views in one call, the earlier code); prints the
 per-pair time ratios, which survive the shared machine's drifting load better than two runs.
+``--ab-layout``: the same, NHWC activations (the default) against NCHW everywhere.
 """
 
 from __future__ import annotations
@@ -72,30 +73,64 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def alternate(step, variants, steps: int) -> dict[str, list[float]]:
+    """Time ``step`` under each (name, apply) variant in turn, ``steps`` rounds after one warm-up
+    round; ``apply()`` switches the model to that variant before its step."""
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for repeat in range(steps + 1):                                    # the first round warms up
+        for name, apply in variants:
+            apply()
+            start = time.perf_counter()
+            step()
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def print_ab(times: dict[str, list[float]], heading: str) -> None:
+    print(heading)
+    for name, seconds in times.items():
+        print(f"  {name}: {', '.join(f'{t:.2f}' for t in seconds)} s")
+    (name_a, a), (name_b, b) = times.items()
+    ratios = [tb / ta for ta, tb in zip(a, b)]
+    print(f"  time({name_b}) / time({name_a}) per pair: {', '.join(f'{r:.3f}' for r in ratios)}"
+          f"  median {statistics.median(ratios):.3f}")
+    print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def ab_query_views(step, args) -> None:
     """Alternate steps: the default query decoding vs ``args.ab_query_views`` views per call."""
     from lds.models import mulmon
 
     default = mulmon.QUERY_VIEWS_PER_DECODER_CALL
-    variants = (("default", default), (f"{args.ab_query_views} per call", args.ab_query_views))
-    times: dict[str, list[float]] = {name: [] for name, _ in variants}
-    for repeat in range(args.steps + 1):                               # the first pair warms up
-        for name, views in variants:
-            mulmon.QUERY_VIEWS_PER_DECODER_CALL = views
-            start = time.perf_counter()
-            step()
-            if repeat:
-                times[name].append(time.perf_counter() - start)
+
+    def use(views: int):
+        return lambda: setattr(mulmon, "QUERY_VIEWS_PER_DECODER_CALL", views)
+
+    times = alternate(step, ((f"default ({default} query views per decoder call)", use(default)),
+                             (f"{args.ab_query_views} query views per call",
+                              use(args.ab_query_views))), args.steps)
     mulmon.QUERY_VIEWS_PER_DECODER_CALL = default
-    (name_a, _), (name_b, _) = variants
-    print(f"A/B query decoding, {args.scenes} scenes x {args.views} views ({args.observed} observed),"
-          f" threads {torch.get_num_threads()}")
-    for name, _ in variants:
-        print(f"  {name} ({default if name == 'default' else args.ab_query_views} query views per "
-              f"decoder call): {', '.join(f'{t:.2f}' for t in times[name])} s")
-    ratios = [b / a for a, b in zip(times[name_a], times[name_b])]
-    print(f"  time({name_b}) / time({name_a}) per pair: {', '.join(f'{r:.3f}' for r in ratios)}")
-    print(f"  load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print_ab(times, f"A/B query decoding, {args.scenes} scenes x {args.views} views "
+                    f"({args.observed} observed), threads {torch.get_num_threads()}")
+
+
+def ab_layout(step, model, args) -> None:
+    """Alternate steps: NHWC activations (the default: the decoder's fused channels-last trunk
+    and the refinement convs on NHWC input) vs NCHW everywhere (plain layer-by-layer decoder).
+    Issue 17: oneDNN's AVX2 weight-gradient kernel for NHWC 3x3 convs is the slow part of an
+    AVX2 step; this measures whether NCHW wins the whole step back on a given kernel family."""
+    def use(channels_last: bool):
+        def apply():
+            model.decoder.channels_last = channels_last
+            model.refine.channels_last = channels_last
+        return apply
+
+    times = alternate(step, (("NHWC (default)", use(True)), ("NCHW", use(False))), args.steps)
+    use(True)()
+    print_ab(times, f"A/B activation layout, {args.scenes} scenes x {args.views} views "
+                    f"({args.observed} observed), threads {torch.get_num_threads()}, "
+                    f"CPU kernels {kernel_family()}")
 
 
 def autocast(amp: str):
@@ -160,6 +195,8 @@ def main() -> None:
                         help="model.checkpoint_iterations=true (the memory knob)")
     parser.add_argument("--ab-query-views", type=int, default=0,
                         help="A/B: also time steps decoding N query views per call, alternating")
+    parser.add_argument("--ab-layout", action="store_true",
+                        help="A/B: NHWC (default) against NCHW activations, alternating steps")
     parser.add_argument("--amp", choices=("off", "bf16"), default="off",
                         help="bf16: steps under CPU autocast to bfloat16 (as amp=bf16 training)")
     parser.add_argument("--compare-amp", action="store_true",
@@ -197,6 +234,9 @@ def main() -> None:
              f"{', checkpointed iterations' if args.checkpoint_iterations else ''}")
     if args.ab_query_views:
         ab_query_views(step, args)
+        return
+    if args.ab_layout:
+        ab_layout(step, model, args)
         return
     if args.compare_amp:
         compare_amp(step, args, title)
