@@ -48,7 +48,13 @@ What necessarily differs (each is in their code as it stands, not a setting):
   carry gradients to the decoder through the refinement path.
 * **Likelihood.** Theirs mixes per colour channel: log p(x) = sum_c log sum_k m_k N(x_c; mu_kc,
   sigma^2); ours (and the original) per pixel: log sum_k m_k prod_c N(x_c; mu_kc, sigma^2).
-  Their masks enter as log(m + 1e-12).
+  Their masks enter as log(m + 1e-12). ``--theirs-likelihood pixel`` tests whether this is what
+  keeps their slots alike: their module's ``gaussian_log_likelihood`` (its one caller is
+  ``elbo``) is wrapped to sum over the colour channels, so their own ``logsumexp`` over the
+  slots then mixes once per pixel. Every other use of it in their code (the mask posterior, the
+  leave-one-out term) already sums over the channels first, and the pixel likelihood input sums
+  their per-channel terms, so the refinement inputs keep their shapes and meanings. Their files
+  stay unchanged; the default, ``channel``, is their code as published.
 * **Loss weights.** Theirs weighs the T + 1 decodes (i + 1) / (T + 1) (1/6 .. 1, sum 3.5 for
   T = 5); ours t / T (0 .. 1, sum 3.0; lambda_0's loss weighs 0). Both per image (sum over
   pixels, mean over the batch), so the two loss values differ by construction and are not
@@ -247,8 +253,25 @@ def load_public_iodine(src: Path):
         if src not in Path(module.__file__).resolve().parents:
             raise UserError(f"`import {module.__name__}` found {module.__file__}, not the "
                             f"checkout {src}: another package named `lib` shadows it")
-    _LOADED.update(cls=iodine.IODINE, defaults=defaults._C, logger=vis_logger.logger, notes=notes)
+    _LOADED.update(cls=iodine.IODINE, defaults=defaults._C, logger=vis_logger.logger, notes=notes,
+                   module=iodine, log_likelihood=iodine.gaussian_log_likelihood)
     return iodine.IODINE, defaults._C, vis_logger.logger, notes
+
+
+def summed_over_channels(log_likelihood):
+    """A per-channel Gaussian log-likelihood (..., C, H, W) -> its sum over C, kept as one
+    channel: fed to a logsumexp over the slots, the mixture is then per pixel (Eq. 1)."""
+    def per_pixel(x, loc, scale):
+        return log_likelihood(x, loc, scale).sum(dim=-3, keepdim=True)
+    return per_pixel
+
+
+def set_their_likelihood(kind: str) -> None:
+    """``channel``: their published per-channel mixture; ``pixel``: per pixel (see the module
+    docstring). Loaded modules are shared by the process, so this is set before each build."""
+    original = _LOADED["log_likelihood"]
+    _LOADED["module"].gaussian_log_likelihood = (original if kind == "channel"
+                                                 else summed_over_channels(original))
 
 
 def public_arch(defaults, size: int, ours_cfg) -> AttrDict:
@@ -278,7 +301,7 @@ def ours_config(size: int, slots: int, latent_dim: int):
 
 
 def build_pair(src: Path | None, size: int, slots: int, latent_dim: int, seed: int,
-               who: tuple[str, ...] = WHO):
+               who: tuple[str, ...] = WHO, their_likelihood: str = "channel"):
     """{who: model} in training mode, each initialised from torch's RNG seeded with ``seed``;
     theirs is the raw public module (wrap it in PublicIODINEAdapter)."""
     from lds.models import build_model
@@ -291,6 +314,7 @@ def build_pair(src: Path | None, size: int, slots: int, latent_dim: int, seed: i
             models[name] = build_model("iodine", cfg).train()
         else:
             cls, defaults, _, _ = load_public_iodine(src)
+            set_their_likelihood(their_likelihood)
             models[name] = cls(public_arch(defaults, size, cfg)).train()
     return models, cfg
 
@@ -406,7 +430,8 @@ def check(args) -> None:
     size = image.shape[-1]
     if image.shape[-2] != size:
         raise UserError("their model takes square images only")
-    models, cfg = build_pair(src, size, args.slots, args.latent_dim, args.seed)
+    models, cfg = build_pair(src, size, args.slots, args.latent_dim, args.seed,
+                             their_likelihood=args.theirs_likelihood)
     ours, theirs = models["ours"], PublicIODINEAdapter(models["theirs"])
     _, _, logger, notes = load_public_iodine(src)
     print(f"{size}x{size}, K={cfg.num_slots}, D={cfg.latent_dim}, T={cfg.num_iterations}, "
@@ -431,10 +456,24 @@ def check(args) -> None:
           f"{float(ours.iteration_weights.sum()):.2f}; per decode NLL " +
           " ".join(f"{float(v):.1f}" for v in nll) + "; KL " + " ".join(f"{float(v):.2f}" for v in kl))
     weights = theirs.iteration_weights
+    mixture = "per-channel" if args.theirs_likelihood == "channel" else "per-pixel"
     print(f"theirs loss {their_loss:.2f} = -sum_i (i+1)/(T+1) ELBO_i, weights sum "
-          f"{float(weights.sum()):.2f}; per decode NLL (per-channel mixture) " +
+          f"{float(weights.sum()):.2f}; per decode NLL ({mixture} mixture) " +
           " ".join(f"{-r['likelihood']:.1f}" for r in records) + "; KL " +
           " ".join(f"{r['kl']:.2f}" for r in records))
+
+    # Their last decode's mixture, recomputed from its masks and means by the formula asked for.
+    raw = models["theirs"]
+    x = image.to(raw.mean.dtype)[:, None]
+    per_channel = (-(x - raw.mean) ** 2 / (2 * raw.sigma ** 2) - math.log(raw.sigma)
+                   - 0.5 * math.log(2 * math.pi))
+    log_masks = torch.log(raw.mask + 1e-12)
+    expected = (torch.logsumexp(log_masks + per_channel, dim=1).sum(dim=(1, 2, 3))
+                if args.theirs_likelihood == "channel" else
+                torch.logsumexp(log_masks + per_channel.sum(2, keepdim=True), dim=1).sum(dim=(1, 2, 3)))
+    got = raw.log_likelihood.sum(dim=tuple(range(1, raw.log_likelihood.dim())))
+    print(f"theirs last decode's log-likelihood against the {mixture} formula: largest "
+          f"difference {float((got - expected).abs().max()):.1e} nats per image")
 
     # Their training step's gradient: forward (internal backward calls fill .grad), zero_grad,
     # backward, as lib/engine/train.py. It must equal the gradient of the returned loss alone.
@@ -463,7 +502,7 @@ def check(args) -> None:
     ratio = counts["theirs"] / counts["ours"]
     print(f"verdict: comparable are the settings (K, D, T, sigma, widths, 17+4D refinement "
           f"inputs), the data, the optimiser and the evaluation; parameters theirs/ours "
-          f"{ratio:.2f}; not comparable are the loss values (their per-channel mixture and "
+          f"{ratio:.2f}; not comparable are the loss values (their {mixture} mixture and "
           f"weights summing to {float(weights.sum()):.1f} against our per-pixel mixture and "
           f"{float(ours.iteration_weights.sum()):.1f}) and the gradient paths (theirs detaches "
           f"the refinement inputs and the posterior between iterations): compare held-out "
@@ -513,7 +552,8 @@ def train(args, out: Path) -> None:
           f"{args.batch}, {args.steps} steps, {args.threads} thread(s)", flush=True)
     who_list = list(WHO) if args.only == "both" else [args.only]
     src = check_sources(args.public_src) if "theirs" in who_list else None
-    models, _ = build_pair(src, size, args.slots, args.latent_dim, args.seed, tuple(who_list))
+    models, _ = build_pair(src, size, args.slots, args.latent_dim, args.seed, tuple(who_list),
+                           args.theirs_likelihood)
     trainees = {}
     for who in who_list:
         if who == "ours":
@@ -527,7 +567,8 @@ def train(args, out: Path) -> None:
             adapter = PublicIODINEAdapter(models[who], args.theirs_final)
             trainees[who] = Trainee(
                 who, models[who], adapter, lambda x, a=adapter: (a.loss(x), {}), cfg, out,
-                args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample"},
+                args.seed, {"final": "posterior mean" if args.theirs_final == "mean" else "sample",
+                            "likelihood": args.theirs_likelihood},
                 {"images_per_s": args.batch}, PRINTED)
     for trainee in trainees.values():
         print(f"{trainee.who:6s}: {sum(p.numel() for p in trainee.params)} parameters", flush=True)
@@ -560,7 +601,8 @@ def score_saved(args, out: Path, store: Path) -> None:
         raise UserError(f"no saved weights (<who>_seed*_step*.safetensors) in {out}")
     who_present = tuple(w for w in WHO if any(p.name.startswith(w + "_") for p in saved))
     src = check_sources(args.public_src) if "theirs" in who_present else None
-    models, _ = build_pair(src, size, args.slots, args.latent_dim, args.seed, who_present)
+    models, _ = build_pair(src, size, args.slots, args.latent_dim, args.seed, who_present,
+                           args.theirs_likelihood)
     for weights in saved:
         who = weights.name.split("_seed")[0]
         model = models[who]
@@ -595,7 +637,8 @@ def speed(args) -> None:
     src = check_sources(args.public_src)
     size = args.size
     image = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    models, cfg = build_pair(src, size, args.slots, args.latent_dim, args.seed)
+    models, cfg = build_pair(src, size, args.slots, args.latent_dim, args.seed,
+                             their_likelihood=args.theirs_likelihood)
     theirs = PublicIODINEAdapter(models["theirs"])
     ours = models["ours"]
     steps = {}
@@ -663,6 +706,8 @@ def main() -> None:
                              "as experiments/iodine_cpu_regime.yaml trains); evaluation stays fp32")
     parser.add_argument("--schedule", choices=["gqn", "constant"], default="gqn")
     parser.add_argument("--clip", type=float, default=5.0)
+    parser.add_argument("--theirs-likelihood", choices=["channel", "pixel"], default="channel",
+                        help="their mixture: per colour channel (their code) or per pixel")
     parser.add_argument("--theirs-final", choices=["mean", "sampled"], default="mean",
                         help="their last decode: the final posterior mean (as our eval mode) or "
                              "a sample (their reconstruct)")

@@ -175,3 +175,23 @@ def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(tmp_path):
         run(tmp_path / "split", 6, resume=True, settings={"lr": 3e-4})
     with pytest.raises(UserError, match="no saved state"):
         run(tmp_path / "fresh", 4, resume=True)
+
+
+def test_their_iodine_per_pixel_wrapper_mixes_once_per_pixel():
+    """``--theirs-likelihood pixel`` wraps the public IODINE's per-channel Gaussian
+    log-likelihood; under their logsumexp over the slots it must give Eq. (1)'s per-pixel
+    mixture, log sum_k m_k prod_c N(x_c; mu_kc, sigma^2), which differs from the per-channel one."""
+    from iodine_vs_public import summed_over_channels
+
+    def per_channel(x, loc, scale):                  # the shape of their gaussian_log_likelihood
+        return torch.distributions.Normal(loc, scale).log_prob(x)
+
+    torch.manual_seed(0)
+    x, means = torch.rand(2, 1, 3, 4, 5), torch.rand(2, 3, 3, 4, 5)
+    masks = torch.softmax(torch.randn(2, 3, 1, 4, 5), dim=1)
+    theirs = torch.logsumexp(torch.log(masks) + summed_over_channels(per_channel)(x, means, 0.1), 1)
+    joint = (masks[:, :, 0] * torch.distributions.Normal(means, 0.1).log_prob(x).sum(2).exp()).sum(1)
+    assert theirs.shape == (2, 1, 4, 5)
+    torch.testing.assert_close(theirs[:, 0], joint.log(), rtol=1e-5, atol=1e-4)
+    published = torch.logsumexp(torch.log(masks) + per_channel(x, means, 0.1), 1).sum(1)
+    assert (published - theirs[:, 0]).abs().max() > 0.1
