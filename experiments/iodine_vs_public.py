@@ -169,6 +169,7 @@ from torch.nn import functional as F  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from genesis_checkout import AttrDict  # noqa: E402  (experiments/)
 from lds.contract import ModelOutput  # noqa: E402
+from lds.models.base import mixture_log_likelihood  # noqa: E402
 from seed_curves import plot_comparison, require_stores  # noqa: E402  (experiments/)
 from side_by_side import Trainee, run_settings, train_alternating  # noqa: E402  (experiments/)
 
@@ -462,16 +463,13 @@ def check(args) -> None:
           " ".join(f"{-r['likelihood']:.1f}" for r in records) + "; KL " +
           " ".join(f"{r['kl']:.2f}" for r in records))
 
-    # Their last decode's mixture, recomputed from its masks and means by the formula asked for.
+    # Their last decode's mixture, recomputed from its masks and means by our mixture (Eq. 1, or
+    # per channel), with their log(m + 1e-12).
     raw = models["theirs"]
-    x = image.to(raw.mean.dtype)[:, None]
-    per_channel = (-(x - raw.mean) ** 2 / (2 * raw.sigma ** 2) - math.log(raw.sigma)
-                   - 0.5 * math.log(2 * math.pi))
-    log_masks = torch.log(raw.mask + 1e-12)
-    expected = (torch.logsumexp(log_masks + per_channel, dim=1).sum(dim=(1, 2, 3))
-                if args.theirs_likelihood == "channel" else
-                torch.logsumexp(log_masks + per_channel.sum(2, keepdim=True), dim=1).sum(dim=(1, 2, 3)))
-    got = raw.log_likelihood.sum(dim=tuple(range(1, raw.log_likelihood.dim())))
+    expected = mixture_log_likelihood(image.to(raw.mean.dtype), raw.mean, torch.log(raw.mask + 1e-12),
+                                      raw.mean.new_tensor(raw.sigma),
+                                      per_channel=args.theirs_likelihood == "channel")
+    got = raw.log_likelihood.flatten(1).sum(1)
     print(f"theirs last decode's log-likelihood against the {mixture} formula: largest "
           f"difference {float((got - expected).abs().max()):.1e} nats per image")
 
