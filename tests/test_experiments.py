@@ -157,6 +157,12 @@ def test_tiny_study_end_to_end_resumes_without_retraining(tmp_path):
     md = (tmp_path / "r2" / "report.md").read_text()
     assert "No grid for monet/toy seed 0: the run directories hold the results" in md
     assert "Table 1" in md and not (tmp_path / "r2" / "figure2_monet_toy_seed0.png").exists()
+    # Reported again into the folder that holds the grid drawn from those weights: kept, and said so.
+    result = runner.invoke(app, ["experiment", "report", str(study)])
+    assert result.exit_code == 0, result.output
+    md = (report_dir / "report.md").read_text()
+    assert "No grid" not in md and "(figure2_monet_toy_seed0.png)" in md
+    assert "drawn by an earlier report from these runs' final weights" in md
 
 
 def summary_steps(report_dir):
