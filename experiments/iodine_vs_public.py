@@ -471,7 +471,7 @@ def check(args) -> None:
                                       per_channel=args.theirs_likelihood == "channel")
     got = raw.log_likelihood.flatten(1).sum(1)
     print(f"theirs last decode's log-likelihood against the {mixture} formula: largest "
-          f"difference {float((got - expected).abs().max()):.1e} nats per image")
+          f"difference {float((got - expected).detach().abs().max()):.1e} nats per image")
 
     # Their training step's gradient: forward (internal backward calls fill .grad), zero_grad,
     # backward, as lib/engine/train.py. It must equal the gradient of the returned loss alone.
