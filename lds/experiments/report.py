@@ -445,15 +445,16 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
                 continue
             name = f"figure2_{model}_{store}_seed{seed}.png"
             path = report.out_dir / name
+            caption = (f"Figure 2 ({model}, {store}, seed {seed}): Obs | Rec | each component "
+                       "alone | Seg; control rows above LDS rows")
             # A run kept as its results only (eval, curves; weights not shipped) cannot be drawn.
             # A grid an earlier report drew into this folder from the same finished runs is kept
             # (a finished run is never trained again, so its final weights drew that picture).
             if not _has_weights(study_dir, *(r for _, r in finished)):
                 if path.is_file():
-                    report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed "
-                                  f"{seed}): Obs | Rec | each component alone | Seg; control rows "
-                                  "above LDS rows (drawn by an earlier report from these runs' "
-                                  "final weights, which the study directory no longer holds)")
+                    report.figure(name, path.read_bytes(), caption + " (drawn by an earlier "
+                                  "report from these runs' final weights, which the study "
+                                  "directory no longer holds)")
                     drew = True
                 else:
                     without_weights.append(f"{model}/{store} seed {seed}")
@@ -465,8 +466,7 @@ def figure2_grids(report: Report, results, spec, study_dir: Path, summary) -> No
             dataset = dataset or open_eval_dataset(spec.stores[store].eval, train_cfg.model)
             figure2_for_dataset(list(models.values()), dataset, spec.figures.num_examples, path,
                                 limit=spec.eval.max_images, labels=list(models))
-            report.figure(name, path.read_bytes(), f"Figure 2 ({model}, {store}, seed {seed}): "
-                          "Obs | Rec | each component alone | Seg; control rows above LDS rows")
+            report.figure(name, path.read_bytes(), caption)
             drew = True
     if without_weights:
         report.paragraph("No grid for " + ", ".join(without_weights) + ": the run directories "
