@@ -39,7 +39,17 @@ every Gaussian draw to its mean and compares both losses and gradient norms on 2
 1.0e-6, the residue of their log(m + 1e-6) against our log m). With noise the two differ in one
 estimator: their query phase draws a fresh z per query view, ours one z for all query views
 (the same expectation, another variance); and the draws come in another order, so the same
-seed gives other samples.
+seed gives other samples. Without noise the K slots start from one lambda_0 and stay equal, and
+equal slots score the same under either mixture; so --check also compares both codes' 17
+refinement inputs for the same random, different slots (``check_refinement_inputs``; measured:
+within 4.4e-3 in the standardised dL/dm, 2e-5 elsewhere).
+
+``--likelihood`` sets both models' mixture over the slots: ``channel`` (the default) is MulMON's
+code as published, every colour channel mixing the K slots on its own; ``pixel`` mixes once per
+pixel over its RGB value, the LDS paper's Eq. (1): ours as model.likelihood=pixel, theirs with
+their ``Gaussian_ll`` wrapped (``mixed_per_pixel``, on their loaded module only). The same switch
+made the public IODINE split the cube scenes (experiments/iodine_vs_public.py
+--theirs-likelihood). --check passes with either.
 
 Every --eval-every steps (and at step 0) both are scored on the held-out store by the same
 code, lds.evaluation.evaluate (what ``ldsrig eval`` runs): the first model.eval_observed = 5
@@ -161,12 +171,38 @@ PRINTED = ("loss", "mse", "fg_ari", "miou", "query_mse", "query_fg_ari")
 
 # ---- the public MulMON ------------------------------------------------------------------------
 
-def public_mulmon(src: Path, size: int, viewpoint_size: int, lr: float, num_slots: int = 7):
+def mixed_per_pixel(gaussian_ll):
+    """Their ``Gaussian_ll`` (models/modules.py) with the K slots mixed once per pixel: their own
+    per-channel log N terms summed over the colour channels before their logsumexp over the
+    slots, masks entering as their log(m + 1e-6). Returns what theirs returns: the mixture
+    log-likelihood (B, 1, 1, H, W), one channel where theirs has three, and the per-channel terms.
+    Every caller in their mulmon.py only sums the first over its channels (the loss, and the
+    refinement's pixel-likelihood input), so that input becomes the per-pixel mixture's likelihood."""
+    def per_pixel(x_col, _x, masks, std):
+        _, log_pxz = gaussian_ll(x_col, _x, masks, std)
+        mixed = torch.logsumexp((masks + 1e-6).log() + log_pxz.sum(2, keepdim=True), dim=1,
+                                keepdim=True)
+        return mixed, log_pxz
+    return per_pixel
+
+
+def set_their_likelihood(kind: str) -> None:
+    """``channel``: their published per-channel mixture; ``pixel``: ``mixed_per_pixel``. Set on
+    their loaded module's namespace (their mulmon.py calls ``Gaussian_ll`` by name); their files
+    stay unchanged."""
+    their_model, their_modules = sys.modules["models.mulmon"], sys.modules["models.modules"]
+    published = their_modules.Gaussian_ll
+    their_model.Gaussian_ll = published if kind == "channel" else mixed_per_pixel(published)
+
+
+def public_mulmon(src: Path, size: int, viewpoint_size: int, lr: float, num_slots: int = 7,
+                  likelihood: str = "channel"):
     """Their MulMON in training mode, configured as bench_mulmon_public configures it (CLE-MV
     settings), for ``size`` x ``size`` images, ``num_slots`` slots and viewpoint vectors of
-    ``viewpoint_size``, with its view split set per step by the returned ``split``
-    (``split["observed"]``)."""
+    ``viewpoint_size``, with the slots mixed per ``likelihood`` (``set_their_likelihood``) and its
+    view split set per step by the returned ``split`` (``split["observed"]``)."""
     PublicMulMON, CONFIG, shims = load_public_mulmon(src)
+    set_their_likelihood(likelihood)
     cfg = public_config(CONFIG, SimpleNamespace(observed=1, size=size))
     cfg.v_in_dim = cfg.view_dim = viewpoint_size   # their running config: view_dim = v_in_dim
     cfg.lr_rate = lr
@@ -311,18 +347,20 @@ def check(args) -> None:
 
     torch.set_num_threads(args.threads)
     cfg = load_train_config("mulmon", None, [f"model.num_views={args.views}",
-                                             f"model.viewpoint={args.viewpoint}"])
+                                             f"model.viewpoint={args.viewpoint}",
+                                             f"model.likelihood={args.likelihood}"])
     data = open_store_dataset(args.train, cfg.model)
     cfg.model.height, cfg.model.width = data[0]["image"].shape[-2:]
     batch = KeyCollate(("image", "viewpoint"))([data[(i, i)] for i in range(min(2, len(data)))])
     torch.manual_seed(args.seed)
     theirs, their_cfg, split, _ = public_mulmon(Path(args.public_src), cfg.model.height,
-                                                cfg.model.viewpoint_size, args.lr)
+                                                cfg.model.viewpoint_size, args.lr,
+                                                likelihood=args.likelihood)
     ours = build_model(cfg.model).train()
     their_weights_into_ours(theirs, ours)
     worst = 0.0
     print(f"same weights, no noise, {batch['image'].shape[0]} scenes x {data.num_views} views, "
-          f"{cfg.model.height}x{cfg.model.width}:")
+          f"{cfg.model.height}x{cfg.model.width}, mixture per {args.likelihood}:")
     for observed in range(1, data.num_views):
         split["observed"] = observed
         values = {}
@@ -345,8 +383,60 @@ def check(args) -> None:
               f"{values['ours'][0]:.4f} (relative difference {rel[0]:.1e}); gradient norm "
               f"theirs {values['theirs'][1]:.4f} ours {values['ours'][1]:.4f} ({rel[1]:.1e})")
     print(f"largest relative difference {worst:.1e} (tolerance {CHECK_TOLERANCE:.0e})")
-    if worst > CHECK_TOLERANCE:
+    # Without noise every slot starts from the one lambda_0 and stays equal, and with equal
+    # slots both mixtures score the same: the loss check above cannot tell them apart.
+    inputs_worst = check_refinement_inputs(theirs, ours, their_cfg.pixel_sigma, args.seed)
+    if worst > CHECK_TOLERANCE or inputs_worst > INPUTS_TOLERANCE:
         sys.exit(1)
+
+
+REFINE_CHANNELS = (("x", 3), ("mu_x", 3), ("mask", 1), ("mask logit", 1), ("LN dL/dmu", 3),
+                   ("LN dL/dm", 1), ("colour likelihood", 1), ("LN pixel likelihood", 1),
+                   ("LN leave-one-out", 1), ("coordinates", 2))
+# Standardised inputs (unit scale). Measured: 4.4e-3 in LN dL/dm, their gradient taken through
+# log(m + 1e-6), ours through log m; 1e-5 elsewhere. A per-channel pixel-likelihood input
+# under the per-pixel loss differs by 1.4.
+INPUTS_TOLERANCE = 1e-2
+
+
+def check_refinement_inputs(theirs, ours, sigma: float, seed: int) -> float:
+    """Both codes' 17 refinement input channels for the same random slots (decoded means,
+    mask logits: every slot different, which the losses without noise never reach), each code's
+    loss and gradients taken its own way: their ``get_refine_inputs`` on their ``Gaussian_ll``
+    (as set by --likelihood) against our ``_refinement_inputs``. Prints the largest absolute
+    difference per input and returns the largest."""
+    their_module = sys.modules["models.mulmon"]
+    gen = torch.Generator().manual_seed(seed)
+    n, k, d = 2, ours.num_slots, ours.cfg.latent_dim
+    h, w = ours.cfg.height, ours.cfg.width
+    # Slots near the image and masks above 1e-3: where a mask is far below their 1e-6, their
+    # log(m + 1e-6) and our log m weigh that slot differently (a different function, not a bug).
+    image = torch.rand(n, 3, h, w, generator=gen)
+    means = (image[:, None] + 0.1 * torch.randn(n, k, 3, h, w, generator=gen)).requires_grad_()
+    logits = torch.randn(n, k, 1, h, w, generator=gen).requires_grad_()
+    lmbda = torch.randn(n * k, 2 * d, generator=gen).requires_grad_()
+    with torch.enable_grad():
+        masks = torch.softmax(logits, dim=1)
+        image_k = image[:, None].expand(n, k, 3, h, w)
+        ll_pixel, ll_colour = their_module.Gaussian_ll(means, image_k, masks, sigma)
+        loss = -ll_pixel.flatten(1).sum(-1).mean() + lmbda.pow(2).sum()   # lambda in the graph
+        their_inputs = theirs.get_refine_inputs(image_k, means, masks, logits, ll_pixel, lmbda,
+                                                loss, ll_colour)["img"].view(n, k, 17, h, w)
+        log_masks = torch.log_softmax(logits, dim=1)
+        log_comp = ours._log_components(image[:, None], means[:, None])[:, 0]
+        our_loss = ours._nll(log_comp[:, None], log_masks[:, None]).mean()
+        d_means, d_log_masks = torch.autograd.grad(our_loss, (means, log_masks))
+        our_inputs = ours._refinement_inputs(image, means, log_masks, logits, log_comp, d_means,
+                                             d_log_masks).view(n, k, 17, h, w)
+    worst, start, parts = 0.0, 0, []
+    for name, size in REFINE_CHANNELS:
+        diff = float((their_inputs[:, :, start:start + size]
+                      - our_inputs[:, :, start:start + size]).detach().abs().max())
+        worst, start = max(worst, diff), start + size
+        parts.append(f"{name} {diff:.1e}")
+    print(f"refinement inputs, {n} images x {k} different slots: largest absolute difference "
+          f"{'; '.join(parts)} (tolerance {INPUTS_TOLERANCE:.0e})")
+    return worst
 
 
 class SampledInference(torch.nn.Module):
@@ -391,7 +481,7 @@ def train(args, out: Path) -> None:
     require_stores(train=args.train, val=args.val)
     cfg = load_train_config("mulmon", None, [
         f"model.num_views={args.views}", f"model.viewpoint={args.viewpoint}",
-        f"model.num_slots={args.slots}",
+        f"model.num_slots={args.slots}", f"model.likelihood={args.likelihood}",
         *([f"model.max_observed={args.max_observed}"] if args.max_observed else []),
         f"optim.lr={args.lr}", f"optim.batch_size={args.batch}", f"optim.steps={args.steps}",
         f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}",
@@ -405,7 +495,7 @@ def train(args, out: Path) -> None:
     print(f"train {args.train}: {len(train_set)} scenes x {views} views, {size[0]}x{size[1]}; "
           f"held out {args.val}: {len(val_set)} scenes (scored: "
           f"{min(args.val_scenes, len(val_set))});"
-          f" viewpoint {cfg.model.viewpoint}; Adam lr {args.lr} ({args.schedule}), clip "
+          f" viewpoint {cfg.model.viewpoint}; mixture per {args.likelihood}; Adam lr {args.lr} ({args.schedule}), clip "
           f"{args.clip}, batch {args.batch} scenes, {args.steps} steps, {args.threads} thread(s)",
           flush=True)
 
@@ -430,7 +520,7 @@ def train(args, out: Path) -> None:
                                 "layout) is needed to train theirs")
             theirs, their_cfg, split, shims = public_mulmon(Path(args.public_src), size[0],
                                                            cfg.model.viewpoint_size, args.lr,
-                                                           args.slots)
+                                                           args.slots, args.likelihood)
             print(f"public sources: {args.public_src}; shims: {'; '.join(shims)}", flush=True)
 
             def loss_of(batch, n, theirs=theirs, split=split, sigma=their_cfg.pixel_sigma):
@@ -504,6 +594,10 @@ def main() -> None:
     parser.add_argument("--amp", choices=["off", "bf16"], default="off",
                         help="both training forwards under bf16 autocast (ldsrig's amp=bf16); "
                              "evaluation stays fp32")
+    parser.add_argument("--likelihood", choices=["channel", "pixel"], default="channel",
+                        help="both models' mixture over the slots: per colour channel (MulMON's "
+                             "code) or per pixel (the LDS paper's Eq. 1; ours' model.likelihood, "
+                             "theirs through mixed_per_pixel)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--schedule", choices=["gqn", "constant"], default="gqn")
     parser.add_argument("--clip", type=float, default=5.0)

@@ -143,6 +143,34 @@ def test_the_per_pixel_mixture_is_one_mixture_over_each_pixels_colour():
     assert torch.isfinite(out.loss) and float(model.refine.lstm.weight_ih.grad.abs().sum()) > 0
 
 
+def test_the_refinement_reads_the_likelihood_the_loss_scores():
+    """The pixel-likelihood input (channel 13 of the 17) is the standardised exp of the mixture
+    log-likelihood that model.likelihood scores: per channel as MulMON's code, per pixel the RGB
+    product mixed once (what MulMON's code feeds when its Gaussian_ll mixes per pixel)."""
+    from lds.models.mulmon import _standardize
+    gen = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, H, W, generator=gen)
+    means = torch.rand(2, 3, 3, H, W, generator=gen)
+    log_masks = torch.log_softmax(torch.randn(2, 3, 1, H, W, generator=gen), dim=1)
+    zeros = torch.zeros(2, 3, 1, H, W)
+    channels = {}
+    for mixture in ("channel", "pixel"):
+        model = tiny_model(likelihood=mixture)
+        log_comp = model._log_components(image[:, None], means[:, None])[:, 0]
+        aux = model._refinement_inputs(image, means, log_masks, log_masks, log_comp,
+                                       torch.zeros_like(means), zeros).view(2, 3, 17, H, W)
+        density = log_comp.exp()                                      # N(x_c; mu_kc, sigma)
+        if mixture == "pixel":   # sum_k m_k prod_c N
+            by_hand = (log_masks.exp() * density.prod(2, keepdim=True)).sum(1)
+        else:                    # prod_c sum_k m_k N_c
+            by_hand = (log_masks.exp() * density).sum(1).prod(1, keepdim=True)
+        expected = _standardize(by_hand.double(), 1).float()
+        assert torch.allclose(aux[:, 0, 13:14], expected, atol=1e-5)
+        assert torch.equal(aux[:, 0, 13], aux[:, 2, 13])               # the same for every slot
+        channels[mixture] = aux[:, 0, 13]
+    assert not torch.allclose(channels["channel"], channels["pixel"], atol=1e-3)
+
+
 def test_evaluation_breaks_the_slot_symmetry_and_does_not_depend_on_the_batch():
     """Every slot starts from the one learned lambda_0: decoded at the mean throughout, the K
     slots would stay identical and segment nothing. Evaluation samples the refinement's z from

@@ -276,7 +276,8 @@ class MulMON(MultiObjectVAE):
 
         x, mu_x, mask, mask logit (not detached); LN dL/dmu_x and LN dL/dm (detached); the
         colour likelihood softmax_k sum_c log N(x_c; mu_kc, sigma) (no masks; detached); LN of the
-        pixel likelihood exp(sum_c log sum_k m_k N(x_c; mu_kc, sigma)) and LN of the
+        pixel likelihood exp(sum_c log sum_k m_k N(x_c; mu_kc, sigma)) (per pixel:
+        sum_k m_k prod_c N(x_c; mu_kc, sigma), the mixture the loss scores) and LN of the
         leave-one-out likelihood (sum_j m_j L_j - m_k L_k) / (1 - m_k + 1e-5) with
         L_k = prod_c N(x_c; mu_kc, sigma) (likelihoods, not logs; detached); 2 coordinate channels.
         """
@@ -289,7 +290,10 @@ class MulMON(MultiObjectVAE):
             masks = log_masks.exp()
             slot_ll = log_comp.sum(2, keepdim=True)                          # (S, K, 1, H, W)
             colour_likelihood = torch.softmax(slot_ll, dim=1)
-            pixel_likelihood = torch.logsumexp(log_masks + log_comp, dim=1).sum(1, keepdim=True).exp()
+            # The likelihood the loss scores (cfg.likelihood), as in MulMON's code, whose input is
+            # exp of its own mixture log-likelihood: per pixel, the RGB product mixes once.
+            mixed = log_comp.sum(2, keepdim=True) if self.cfg.likelihood == "pixel" else log_comp
+            pixel_likelihood = torch.logsumexp(log_masks + mixed, dim=1).sum(1, keepdim=True).exp()
             pixel_likelihood = _standardize(pixel_likelihood, 1)[:, None].expand(s, k, 1, h, w)
             weighted = masks * slot_ll.exp()
             leave_one_out = (weighted.sum(1, keepdim=True) - weighted) / (1 - masks + 1e-5)
