@@ -76,7 +76,9 @@ cumulative over training), and every evaluation aggregate's mean (mse, miou, fg_
 query_mse, query_fg_ari, ...); a model whose loss or gradient turned non-finite stops, and its
 next row says so under "stopped"; the final weights as OUT/<who>_seed<S>_step<N>.safetensors.
 --plot draws OUT/curves.png (training loss, MSE, FG-ARI and mIoU against steps, observed views
-solid, query views dashed, mean +- std over seeds) and OUT/summary.json. With --only both (the
+solid, query views dashed, mean +- std over seeds) and OUT/summary.json. --figure (with the
+training's arguments) draws Figure 2 of each model from those final weights,
+OUT/figure2_<who>_seed<S>.png: 4 held-out scenes, every view, z sampled as in the curves. With --only both (the
 default) the two models' steps alternate in one process (the first of each pair alternates
 too), so the machine's load hits both alike; --only ours / theirs trains one, on the same
 batches and splits.
@@ -470,14 +472,12 @@ class SampledInference(torch.nn.Module):
 
 # ---- training both the same way ------------------------------------------------------------------
 
-def train(args, out: Path) -> None:
+def comparison_setting(args):
+    """Our training config for the arguments, the training store (which resolves
+    model.viewpoint and the image size) and the held-out store, opened as ``train`` opens them."""
     from lds.data import open_eval_dataset, open_store_dataset
-    from lds.models import build_model
     from lds.training.config import load_train_config
-    from lds.training.loop import KeyCollate, StepBatchSampler, keep_freed_memory, step_seed
 
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
     require_stores(train=args.train, val=args.val)
     cfg = load_train_config("mulmon", None, [
         f"model.num_views={args.views}", f"model.viewpoint={args.viewpoint}",
@@ -487,9 +487,57 @@ def train(args, out: Path) -> None:
         f"optim.grad_clip={args.clip}", f"optim.schedule={args.schedule}", f"seed={args.seed}",
         f"amp={args.amp}"])
     train_set = open_store_dataset(args.train, cfg.model)     # resolves model.viewpoint
-    size = tuple(train_set[0]["image"].shape[-2:])
-    cfg.model.height, cfg.model.width = size
+    cfg.model.height, cfg.model.width = train_set[0]["image"].shape[-2:]
     val_set = open_eval_dataset(args.val, cfg.model)           # same size, store view order
+    return cfg, train_set, val_set
+
+
+def figures(args, out: Path, num_scenes: int = 4) -> None:
+    """Figure 2 of each model from its final weights in OUT (``<who>_seed<S>_step<steps>``, the
+    same arguments as its training): ``num_scenes`` held-out scenes spread over --val-scenes,
+    every view (the first eval_observed observed, the rest queries), each model scored the way
+    its curves were (z sampled), torch seeded with --seed. Writes OUT/figure2_<who>_seed<S>.png."""
+    from safetensors.torch import load_file
+
+    from lds.evaluation.figures import figure2_for_dataset
+    from lds.models import build_model
+
+    torch.set_num_threads(args.threads)
+    cfg, _, val_set = comparison_setting(args)
+    drawn = 0
+    for who in WHO:
+        weights = out / f"{who}_seed{args.seed}_step{args.steps}.safetensors"
+        if not weights.is_file():
+            continue
+        if who == "ours":
+            model = build_model(cfg.model)
+            shown = SampledInference(model)
+        else:
+            check_sources(args)
+            model, *_ = public_mulmon(Path(args.public_src), cfg.model.height,
+                                      cfg.model.viewpoint_size, args.lr, args.slots,
+                                      args.likelihood)
+            shown = PublicMulMONAdapter(model, cfg.model.eval_observed)
+        model.load_state_dict(load_file(str(weights)))
+        torch.manual_seed(args.seed)
+        path = figure2_for_dataset([shown], val_set, num_scenes,
+                                   out / f"figure2_{who}_seed{args.seed}.png",
+                                   limit=args.val_scenes)
+        print(f"wrote {path} ({LABELS[who]}, step {args.steps})", flush=True)
+        drawn += 1
+    if not drawn:
+        raise UserError(f"no final weights (<who>_seed{args.seed}_step{args.steps}.safetensors) "
+                        f"in {out}")
+
+
+def train(args, out: Path) -> None:
+    from lds.models import build_model
+    from lds.training.loop import KeyCollate, StepBatchSampler, keep_freed_memory, step_seed
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    cfg, train_set, val_set = comparison_setting(args)
+    size = (cfg.model.height, cfg.model.width)
     views = train_set.num_views
     out.mkdir(parents=True, exist_ok=True)
     print(f"train {args.train}: {len(train_set)} scenes x {views} views, {size[0]}x{size[1]}; "
@@ -614,6 +662,9 @@ def main() -> None:
                         help="continue OUT's run from the state saved at its last evaluation "
                              "(the same arguments; --steps may be larger)")
     parser.add_argument("--plot", action="store_true", help="only draw the curves of OUT")
+    parser.add_argument("--figure", action="store_true",
+                        help="only draw Figure 2 of each model from its final weights in OUT "
+                             "(the same arguments as the training)")
     parser.add_argument("--check", action="store_true",
                         help="only compare both losses with the same weights and no noise")
     args = parser.parse_args()
@@ -626,10 +677,10 @@ def main() -> None:
     if not args.out:
         raise UserError("--out DIR is needed")
     out = Path(args.out)
-    if args.plot:
+    if args.plot or args.figure:
         if not out.is_dir():
             raise UserError(f"--out {out} does not exist")
-        plot(out)
+        plot(out) if args.plot else figures(args, out)
         return
     if args.steps < 1 or args.eval_every < 1 or args.batch < 1 or args.val_scenes < 1:
         raise UserError("--steps, --eval-every, --batch and --val-scenes must be positive")
