@@ -401,7 +401,9 @@ def table2(report: Report, results, spec, summary) -> None:
                      "dG = G(control) - G(LDS) per image (positive: LDS narrowed the gap); "
                      "dMSE = MSE(control) - MSE(LDS), dmIoU = mIoU(LDS) - mIoU(control) "
                      "(positive: LDS better). Images pooled over seeds.")
-    fig, axes = plt.subplots(len(scatter), 2, figsize=(10, 3.6 * len(scatter)), squeeze=False)
+    # constrained layout: without it a row's x label runs into the next row's title
+    fig, axes = plt.subplots(len(scatter), 2, figsize=(10, 3.6 * len(scatter)), squeeze=False,
+                             layout="constrained")
     for row, (key, (dg_arr, dmse, dmiou)) in enumerate(scatter.items()):
         for col, (values, label) in enumerate(((dmse, "dMSE"), (dmiou, "dmIoU"))):
             ax = axes[row, col]
@@ -411,6 +413,7 @@ def table2(report: Report, results, spec, summary) -> None:
             ax.set_xlabel(label)
             ax.set_ylabel("dG (nats)")
             ax.set_title(key, fontsize=9)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(6))   # MSE differences have long labels
             ax.legend(fontsize=7)
     report.figure("table2_scatter.png", _png(fig), "Table 2 scatter: per-image dG against the "
                   "per-image MSE and mIoU differences; red line: mean dG")
