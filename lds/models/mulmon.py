@@ -292,7 +292,7 @@ class MulMON(MultiObjectVAE):
             colour_likelihood = torch.softmax(slot_ll, dim=1)
             # The likelihood the loss scores (cfg.likelihood), as in MulMON's code, whose input is
             # exp of its own mixture log-likelihood: per pixel, the RGB product mixes once.
-            mixed = log_comp.sum(2, keepdim=True) if self.cfg.likelihood == "pixel" else log_comp
+            mixed = slot_ll if self.cfg.likelihood == "pixel" else log_comp
             pixel_likelihood = torch.logsumexp(log_masks + mixed, dim=1).sum(1, keepdim=True).exp()
             pixel_likelihood = _standardize(pixel_likelihood, 1)[:, None].expand(s, k, 1, h, w)
             weighted = masks * slot_ll.exp()
