@@ -78,9 +78,9 @@ next row says so under "stopped"; the final weights as OUT/<who>_seed<S>_step<N>
 --plot draws OUT/curves.png (training loss, MSE, FG-ARI and mIoU against steps, observed views
 solid, query views dashed, mean +- std over seeds) and OUT/summary.json. --figure (with the
 training's arguments) draws Figure 2 of each model from those final weights,
-OUT/figure2_<who>_seed<S>.png: 4 held-out scenes, every view, z sampled as in the curves. With --only both (the
-default) the two models' steps alternate in one process (the first of each pair alternates
-too), so the machine's load hits both alike; --only ours / theirs trains one, on the same
+OUT/figure2_<who>_seed<S>.png: 4 held-out scenes, every view, z sampled as in the curves. With
+--only both (the default) the two models' steps alternate in one process (the first of each pair
+alternates too), so the machine's load hits both alike; --only ours / theirs trains one, on the same
 batches and splits.
 
 Commands (the smoke run: tiny stores, 32x32, a few steps; the paper's size is 64x64, and both
@@ -543,8 +543,8 @@ def train(args, out: Path) -> None:
     print(f"train {args.train}: {len(train_set)} scenes x {views} views, {size[0]}x{size[1]}; "
           f"held out {args.val}: {len(val_set)} scenes (scored: "
           f"{min(args.val_scenes, len(val_set))});"
-          f" viewpoint {cfg.model.viewpoint}; mixture per {args.likelihood}; Adam lr {args.lr} ({args.schedule}), clip "
-          f"{args.clip}, batch {args.batch} scenes, {args.steps} steps, {args.threads} thread(s)",
+          f" viewpoint {cfg.model.viewpoint}; mixture per {args.likelihood}; Adam lr {args.lr} "
+          f"({args.schedule}), clip {args.clip}, batch {args.batch} scenes, {args.steps} steps, {args.threads} thread(s)",
           flush=True)
 
     who_list = list(WHO) if args.only == "both" else [args.only]
@@ -680,7 +680,10 @@ def main() -> None:
     if args.plot or args.figure:
         if not out.is_dir():
             raise UserError(f"--out {out} does not exist")
-        plot(out) if args.plot else figures(args, out)
+        if args.plot:
+            plot(out)
+        else:
+            figures(args, out)
         return
     if args.steps < 1 or args.eval_every < 1 or args.batch < 1 or args.val_scenes < 1:
         raise UserError("--steps, --eval-every, --batch and --val-scenes must be positive")
