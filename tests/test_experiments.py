@@ -330,3 +330,46 @@ def test_mulmon_study_evaluates_novel_views_against_the_views_observed(tmp_path)
     table = json.loads((study / "report" / "summary.json").read_text())["novel_views"]["mulmon/toy"]
     assert set(table) == {"control", "lds"} and set(table["lds"]) == {"1", "2"}
     assert table["lds"]["1"]["query_mse"]["n"] == 1
+
+
+def test_a_curriculum_study_starts_each_run_from_its_own_earlier_run(tmp_path):
+    """train.init_from: each arm and seed of stage 2 starts from the same run of stage 1 (its
+    parameters, not the others'); a missing start is one line before anything trains."""
+    from cli import app
+    from safetensors.torch import load_file
+
+    store = tmp_path / "store"
+    make_store(store, scenes=2)
+    first = load_spec(write_spec(tmp_path / "first.yaml", store, gap={"enabled": False},
+                                 ablations={}))
+    for run in expand_runs(first):
+        execute_run(first, run, tmp_path / "stage1", progress=False)
+    template = "stage1/runs/{run_id}/checkpoints/step_0000002.safetensors"
+    second_path = write_spec(tmp_path / "second.yaml", store, gap={"enabled": False}, ablations={},
+                             train={"steps": 1, "init_from": template,
+                                    "overrides": ["optim.batch_size=2", "log.every=1",
+                                                  "log.checkpoint_every=1", "log.tensorboard=false",
+                                                  "optim.lr=1e-9"]})
+    second = load_spec(second_path)
+    for run in expand_runs(second):
+        start = second.train.init_path(run)
+        assert start == str(tmp_path / "stage1" / "runs" / run.run_id / "checkpoints" / "step_0000002.safetensors")
+        assert train_config_for(second, run).init_from == start
+        execute_run(second, run, tmp_path / "stage2", progress=False)
+        # lr 1e-9: one step leaves the parameters where they started, so they must be stage 1's
+        after = load_file(str(run_dir_of(tmp_path / "stage2", run) / "checkpoints" / "step_0000001.safetensors"))
+        before = load_file(start)
+        assert after.keys() == before.keys()
+        assert all(torch.allclose(after[k], before[k], rtol=0, atol=1e-6) for k in before)
+    control, lds = (load_file(second.train.init_path(r)) for r in expand_runs(second))
+    assert any(not torch.equal(control[k], lds[k]) for k in control)
+
+    with pytest.raises(SpecError, match="not a template"):
+        load_spec(write_spec(tmp_path / "bad.yaml", store, train={"init_from": "{run}/x"}))
+    missing = write_spec(tmp_path / "missing.yaml", store, gap={"enabled": False}, ablations={},
+                         train={"steps": 1, "init_from": "nowhere/{run_id}.safetensors"})
+    result = CliRunner().invoke(app, ["experiment", "run", str(missing), "--out",
+                                      str(tmp_path / "stage3"), "--no-progress"])
+    assert result.exit_code != 0
+    assert str(result.exception) == (f"monet__toy__control__seed0: train.init_from "
+                                     f"{tmp_path}/nowhere/monet__toy__control__seed0.safetensors does not exist")

@@ -59,6 +59,8 @@ def train_config_for(spec: ExperimentSpec, run: RunSpec):
     if run.num_slots is not None:
         overrides.append(f"model.num_slots={run.num_slots}")
     cfg = load_train_config(run.model, None, overrides)
+    if spec.train.init_from:
+        cfg.init_from = spec.train.init_path(run)
     cfg.data = spec.stores[run.store].train
     if spec.stores[run.store].val:
         cfg.validate.data = spec.stores[run.store].val
@@ -279,6 +281,11 @@ def run_study(spec: ExperimentSpec, study_dir: str | Path, slice_: tuple[int, in
         for p in dict.fromkeys(p for p in (paths.train, paths.val, paths.eval) if p):
             if not Path(p).exists():
                 raise UserError(f"store {name!r}: {p} does not exist")
+    # ... and each run's starting weights, before hours of other runs go by
+    for run in runs:
+        start = spec.train.init_path(run)
+        if start and not Path(start).is_file() and not is_finished(run_dir_of(study_dir, run), spec.train.steps):
+            raise UserError(f"{run.run_id}: train.init_from {start} does not exist")
     write_spec(spec, study_dir)
     if threads:
         torch.set_num_threads(threads)

@@ -51,6 +51,17 @@ class StorePaths:
 class TrainSection:
     steps: int = 1000
     overrides: list[str] = field(default_factory=list)
+    # Start every run from another study's weights (a curriculum: e.g. single views first, then
+    # query views): a path template formatted per run with {run_id}, {model}, {store}, {group}
+    # and {seed}, so each arm and seed continues its own earlier run. "" = a fresh initialisation.
+    init_from: str = ""
+
+    def init_path(self, run: "RunSpec") -> str:
+        """This run's ``init_from`` (the template filled in), or "" without one."""
+        if not self.init_from:
+            return ""
+        return self.init_from.format(run_id=run.run_id, model=run.model, store=run.store,
+                                     group=run.group, seed=run.seed)
 
 
 @dataclass
@@ -167,6 +178,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
         stores[name] = StorePaths(train=train, eval=_resolve(paths.eval, path.parent) if paths.eval else train,
                                   val=_resolve(paths.val, path.parent) if paths.val else "")
     spec.stores = stores
+    if spec.train.init_from:
+        spec.train.init_from = _resolve(spec.train.init_from, path.parent)
     validate_spec(spec, str(path))
     return spec
 
@@ -202,6 +215,11 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: seeds must be a non-empty list of distinct integers")
     if spec.train.steps < 1:
         raise SpecError(f"{where}: train.steps must be at least 1")
+    try:
+        spec.train.init_path(RunSpec(model="m", store="s", seed=0, lds=False))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"{where}: train.init_from {spec.train.init_from!r} is not a template of "
+                        f"{{run_id}}, {{model}}, {{store}}, {{group}} and {{seed}} ({exc!r})") from None
     if spec.gap.samples < 1 or spec.gap.chunk < 1:
         raise SpecError(f"{where}: gap.samples and gap.chunk must be at least 1")
     if spec.gap.amp not in ("off", "bf16"):
