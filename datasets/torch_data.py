@@ -102,7 +102,8 @@ class SceneViewsDataset(_StoreBacked):
     The model treats the first ``num_observed`` as observed and the rest as queries; MulMON's
     trainer draws that split per step, so it is not fixed here.  Scenes with fewer views than
     ``num_views`` are left out (and counted in ``skipped_scenes``).  ``shuffle_views=False``
-    keeps store view order (for evaluation).
+    keeps store view order (for evaluation); ``every_view`` (only with ``num_views=1``) makes
+    each view of each scene an item of its own.
 
     An item key may be ``(index, seed)``: the views are then drawn from a generator seeded with
     ``seed``, so a training loop that derives the seed from its step replays the same views on
@@ -113,8 +114,16 @@ class SceneViewsDataset(_StoreBacked):
     takes_item_seeds = True
 
     def __init__(self, store_path, num_views: int | None = None, scene_ids=None,
-                 in_memory: bool | str = "auto", viewpoint: str | None = None, shuffle_views: bool = True):
+                 in_memory: bool | str = "auto", viewpoint: str | None = None, shuffle_views: bool = True,
+                 every_view: bool = False):
         super().__init__(store_path, scene_ids, in_memory, viewpoint)
+        if every_view:
+            # A one-view model sees each view on its own, so every view of every scene is a test
+            # item (as every image is for the single-image models), not only the first of each.
+            if num_views != 1:
+                raise ValueError("every_view is for num_views = 1")
+            self.scene_ids = [s for s, ix in zip(self.scene_ids, self.scene_images) for _ in ix]
+            self.scene_images = [ix[i:i + 1] for ix in self.scene_images for i in range(len(ix))]
         counts = [len(ix) for ix in self.scene_images]
         if not counts:
             raise StoreError(f"{store_path} has no scenes to read")

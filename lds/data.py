@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from common.errors import ConfigError, UserError
 
 
-def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True) -> Dataset:
+def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True,
+                       every_view: bool = False) -> Dataset:
     """The store as the model reads it: single images, or scenes as sets of views when the
     model config says ``dataset = "views"`` (MulMON: ``num_views`` views per scene, shuffled in
     training, store order in evaluation; a ``viewpoint`` of "auto" is resolved from the store
@@ -27,7 +28,8 @@ def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True) 
     if getattr(model_cfg, "dataset", "images") == "views":
         kind = getattr(model_cfg, "viewpoint", "auto")
         dataset = SceneViewsDataset(str(path), num_views=model_cfg.num_views, shuffle_views=training,
-                                    viewpoint=None if kind == "auto" else kind)
+                                    viewpoint=None if kind == "auto" else kind,
+                                    every_view=every_view and model_cfg.num_views == 1)
         model_cfg.viewpoint = dataset.viewpoint_kind
         return dataset
     return ImageDataset(path)
@@ -35,10 +37,13 @@ def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True) 
 
 def open_eval_dataset(data: str | Path, model_cfg=None) -> Dataset:
     """The store for evaluating a trained model (store order; scenes as sets of views for
-    multi-view models), refused with one line when its images are not the model's size."""
+    multi-view models, every view on its own for a one-view MulMON), refused with one line when
+    its images are not the model's size."""
     if not Path(data).exists():
         raise UserError(f"data store {data} does not exist")
-    dataset = open_store_dataset(data, model_cfg, training=False)
+    # A one-view MulMON is tested on every view of every scene, each on its own (the validation
+    # curves during training keep the first view of each scene, as before).
+    dataset = open_store_dataset(data, model_cfg, training=False, every_view=True)
     if len(dataset) and model_cfg is not None:
         size = tuple(dataset[0]["image"].shape[-2:])
         if size != (model_cfg.height, model_cfg.width):

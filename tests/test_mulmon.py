@@ -411,6 +411,34 @@ def test_cli_train_and_eval_mulmon_on_a_tiny_multi_view_store(tmp_path):
     assert too_few.exit_code != 0 and "10 views" in str(too_few.exception)
 
 
+def test_a_one_view_model_is_tested_on_every_view_and_validated_on_the_first(tmp_path):
+    """num_views = 1: each view is an image of its own to the model, so the test set is every
+    view of every scene (8 here), while training draws one view per scene and validation keeps
+    the first view of each (2), as the curves of earlier runs did."""
+    from cli import app
+    from lds.data import open_eval_dataset, open_store_dataset
+
+    store, run = tmp_path / "views.zarr", tmp_path / "run"
+    make_views_store(store, scenes=2, views=4)
+    cfg = tiny_model(num_views=1).cfg
+    test = open_eval_dataset(store, cfg)
+    assert len(test) == 8
+    assert sorted(int(test[i]["image_index"][0]) for i in range(8)) == list(range(8))
+    assert len(open_store_dataset(store, cfg, training=False)) == 2     # validation
+    assert len(open_store_dataset(store, cfg)) == 2                     # training
+    assert len(open_eval_dataset(store, tiny_model(num_views=2).cfg)) == 2
+    result = CliRunner().invoke(app, [
+        "train", "mulmon", "--data", str(store), "--out", str(run), "--steps", "1",
+        "--no-progress", "model.height=32", "model.width=32", "model.num_slots=3",
+        "model.num_iterations=2", "model.num_views=1", "optim.batch_size=2", "log.every=1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    evaluated = CliRunner().invoke(app, ["eval", str(run), "--data", str(store), "--no-progress"])
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    data = json.loads((run / "eval" / "eval.json").read_text())
+    assert data["meta"]["views"] == {"observed": 8, "query": 0, "scenes": 2}
+    assert data["aggregates"]["fg_ari"]["n"] == 8
+
+
 def test_resume_replays_the_same_views_and_continues_exactly(tmp_path):
     """2 steps + resume to 4 == 4 straight steps, bit for bit: the views each scene shows are
     drawn from a seed tied to (seed, step, position), not from whatever the RNG held."""

@@ -106,8 +106,8 @@ def _evaluate_run(run, data, out, batch_size, max_images, device, figure, metric
     print_result(result, console, title=f"{run.name}: {result.meta['num_images']} images")
     console.print(f"wrote {out}")
     if figure > 0:
-        # The evaluated items: images, or scenes for multi-view models (their records are views).
-        evaluated = result.meta.get("views", {}).get("scenes", result.meta["num_images"])
+        # The evaluated items (images, or scenes of views for MulMON), as evaluate() counts them.
+        evaluated = len(dataset) if max_images is None else min(len(dataset), max_images)
         path = figure2_for_dataset([model], dataset, figure, out.parent / FIGURE_FILE,
                             limit=evaluated, labels=[run.name])
         console.print(f"wrote {path}")
