@@ -49,6 +49,8 @@ def test_spec_expands_to_main_runs_then_ablations(tmp_path):
         # every seed; "sample" is what the main LDS runs use already
         "monet__toy__lds-mean__seed0", "monet__toy__lds-mean__seed1"]
     assert [train_config_for(spec, r).lds.latents for r in runs[-3:]] == ["sample", "mean", "mean"]
+    later = load_spec(spec_path, ["lds.from_iteration=1"])     # every LDS run of the study
+    assert {train_config_for(later, r).lds.from_iteration for r in runs} == {1}
     assert not runs[-1].is_main and runs[-1].lds
     assert spec.stores["toy"].eval == spec.stores["toy"].train == str(tmp_path / "store")
     assert parse_slice("1/3") == (1, 3)
@@ -258,8 +260,9 @@ def test_a_gap_file_from_before_the_amp_setting_counts_as_fp32(tmp_path):
 
 
 def test_a_study_written_before_a_setting_existed_still_matches_its_spec(tmp_path):
-    """lds.latents was added after studies were started: their saved spec.yaml lacks it, and
-    the same spec read today (with the default) must not be refused as a different study."""
+    """lds.latents and lds.from_iteration were added after studies were started: their saved
+    spec.yaml lacks them, and the same spec read today (with the defaults) must not be refused
+    as a different study."""
     from common.errors import UserError
     from lds.experiments.runner import write_spec as save_study_spec
 
@@ -267,7 +270,7 @@ def test_a_study_written_before_a_setting_existed_still_matches_its_spec(tmp_pat
     study = tmp_path / "study"
     saved = save_study_spec(load_spec(spec_path), study)
     data = yaml.safe_load(saved.read_text())
-    del data["lds"]["latents"]
+    del data["lds"]["latents"], data["lds"]["from_iteration"]
     saved.write_text(yaml.safe_dump(data))
     save_study_spec(load_spec(spec_path), study)             # the same study: no error
     with pytest.raises(UserError, match="different 'lds' section"):

@@ -236,6 +236,32 @@ def test_lds_is_applied_at_every_iteration_and_changes_the_loss_by_exactly_the_p
     assert len({round(float(x), 3) for x in per_iteration.detach()}) > 6
 
 
+def test_lds_from_iteration_leaves_out_every_view_s_earlier_iterations():
+    from common.errors import ConfigError
+    from lds.training.config import LDSConfig
+    from lds.training.objective import training_objective
+
+    model = tiny_model(num_iterations=4).train()
+    torch.manual_seed(3)
+    out = model(scenes_batch(scenes=2, views=6), num_observed=3)
+    _, every = training_objective(out, LDSConfig(enabled=True, weight=1.0))
+    _, later = training_objective(out, LDSConfig(enabled=True, weight=1.0, from_iteration=1))
+    per_step = torch.stack([lds_prior(z, sigma=0.1).mean() for z in out.lds_latents])
+    first = out.lds_iterations == 0                       # iteration 0 of each observed view
+    assert int(first.sum()) == 3
+    torch.testing.assert_close(later, (out.lds_weights * per_step)[~first].sum())
+    torch.testing.assert_close(every - later, (out.lds_weights * per_step)[first].sum())
+    # the iteration-0 latents get no gradient from the prior any more, the later ones do
+    (grad,) = torch.autograd.grad(later, out.lds_latents, retain_graph=True)
+    assert float(grad[first].abs().max()) == 0.0
+    assert bool((grad[~first].flatten(1).abs().sum(1) > 0).all())
+    # a model whose iterations all fall before from_iteration is refused, not trained without LDS
+    with pytest.raises(ConfigError, match="from_iteration=4"):
+        training_objective(out, LDSConfig(enabled=True, weight=1.0, from_iteration=4))
+    with pytest.raises(ConfigError, match="from_iteration"):
+        LDSConfig(from_iteration=-1)
+
+
 def test_fused_decoder_equals_the_plain_broadcast_decoder():
     """The decoder skips the tiled grid and splits the head; it must be the same function."""
     from torch.nn import functional as F

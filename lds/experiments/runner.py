@@ -54,6 +54,7 @@ def train_config_for(spec: ExperimentSpec, run: RunSpec):
         f"lds.weight={spec.lds.weight}",
         f"lds.sigma={run.sigma if run.sigma is not None else spec.lds.sigma}",
         f"lds.latents={run.latents or spec.lds.latents}",
+        f"lds.from_iteration={spec.lds.from_iteration}",
         f"device={spec.device}",
     ]
     if run.num_slots is not None:

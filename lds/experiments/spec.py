@@ -69,6 +69,7 @@ class LDSSection:
     weight: float = 0.5
     sigma: float = 0.1
     latents: str = "sample"              # lds.latents of the main LDS runs (docs/training.md)
+    from_iteration: int = 0              # lds.from_iteration of every LDS run (0: Eq. 3, all)
 
 
 @dataclass

@@ -59,8 +59,15 @@ class LDSConfig:
     # noise, so the prior cannot see slots whose means coincide (docs/training.md, "LDS on
     # samples or on means").
     latents: str = "sample"
+    # The first refinement iteration the prior applies to. Eq. 3 and supplement A put it on every
+    # iteration (0). IODINE and MulMON start every slot from one learned initial posterior, so at
+    # iteration 0 the slots differ only by their samples' noise and the prior can be paid only by
+    # widening that noise; 1 leaves iteration 0 out (an ablation; MulMON: of every observed view).
+    from_iteration: int = 0
 
     def __post_init__(self) -> None:
+        if self.from_iteration < 0:
+            raise ConfigError(f"lds.from_iteration must be >= 0, got {self.from_iteration}")
         if self.latents not in LDS_LATENTS:
             raise ConfigError(f"lds.latents must be one of {', '.join(LDS_LATENTS)}, got "
                               f"{self.latents!r}")

@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import ConfigError
 from lds.contract import ModelOutput
 from lds.prior import weighted_lds_prior
 
 
 def training_objective(out: ModelOutput, lds) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, the weighted LDS prior value) for one forward pass. ``lds``: the run's
-    ``LDSConfig`` (enabled, weight, sigma, latents: samples or posterior means); off, the prior is a detached zero and the loss is
-    the model's own."""
+    ``LDSConfig`` (enabled, weight, sigma, latents: samples or posterior means, from_iteration:
+    the first refinement iteration it applies to); off, the prior is a detached zero and the loss
+    is the model's own."""
     if not lds.enabled or lds.weight == 0:
         return out.loss, out.loss.new_zeros(())
     latents = out.lds_means if lds.latents == "mean" else out.lds_latents
-    prior, _ = weighted_lds_prior(latents, out.lds_weights, lds.sigma)
+    weights = out.lds_weights
+    if lds.from_iteration > 0:
+        applied = out.lds_iterations.to(weights.device) >= lds.from_iteration
+        if not bool(applied.any()):
+            raise ConfigError(f"lds.from_iteration={lds.from_iteration} leaves no inference step "
+                              f"to apply the prior to: this model's iterations are 0.."
+                              f"{int(out.lds_iterations.max())}")
+        weights = weights * applied.to(weights.dtype)
+    prior, _ = weighted_lds_prior(latents, weights, lds.sigma)
     return out.loss - lds.weight * prior, prior
 
 
