@@ -68,6 +68,8 @@ def test_bad_specs_are_user_errors(tmp_path):
         load_spec(write_spec(tmp_path / "b.yaml", "s", trian={"steps": 3}))
     with pytest.raises(SpecError, match="LDS latents must be one of sample, mean"):
         load_spec(write_spec(tmp_path / "c.yaml", "s", ablations={"lds_latents": ["median"]}))
+    with pytest.raises(SpecError, match="from_iteration must be >= 0"):
+        load_spec(write_spec(tmp_path / "d.yaml", "s"), ["lds.from_iteration=-1"])
     with pytest.raises(SpecError, match="slice"):
         parse_slice("3/2")
 

@@ -225,6 +225,8 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: gap.samples and gap.chunk must be at least 1")
     if spec.gap.amp not in ("off", "bf16"):
         raise SpecError(f"{where}: gap.amp must be off or bf16, got {spec.gap.amp!r}")
+    if spec.lds.from_iteration < 0:
+        raise SpecError(f"{where}: lds.from_iteration must be >= 0, got {spec.lds.from_iteration}")
     if any(s <= 0 for s in spec.ablations.sigma):
         raise SpecError(f"{where}: ablations.sigma values must be positive")
     if any(n < 1 for n in spec.eval.observed_views):
