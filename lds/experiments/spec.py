@@ -225,20 +225,25 @@ def validate_spec(spec: ExperimentSpec, where: str = "spec") -> None:
         raise SpecError(f"{where}: gap.samples and gap.chunk must be at least 1")
     if spec.gap.amp not in ("off", "bf16"):
         raise SpecError(f"{where}: gap.amp must be off or bf16, got {spec.gap.amp!r}")
-    if spec.lds.from_iteration < 0:
-        raise SpecError(f"{where}: lds.from_iteration must be >= 0, got {spec.lds.from_iteration}")
     if any(s <= 0 for s in spec.ablations.sigma):
         raise SpecError(f"{where}: ablations.sigma values must be positive")
     if any(n < 1 for n in spec.eval.observed_views):
         raise SpecError(f"{where}: eval.observed_views values must be at least 1")
     if any(k < 2 for k in spec.ablations.test_k + spec.ablations.train_k):
         raise SpecError(f"{where}: ablation K values must be at least 2")
-    from lds.training.config import LDS_LATENTS
+    from lds.training.config import LDS_LATENTS, LDSConfig
 
     for latents in [spec.lds.latents] + list(spec.ablations.lds_latents):
         if latents not in LDS_LATENTS:
             raise SpecError(f"{where}: LDS latents must be one of {', '.join(LDS_LATENTS)}, "
                             f"got {latents!r}")
+    # The LDS section's other values obey the training config's rules; ask it rather than
+    # restate them, so a bad value is refused when the spec is read, before any run trains.
+    try:
+        LDSConfig(enabled=True, weight=spec.lds.weight, sigma=spec.lds.sigma,
+                  latents=spec.lds.latents, from_iteration=spec.lds.from_iteration)
+    except ConfigError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def expand_runs(spec: ExperimentSpec) -> list[RunSpec]:
