@@ -378,3 +378,23 @@ def test_a_curriculum_study_starts_each_run_from_its_own_earlier_run(tmp_path):
     assert result.exit_code != 0
     assert str(result.exception) == (f"monet__toy__control__seed0: train.init_from "
                                      f"{tmp_path}/nowhere/monet__toy__control__seed0.safetensors does not exist")
+
+
+def test_a_study_takes_added_stores_and_models_but_refuses_changed_ones(tmp_path):
+    """A camera-spread question adds a store to a finished study: its runs stay valid, so the
+    spec with one more store (or model) is the same study; a store whose path changed is not."""
+    from common.errors import UserError
+    from lds.experiments.runner import write_spec as save_study_spec
+
+    store = tmp_path / "store"
+    spec_path = write_spec(tmp_path / "spec.yaml", store)
+    study = tmp_path / "study"
+    save_study_spec(load_spec(spec_path), study)
+    wider = {"toy": {"train": str(store), "val": str(store)},
+             "ring": {"train": str(tmp_path / "ring"), "val": str(tmp_path / "ring")}}
+    save_study_spec(load_spec(write_spec(tmp_path / "wider.yaml", store, stores=wider)), study)
+    saved = yaml.safe_load((study / "spec.yaml").read_text())
+    assert set(saved["stores"]) == {"toy", "ring"}
+    moved = {"toy": {"train": str(tmp_path / "elsewhere"), "val": str(store)}}
+    with pytest.raises(UserError, match=r"stores \['ring', 'toy'\] differ or are dropped"):
+        save_study_spec(load_spec(write_spec(tmp_path / "moved.yaml", store, stores=moved)), study)

@@ -246,17 +246,24 @@ def _with_defaults(saved: dict) -> dict:
 
 def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
     """Save the spec as run; a study directory keeps one spec (a different one is an error,
-    except for the stages that only add work: gap, eval metrics are not compared)."""
+    except for what only adds work: gap and eval settings are not compared, and seeds, stores
+    and models may be added, since the runs already there stay what they were)."""
     study_dir.mkdir(parents=True, exist_ok=True)
     path = study_dir / SPEC_FILE
     data = to_dict(spec)
     data["stores"] = {k: to_dict(v) for k, v in spec.stores.items()}
     if path.is_file():
         old = _with_defaults(yaml.safe_load(path.read_text()) or {})
-        for key in ("stores", "models", "train", "lds"):
+        for key in ("train", "lds"):
             if old.get(key) != data.get(key):
                 raise UserError(f"{study_dir} already holds a study with a different {key!r} "
                                 f"section; use another directory (or restore the spec)")
+        for key in ("stores", "models"):
+            before, now = old.get(key) or {}, data.get(key) or {}
+            changed = sorted(name for name in before if now.get(name) != before[name])
+            if changed:
+                raise UserError(f"{study_dir} already holds a study whose {key} {changed} "
+                                f"differ or are dropped here; use another directory (or restore the spec)")
         seeds_old = old.get("seeds") or []
         if any(s not in data["seeds"] for s in seeds_old):
             raise UserError(f"{study_dir}: the spec drops seeds {seeds_old}; use another directory")
