@@ -778,6 +778,11 @@ def refinement_iterations(report: Report, results, spec, study_dir: Path, summar
         prior_ax.set_xlabel("training step", fontsize=8)
         if labelled:
             prior_ax.legend(fontsize=6)
+        else:   # a store trained without LDS: say so rather than draw blank axes
+            prior_ax.text(0.5, 0.5, "no LDS run", ha="center", va="center", fontsize=9,
+                          color="#777777", transform=prior_ax.transAxes)
+            prior_ax.set_xticks([])
+            prior_ax.set_yticks([])
         for ax in (sim_ax, prior_ax):
             ax.tick_params(labelsize=7)
     fig.tight_layout()
