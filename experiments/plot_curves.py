@@ -35,7 +35,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import yaml
 
-    fig, axes = plt.subplots(1, len(args.metrics), figsize=(3.6 * len(args.metrics), 3.0), squeeze=False)
+    legend_rows = 0 if len(args.runs) <= 4 else -(-len(args.runs) // 3)
+    fig, axes = plt.subplots(1, len(args.metrics), squeeze=False,
+                             figsize=(3.6 * len(args.metrics), 3.0 + 0.2 * legend_rows))
     curves = {}
     for spec in args.runs:
         run, _, label = spec.partition("=")
@@ -52,8 +54,13 @@ def main() -> None:
             ax.set_title(metric(name).label, fontsize=8)
             ax.set_xlabel("images seen" if args.x == "images" else "step", fontsize=8)
             ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    if not legend_rows:
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+    else:   # many runs: a legend inside a panel would hide its curves, so it goes below them
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.2 * legend_rows / (3.0 + 0.2 * legend_rows), 1, 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
