@@ -36,8 +36,9 @@ def main() -> None:
     import yaml
 
     legend_rows = 0 if len(args.runs) <= 4 else -(-len(args.runs) // 3)
+    legend_height, height = 0.2 * legend_rows, 3.0 + 0.2 * legend_rows     # inches
     fig, axes = plt.subplots(1, len(args.metrics), squeeze=False,
-                             figsize=(3.6 * len(args.metrics), 3.0 + 0.2 * legend_rows))
+                             figsize=(3.6 * len(args.metrics), height))
     curves = {}
     for spec in args.runs:
         run, _, label = spec.partition("=")
@@ -60,7 +61,7 @@ def main() -> None:
     else:   # many runs: a legend inside a panel would hide its curves, so it goes below them
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.2 * legend_rows / (3.0 + 0.2 * legend_rows), 1, 1))
+        fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

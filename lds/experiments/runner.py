@@ -258,15 +258,15 @@ def write_spec(spec: ExperimentSpec, study_dir: Path) -> Path:
             if old.get(key) != data.get(key):
                 raise UserError(f"{study_dir} already holds a study with a different {key!r} "
                                 f"section; use another directory (or restore the spec)")
-        for key in ("stores", "models"):
+        # seeds, stores and models may only grow: every entry already there must stay as it was
+        for key in ("seeds", "stores", "models"):
             before, now = old.get(key) or {}, data.get(key) or {}
+            if key == "seeds":
+                before, now = dict.fromkeys(before, True), dict.fromkeys(now, True)
             changed = sorted(name for name in before if now.get(name) != before[name])
             if changed:
                 raise UserError(f"{study_dir} already holds a study whose {key} {changed} "
                                 f"differ or are dropped here; use another directory (or restore the spec)")
-        seeds_old = old.get("seeds") or []
-        if any(s not in data["seeds"] for s in seeds_old):
-            raise UserError(f"{study_dir}: the spec drops seeds {seeds_old}; use another directory")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
