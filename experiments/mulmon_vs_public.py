@@ -81,7 +81,10 @@ training's arguments) draws Figure 2 of each model from those final weights,
 OUT/figure2_<who>_seed<S>.png: 4 held-out scenes, every view, z sampled as in the curves. With
 --only both (the default) the two models' steps alternate in one process (the first of each pair
 alternates too), so the machine's load hits both alike; --only ours / theirs trains one, on the same
-batches and splits.
+batches and splits. --ours-run RUN_DIR, instead of training ours, scores the checkpoints of a
+study's ``ldsrig train`` run on --train (trained with the settings the arguments give) the way
+ours is scored here, into OUT/ours_seed<S>.jsonl (``score_run``): the same store, settings and
+steps as theirs, but the trainer's batches.
 
 Commands (the smoke run: tiny stores, 32x32, a few steps; the paper's size is 64x64, and both
 codes run at 32x32 too: their refinement encoder, like ours, needs at least 31x31):
@@ -147,6 +150,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -530,6 +534,68 @@ def figures(args, out: Path, num_scenes: int = 4) -> None:
                         f"in {out}")
 
 
+# Settings an --ours-run must share with the arguments: what the two models were trained with.
+RUN_SETTINGS = ("model.num_slots", "model.num_views", "model.max_observed", "model.likelihood",
+                "model.viewpoint", "model.height", "model.width", "optim.lr", "optim.batch_size",
+                "optim.schedule", "optim.grad_clip", "amp", "lds.enabled")
+
+
+def score_run(args, out: Path) -> None:
+    """Ours as ``ldsrig train`` trained it (a study's run on --train): every checkpoint of
+    --ours-run scored as ours is scored in training here (z sampled, the same held-out scenes and
+    evaluation batches), with the run's mean training loss and query NLL since the previous
+    checkpoint, into OUT/ours_seed<S>.jsonl (S: the run's seed). Saves training ours a second
+    time when the run exists; its batches are its trainer's, not the ones theirs got here (the
+    same store, settings and steps). Refused, with the differing settings named, when the run
+    was trained otherwise than the arguments say."""
+    from lds.training.checkpoint import list_checkpoints
+    from lds.training.loop import learning_rate
+    from lds.training.runs import CHECKPOINT_DIR, RunError, load_run, read_run_config
+    from side_by_side import append_row, scores
+
+    torch.set_num_threads(args.threads)
+    run = Path(args.ours_run)
+    try:
+        run_cfg = read_run_config(run)
+    except RunError as error:
+        raise UserError(str(error)) from None
+    cfg, _, val_set = comparison_setting(args)
+    if run_cfg.model.name != "mulmon":
+        raise UserError(f"--ours-run {run} trained {run_cfg.model.name}, not mulmon")
+
+    def value(config, dotted):
+        for part in dotted.split("."):
+            config = getattr(config, part)
+        return config
+    differ = [f"{name} {value(run_cfg, name)!r} (here {value(cfg, name)!r})"
+              for name in RUN_SETTINGS if value(run_cfg, name) != value(cfg, name)]
+    if Path(run_cfg.data).resolve() != Path(args.train).resolve():
+        differ.append(f"data {run_cfg.data} (here {args.train})")
+    if differ:
+        raise UserError(f"--ours-run {run} was trained otherwise: {'; '.join(differ)}")
+    steps = [s for s in list_checkpoints(run / CHECKPOINT_DIR) if s <= args.steps]
+    if not steps:
+        raise UserError(f"--ours-run {run} has no checkpoint up to step {args.steps}")
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"ours_seed{run_cfg.seed}.jsonl"
+    path.write_text("")
+    previous = 0
+    for step in steps:
+        model, _ = load_run(run, step=step)
+        window = [row for row in logged if previous < row["step"] <= step]
+        row = {"step": step, "lr": learning_rate(run_cfg, step), "inference": "sampled z",
+               "trained_by": f"ldsrig train ({run.name})"}
+        if window:                       # the trainer logs means over log.every steps
+            row["loss"] = sum(r["loss"] for r in window) / len(window)
+            row["train_query_nll"] = sum(r["query_nll"] for r in window) / len(window)
+        row.update(scores(SampledInference(model), val_set, args.val_scenes, args.eval_batch))
+        append_row(path, row, "ours", run_cfg.seed, PRINTED)
+        previous = step
+    print(f"wrote {path}", flush=True)
+
+
 def train(args, out: Path) -> None:
     from lds.models import build_model
     from lds.training.loop import KeyCollate, StepBatchSampler, keep_freed_memory, step_seed
@@ -654,6 +720,10 @@ def main() -> None:
                         help="how ours is scored: z sampled as MulMON's predict samples it (as "
                              "theirs is scored), or in eval mode as `ldsrig eval` runs it "
                              "(seeded samples in refinement, means where scored)")
+    parser.add_argument("--ours-run", metavar="RUN_DIR",
+                        help="instead of training ours: score the checkpoints of this `ldsrig "
+                             "train` MulMON run (trained on --train with these settings) as ours "
+                             "is scored here, into OUT/ours_seed<S>.jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--same-init", action="store_true",
@@ -684,6 +754,9 @@ def main() -> None:
             plot(out)
         else:
             figures(args, out)
+        return
+    if args.ours_run:
+        score_run(args, out)
         return
     if args.steps < 1 or args.eval_every < 1 or args.batch < 1 or args.val_scenes < 1:
         raise UserError("--steps, --eval-every, --batch and --val-scenes must be positive")

@@ -82,7 +82,6 @@ class Trainee:
 
     def record(self, step: int, val_set, max_items: int, eval_batch: int, seed: int) -> None:
         """Score the model on ``val_set`` (its first ``max_items`` items) and append a row."""
-        from lds.evaluation import evaluate
         from lds.training.loop import learning_rate
 
         row: dict = {"step": step, "train_seconds": round(self.seconds, 3)}
@@ -96,29 +95,45 @@ class Trainee:
         if self.stopped:
             row["stopped"] = self.stopped
         else:
-            with torch.random.fork_rng():
-                result = evaluate(self.evaluated, val_set, batch_size=eval_batch,
-                                  max_images=max_items, progress=False, shard=False)
+            row.update(scores(self.evaluated, val_set, max_items, eval_batch))
             self.model.train()
-            row.update({k: v["mean"] for k, v in result.aggregates.items()})
-            if "sim_by_iteration" in result.meta:   # Sim of the posterior means per decode
-                row["sim_by_iteration"] = result.meta["sim_by_iteration"]["mean"]
-            if "views" in result.meta:               # multi-view: the observed/query split scored
-                row["eval_views"] = result.meta["views"]
         self.window = []
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        shown = ", ".join(f"{k} {row[k]:.4f}" for k in self.printed if row.get(k) is not None)
-        speed = "".join(f", {row[name]:.3f} {name.replace('_per_s', '')}/s"
-                        for name in self.items_per_step if row.get(name))
-        print(f"{self.who:6s} seed {seed} step {step}: {shown}{speed}"
-              + (f"  STOPPED ({self.stopped})" if self.stopped else ""), flush=True)
+        append_row(self.path, row, self.who, seed, self.printed, self.items_per_step,
+                   self.stopped)
+
+
+def scores(evaluated, val_set, max_items: int, eval_batch: int) -> dict:
+    """A curve row's scores: lds.evaluation's aggregate means of ``evaluated`` on the first
+    ``max_items`` items of ``val_set`` (torch's RNG left as it was)."""
+    from lds.evaluation import evaluate
+
+    with torch.random.fork_rng():
+        result = evaluate(evaluated, val_set, batch_size=eval_batch, max_images=max_items,
+                          progress=False, shard=False)
+    row = {k: v["mean"] for k, v in result.aggregates.items()}
+    if "sim_by_iteration" in result.meta:   # Sim of the posterior means per decode
+        row["sim_by_iteration"] = result.meta["sim_by_iteration"]["mean"]
+    if "views" in result.meta:               # multi-view: the observed/query split scored
+        row["eval_views"] = result.meta["views"]
+    return row
+
+
+def append_row(path: Path, row: dict, who: str, seed: int, printed: tuple[str, ...],
+               items_per_step: dict[str, int] | None = None, stopped: str | None = None) -> None:
+    """Append ``row`` to a curve file and print its ``printed`` numbers (and speeds)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    shown = ", ".join(f"{k} {row[k]:.4f}" for k in printed if row.get(k) is not None)
+    speed = "".join(f", {row[name]:.3f} {name.replace('_per_s', '')}/s"
+                    for name in items_per_step or () if row.get(name))
+    print(f"{who:6s} seed {seed} step {row['step']}: {shown}{speed}"
+          + (f"  STOPPED ({stopped})" if stopped else ""), flush=True)
 
 
 # Arguments that do not change what a run computes: where things are (a resumed run may be on
 # another machine), how long it runs, what the command does instead of training.
 NOT_SETTINGS = {"out", "resume", "steps", "threads", "public_src", "train", "val", "plot",
-                "check", "speed", "score_saved", "pairs", "size"}
+                "check", "speed", "score_saved", "pairs", "size", "ours_run"}
 
 
 def run_settings(args) -> dict:

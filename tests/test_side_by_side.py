@@ -195,3 +195,44 @@ def test_their_iodine_per_pixel_wrapper_mixes_once_per_pixel():
     torch.testing.assert_close(theirs[:, 0], joint.log(), rtol=1e-5, atol=1e-4)
     published = torch.logsumexp(torch.log(masks) + per_channel(x, means, 0.1), 1).sum(1)
     assert (published - theirs[:, 0]).abs().max() > 0.1
+
+
+def test_mulmon_ours_run_scores_each_checkpoint_and_refuses_other_settings(tmp_path, capsys):
+    """experiments/mulmon_vs_public.py --ours-run: a study's `ldsrig train` run stands in for
+    training ours again; each checkpoint is scored as ours is scored there (z sampled), with the
+    run's mean training loss since the previous checkpoint, and a run trained with other
+    settings than the arguments is refused with those settings named."""
+    from typer.testing import CliRunner
+
+    import mulmon_vs_public
+    from cli import app
+    from tests.test_mulmon import make_views_store
+
+    store, run, out = tmp_path / "views.zarr", tmp_path / "run", tmp_path / "cmp"
+    make_views_store(store)
+    trained = CliRunner().invoke(app, [
+        "train", "mulmon", "--data", str(store), "--out", str(run), "--steps", "2", "--no-progress",
+        "model.height=32", "model.width=32", "model.num_slots=3", "model.num_iterations=2",
+        "model.num_views=4", "model.max_observed=2",
+        "model.likelihood=pixel", "optim.lr=2e-4", "optim.batch_size=2", "log.every=1",
+        "log.checkpoint_every=1", "log.keep_checkpoints=0", "threads=1"])
+    assert trained.exit_code == 0, trained.output + repr(trained.exception)
+    args = ["--ours-run", str(run), "--train", str(store), "--val", str(store), "--out", str(out),
+            "--views", "4", "--batch", "2", "--slots", "3", "--max-observed", "2", "--lr", "2e-4",
+            "--likelihood", "pixel", "--steps", "2", "--val-scenes", "2", "--eval-batch", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["mulmon_vs_public.py", *args])
+        mulmon_vs_public.main()
+    rows = [json.loads(line) for line in (out / "ours_seed0.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["loss"] for r in rows] == [logged[0]["loss"], logged[1]["loss"]]
+    assert all(r["inference"] == "sampled z" and 0 <= r["fg_ari"] <= 1 and r["query_mse"] > 0
+               for r in rows)
+    assert rows[0]["eval_views"] == {"observed": 6, "query": 2, "scenes": 2}
+
+    other = [a if a != "3" else "4" for a in args]          # --slots 4: not what the run had
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(UserError) as refused:
+        patch.setattr(sys, "argv", ["mulmon_vs_public.py", *other])
+        mulmon_vs_public.main()
+    assert "model.num_slots 3 (here 4)" in str(refused.value)
