@@ -152,6 +152,7 @@ import argparse
 import contextlib
 import json
 import sys
+from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -563,12 +564,8 @@ def score_run(args, out: Path) -> None:
     if run_cfg.model.name != "mulmon":
         raise UserError(f"--ours-run {run} trained {run_cfg.model.name}, not mulmon")
 
-    def value(config, dotted):
-        for part in dotted.split("."):
-            config = getattr(config, part)
-        return config
-    differ = [f"{name} {value(run_cfg, name)!r} (here {value(cfg, name)!r})"
-              for name in RUN_SETTINGS if value(run_cfg, name) != value(cfg, name)]
+    differ = [f"{name} {attrgetter(name)(run_cfg)!r} (here {attrgetter(name)(cfg)!r})"
+              for name in RUN_SETTINGS if attrgetter(name)(run_cfg) != attrgetter(name)(cfg)]
     if Path(run_cfg.data).resolve() != Path(args.train).resolve():
         differ.append(f"data {run_cfg.data} (here {args.train})")
     if differ:
@@ -576,8 +573,9 @@ def score_run(args, out: Path) -> None:
     steps = [s for s in list_checkpoints(run / CHECKPOINT_DIR) if s <= args.steps]
     if not steps:
         raise UserError(f"--ours-run {run} has no checkpoint up to step {args.steps}")
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-              if line.strip()]
+    metrics = run / "metrics.jsonl"     # no log: rows without the training loss
+    logged = [json.loads(line) for line in (metrics.read_text().splitlines()
+                                            if metrics.is_file() else ()) if line.strip()]
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ours_seed{run_cfg.seed}.jsonl"
     path.write_text("")
