@@ -150,7 +150,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from operator import attrgetter
 from pathlib import Path
@@ -550,6 +549,7 @@ def score_run(args, out: Path) -> None:
     same store, settings and steps). Refused, with the differing settings named, when the run
     was trained otherwise than the arguments say."""
     from lds.training.checkpoint import list_checkpoints
+    from lds.training.logging import read_metrics
     from lds.training.loop import learning_rate
     from lds.training.runs import CHECKPOINT_DIR, RunError, load_run, read_run_config
     from side_by_side import append_row, scores
@@ -573,9 +573,7 @@ def score_run(args, out: Path) -> None:
     steps = [s for s in list_checkpoints(run / CHECKPOINT_DIR) if s <= args.steps]
     if not steps:
         raise UserError(f"--ours-run {run} has no checkpoint up to step {args.steps}")
-    metrics = run / "metrics.jsonl"     # no log: rows without the training loss
-    logged = [json.loads(line) for line in (metrics.read_text().splitlines()
-                                            if metrics.is_file() else ()) if line.strip()]
+    logged = read_metrics(run)          # no log: rows without the training loss
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ours_seed{run_cfg.seed}.jsonl"
     path.write_text("")
