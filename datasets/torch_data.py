@@ -99,6 +99,14 @@ class ImageDataset(_StoreBacked):
 class SceneViewsDataset(_StoreBacked):
     """One item per scene: ``num_views`` of its views in random order (MulMON's input).
 
+    ``view_window`` says which views: "any" draws them from all of the scene's views (MulMON's
+    sampling); "nearest" draws one view and takes the ``num_views - 1`` views whose cameras look
+    from the directions nearest to it (angle between the optical axes), so a scene captured all
+    round is read as windows of neighbouring views. Multi-view MulMON at CPU scale splits scenes
+    whose views stand on a 45-90 deg arc and fails on views from all round
+    (docs/results/mulmon_cpu_regime), and the rig captures 20-30 views over up to 360 deg.
+    In store order (evaluation) the window is the first view and its nearest, nearest first.
+
     The model treats the first ``num_observed`` as observed and the rest as queries; MulMON's
     trainer draws that split per step, so it is not fixed here.  Scenes with fewer views than
     ``num_views`` are left out (and counted in ``skipped_scenes``).  ``shuffle_views=False``
@@ -115,8 +123,10 @@ class SceneViewsDataset(_StoreBacked):
 
     def __init__(self, store_path, num_views: int | None = None, scene_ids=None,
                  in_memory: bool | str = "auto", viewpoint: str | None = None, shuffle_views: bool = True,
-                 every_view: bool = False):
+                 every_view: bool = False, view_window: str = "any"):
         super().__init__(store_path, scene_ids, in_memory, viewpoint)
+        if view_window not in ("any", "nearest"):
+            raise ValueError(f"view_window must be any or nearest, got {view_window!r}")
         if every_view:
             # A one-view model sees each view on its own, so every view of every scene is a test
             # item (as every image is for the single-image models), not only the first of each.
@@ -135,6 +145,17 @@ class SceneViewsDataset(_StoreBacked):
         self.scene_ids = [self.scene_ids[i] for i in keep]
         self.scene_images = [self.scene_images[i] for i in keep]
         self.shuffle_views = shuffle_views
+        self.view_window = view_window
+        if view_window == "nearest":
+            # Each view's optical axis in the world (OpenCV: the camera's +z), read once: the
+            # poses are a few bytes per image even where the images stay on disk.
+            poses = self._rows["camera_pose_world"] if self._rows is not None else None
+            if poses is None:
+                store = SceneStore.open(self.store_path)
+                poses = store.images(slice(0, store.num_images), fields=["camera_pose_world"])["camera_pose_world"]
+                store.close()
+            axes = np.asarray(poses, dtype=np.float64)[:, :3, 2]
+            self._axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
 
     def __len__(self) -> int:
         return len(self.scene_ids)
@@ -145,7 +166,14 @@ class SceneViewsDataset(_StoreBacked):
             item, seed = item
             generator = torch.Generator().manual_seed(int(seed))
         views = self.scene_images[item]
-        if self.shuffle_views:
+        if self.view_window == "nearest":
+            anchor = int(torch.randint(len(views), (1,), generator=generator)) if self.shuffle_views else 0
+            axes = self._axes[views]
+            # stable sort: ties keep store order, so evaluation windows are reproducible
+            views = views[np.argsort(-(axes @ axes[anchor]), kind="stable")[: self.num_views]]
+            if self.shuffle_views:
+                views = views[torch.randperm(len(views), generator=generator).numpy()]
+        elif self.shuffle_views:
             views = views[torch.randperm(len(views), generator=generator)[: self.num_views].numpy()]
         else:
             views = views[: self.num_views]

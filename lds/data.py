@@ -17,7 +17,8 @@ def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True,
                        every_view: bool = False) -> Dataset:
     """The store as the model reads it: single images, or scenes as sets of views when the
     model config says ``dataset = "views"`` (MulMON: ``num_views`` views per scene, shuffled in
-    training, store order in evaluation; a ``viewpoint`` of "auto" is resolved from the store
+    training, store order in evaluation, from all of the scene's views or a window of
+    neighbouring ones: ``view_window``; a ``viewpoint`` of "auto" is resolved from the store
     and written back into ``model_cfg`` so the saved run config names the vector it used)."""
     if not path:
         raise ConfigError("no training data: pass --data STORE (or set data: in the config)")
@@ -29,7 +30,8 @@ def open_store_dataset(path: str | Path, model_cfg=None, training: bool = True,
         kind = getattr(model_cfg, "viewpoint", "auto")
         dataset = SceneViewsDataset(str(path), num_views=model_cfg.num_views, shuffle_views=training,
                                     viewpoint=None if kind == "auto" else kind,
-                                    every_view=every_view and model_cfg.num_views == 1)
+                                    every_view=every_view and model_cfg.num_views == 1,
+                                    view_window=getattr(model_cfg, "view_window", "any"))
         model_cfg.viewpoint = dataset.viewpoint_kind
         return dataset
     return ImageDataset(path)

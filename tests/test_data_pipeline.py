@@ -101,6 +101,34 @@ def test_scene_views_dataset_samples_views(tmp_path):
         SceneViewsDataset(path, num_views=9)
 
 
+def test_scene_views_nearest_window_takes_neighbouring_cameras(tmp_path):
+    path, _ = make_projected_store(tmp_path / "ring.zarr", views=8)  # cameras every 45 deg round
+    for in_memory in (True, False):
+        ordered = SceneViewsDataset(path, num_views=3, shuffle_views=False, view_window="nearest",
+                                    in_memory=in_memory)[0]
+        assert ordered["image_index"].tolist() == [0, 1, 7]  # the first view, then its two neighbours
+        ds = SceneViewsDataset(path, num_views=3, view_window="nearest", in_memory=in_memory)
+        anchors = set()
+        for seed in range(12):
+            views = ds[(0, seed)]["image_index"].tolist()
+            assert views == ds[(0, seed)]["image_index"].tolist()  # a seeded draw replays
+            centre = next(v for v in views if {(v - 1) % 8, (v + 1) % 8} <= set(views))
+            assert set(views) == {(centre - 1) % 8, centre, (centre + 1) % 8}
+            anchors.add(centre)
+        assert len(anchors) > 3  # windows from all round, not one
+    with pytest.raises(ValueError, match="view_window"):
+        SceneViewsDataset(path, num_views=3, view_window="arc")
+    # the model config chooses it: training and evaluation open the store the same way
+    from common.errors import ConfigError
+    from lds.data import open_store_dataset
+    from lds.models.mulmon import MulMONConfig
+
+    cfg = MulMONConfig(height=48, width=80, num_views=3, view_window="nearest")
+    assert open_store_dataset(path, cfg, training=False)[0]["image_index"].tolist() == [0, 1, 7]
+    with pytest.raises(ConfigError, match="view_window"):
+        MulMONConfig(view_window="arc")
+
+
 def test_viewpoint_vectors():
     T = look_at([3.0, 0.0, 2.0])
     assert np.allclose(clevr_mv_viewpoint(T), [0, 0, 0])  # MulMON: unit xy direction minus [1,0,0]

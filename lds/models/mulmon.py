@@ -98,6 +98,12 @@ class MulMONConfig:
     # Data: scenes as sets of views (datasets.torch_data.SceneViewsDataset).
     dataset: Literal["views"] = "views"
     num_views: int = 10                                 # views per scene per step (observed+query)
+    # Which of a scene's views make up those num_views: "any" (MulMON's sampling: any views of
+    # the scene) or "nearest" (one view and the views looking from the directions nearest to it,
+    # a window of neighbouring cameras; datasets.torch_data.SceneViewsDataset). At CPU scale
+    # multi-view MulMON splits scenes only when its views stand close together, on an arc of
+    # 45-90 deg (docs/results/mulmon_cpu_regime), where a rig capture spreads all round.
+    view_window: Literal["any", "nearest"] = "any"
     min_observed: int = 1                               # observed views drawn per training step
     max_observed: int = 6
     eval_observed: int = 5                              # evaluation: first 5 observed, rest query
@@ -127,6 +133,8 @@ class MulMONConfig:
         # the viewpoint transform learned (a diagnostic that sets MulMON beside IODINE).
         if self.num_views < 1:
             raise ConfigError("model.num_views must be at least 1")
+        if self.view_window not in ("any", "nearest"):
+            raise ConfigError(f"model.view_window must be any or nearest, got {self.view_window!r}")
         if not 1 <= self.min_observed <= self.max_observed:
             raise ConfigError("need 1 <= model.min_observed <= model.max_observed")
         if self.eval_observed < 1:
