@@ -103,7 +103,7 @@ class SceneViewsDataset(_StoreBacked):
     sampling); "nearest" draws one view and takes the ``num_views - 1`` views whose cameras look
     from the directions nearest to it (angle between the optical axes), so a scene captured all
     round is read as windows of neighbouring views. Multi-view MulMON at CPU scale splits scenes
-    whose views stand on a 45-90 deg arc and fails on views from all round
+    whose views stand on a 45-90 deg arc, later on wider ones, and not on views from all round
     (docs/results/mulmon_cpu_regime), and the rig captures 20-30 views over up to 360 deg.
     In store order (evaluation) the window is the first view and its nearest, nearest first.
 

@@ -101,8 +101,9 @@ class MulMONConfig:
     # Which of a scene's views make up those num_views: "any" (MulMON's sampling: any views of
     # the scene) or "nearest" (one view and the views looking from the directions nearest to it,
     # a window of neighbouring cameras; datasets.torch_data.SceneViewsDataset). At CPU scale
-    # multi-view MulMON splits scenes only when its views stand close together, on an arc of
-    # 45-90 deg (docs/results/mulmon_cpu_regime), where a rig capture spreads all round.
+    # multi-view MulMON splits scenes soonest when its views stand close together (an arc of
+    # 45-90 deg), later on wider arcs, not from all round in 4000 steps
+    # (docs/results/mulmon_cpu_regime), where a rig capture spreads all round.
     view_window: Literal["any", "nearest"] = "any"
     min_observed: int = 1                               # observed views drawn per training step
     max_observed: int = 6
