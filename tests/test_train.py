@@ -371,6 +371,24 @@ def test_resume_refuses_to_change_what_the_run_is(tmp_path, change):
     assert train(ok, tmp_path / "run", dataset=data, resume=True, progress=False).step == 3
 
 
+def test_resume_of_a_run_saved_before_a_model_key_existed_takes_its_default(tmp_path):
+    import yaml
+
+    data = ImageList(images(5))
+    train(tiny_cfg("optim.steps=2", "log.checkpoint_every=100"), tmp_path / "run", dataset=data,
+          progress=False)
+    path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    assert saved["model"].pop("likelihood") == "pixel"     # as a run made before the key existed
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(RunError, match="model.likelihood 'pixel' -> 'channel'"):
+        train(read_run_config(tmp_path / "run", ["optim.steps=3", "model.likelihood=channel"]),
+              tmp_path / "run", dataset=data, resume=True, progress=False)
+    resumed = train(read_run_config(tmp_path / "run", ["optim.steps=3"]), tmp_path / "run",
+                    dataset=data, resume=True, progress=False)
+    assert resumed.step == 3
+
+
 def test_saved_config_has_absolute_paths_so_resume_works_from_anywhere(tmp_path, monkeypatch):
     make_store(tmp_path / "data" / "tiny.zarr")
     monkeypatch.chdir(tmp_path / "data")

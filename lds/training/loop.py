@@ -290,9 +290,12 @@ def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
             changed.append(f"{key} {before!r} -> {after!r}")
 
     model_before, model_now = saved.get("model") or {}, now["model"]
+    # A key that the saved config lacks was added to the model config after the run was made;
+    # a new key's default is the behaviour from before it existed, so the run had the default.
+    model_default = to_dict(type(cfg.model)())
     for key in sorted(set(model_before) | set(model_now)):
         if key not in RUNTIME_MODEL_FIELDS and key not in LEGACY_MODEL_KEYS:
-            compare(f"model.{key}", model_before.get(key), model_now.get(key))
+            compare(f"model.{key}", model_before.get(key, model_default.get(key)), model_now.get(key))
     lds_before, lds_now = saved.get("lds") or {}, now["lds"]
     compare("lds.enabled", lds_before.get("enabled"), lds_now["enabled"])
     if lds_now["enabled"] or lds_before.get("enabled"):
