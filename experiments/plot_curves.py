@@ -35,7 +35,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
     import yaml
 
-    legend_rows = 0 if len(args.runs) <= 4 else -(-len(args.runs) // 3)
+    # The legend goes below the panels: inside one, long labels or many runs hide its curves.
+    legend_rows = -(-len(args.runs) // 3)
     legend_height, height = 0.2 * legend_rows, 3.0 + 0.2 * legend_rows     # inches
     fig, axes = plt.subplots(1, len(args.metrics), squeeze=False,
                              figsize=(3.6 * len(args.metrics), height))
@@ -55,13 +56,9 @@ def main() -> None:
             ax.set_title(metric(name).label, fontsize=8)
             ax.set_xlabel("images seen" if args.x == "images" else "step", fontsize=8)
             ax.tick_params(labelsize=7)
-    if not legend_rows:
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-    else:   # many runs: a legend inside a panel would hide its curves, so it goes below them
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, legend_height / height, 1, 1))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
