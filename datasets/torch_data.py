@@ -149,8 +149,9 @@ class SceneViewsDataset(_StoreBacked):
         if view_window == "nearest":
             # Each view's optical axis in the world (OpenCV: the camera's +z), read once: the
             # poses are a few bytes per image even where the images stay on disk.
-            poses = self._rows["camera_pose_world"] if self._rows is not None else None
-            if poses is None:
+            if self._rows is not None:
+                poses = self._rows["camera_pose_world"]
+            else:
                 store = SceneStore.open(self.store_path)
                 poses = store.images(slice(0, store.num_images), fields=["camera_pose_world"])["camera_pose_world"]
                 store.close()
