@@ -34,10 +34,10 @@ from lds.data import open_store_dataset
 from lds.models import build_model
 from lds.training.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, restore,
                                      save_checkpoint)
-from lds.training.config import LEGACY_MODEL_KEYS, TrainConfig
+from lds.training.config import TrainConfig
 from lds.training.logging import RunLogger
 from lds.training.objective import prior_per_iteration, training_objective
-from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError
+from lds.training.runs import CHECKPOINT_DIR, CONFIG_NAME, RunError, read_run_config
 
 TRAIN_LOCK = ".train.lock"
 # Model settings that change how fast a step runs or how much memory it takes, not the model:
@@ -279,9 +279,10 @@ def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse a resume that would change what the run is (``--resume --lds`` on a control run,
     another model, architecture, optimiser or seed): the checkpoints and logs would describe two
     different runs. Steps, logging, validation, threads, device and the learning rate may change."""
-    import yaml
-
-    saved = yaml.safe_load((run_dir / CONFIG_NAME).read_text()) or {}
+    # Read as every other reader reads it: keys the run's config lacks (added to the config
+    # after the run was made) take their defaults, which are the behaviour from before them,
+    # and keys since removed are dropped.
+    saved = to_dict(read_run_config(run_dir))
     now = to_dict(cfg)
     changed = []
 
@@ -289,22 +290,17 @@ def check_resume_settings(run_dir: Path, cfg: TrainConfig) -> None:
         if before != after:
             changed.append(f"{key} {before!r} -> {after!r}")
 
-    model_before, model_now = saved.get("model") or {}, now["model"]
-    # A key that the saved config lacks was added to the model config after the run was made;
-    # a new key's default is the behaviour from before it existed, so the run had the default.
-    model_default = to_dict(type(cfg.model)())
+    model_before, model_now = saved["model"], now["model"]
     for key in sorted(set(model_before) | set(model_now)):
-        if key not in RUNTIME_MODEL_FIELDS and key not in LEGACY_MODEL_KEYS:
-            compare(f"model.{key}", model_before.get(key, model_default.get(key)), model_now.get(key))
-    lds_before, lds_now = saved.get("lds") or {}, now["lds"]
-    compare("lds.enabled", lds_before.get("enabled"), lds_now["enabled"])
-    if lds_now["enabled"] or lds_before.get("enabled"):
-        for key in ("weight", "sigma"):
-            compare(f"lds.{key}", lds_before.get(key), lds_now[key])
-        # runs saved before lds.latents existed put the prior on the samples
-        compare("lds.latents", lds_before.get("latents", "sample"), lds_now["latents"])
-    compare("optim.name", (saved.get("optim") or {}).get("name"), now["optim"]["name"])
-    compare("seed", saved.get("seed"), now["seed"])
+        if key not in RUNTIME_MODEL_FIELDS:
+            compare(f"model.{key}", model_before.get(key), model_now.get(key))
+    lds_before, lds_now = saved["lds"], now["lds"]
+    compare("lds.enabled", lds_before["enabled"], lds_now["enabled"])
+    if lds_now["enabled"] or lds_before["enabled"]:
+        for key in ("weight", "sigma", "latents"):
+            compare(f"lds.{key}", lds_before[key], lds_now[key])
+    compare("optim.name", saved["optim"]["name"], now["optim"]["name"])
+    compare("seed", saved["seed"], now["seed"])
     if changed:
         raise RunError(f"--resume would change what {run_dir} is ({'; '.join(changed)}); these "
                        "settings define a run: start a new run with --out instead")
